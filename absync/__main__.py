@@ -1,0 +1,5 @@
+import sys
+
+from absync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""``absync`` command line. Each sub-command lives in ``absync/commands/<name>.py`` and exposes
+``add_parser(subparsers)``; the parser it adds sets ``func(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from streams.logging import configure_logging
+from streams.settings import get_settings
+
+COMMANDS = [
+    "broker",
+    "topics",
+    "publish",
+    "run",
+    "destinations",
+    "tokens",
+    "projection",
+    "resync",
+    "replay_failed",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="absync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"absync.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"absync.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging(get_settings().log_level)
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The service runner behind ``absync run``: starts every component and stops them all cleanly.
+
+A component is built by a factory ``build(settings) -> Component`` named in :data:`COMPONENTS`
+("module:function"); it runs until the ``stop`` event is set, then returns. A blocking component
+(a confluent-kafka loop) runs its loop in a thread and watches ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class Component(Protocol):
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+# Order matters only for start-up logs. Each part can run alone: ``absync run --only NAME``.
+COMPONENTS: dict[str, str] = {
+    "fanout": "processors.fanout:build",
+    "delivery": "processors.delivery:build",
+    "projection": "projections.runner:build",
+    "slack": "processors.slack_scheduler:build",
+    "http": "absync.web.server:build",
+}
+
+
+def load_factory(name: str) -> Callable[[Settings], Component] | None:
+    target = COMPONENTS[name]
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            log.warning("component not available", component=name, module=module_name)
+            return None
+        raise
+    factory: Callable[[Settings], Component] = getattr(module, attr)
+    return factory
+
+
+async def run_components(settings: Settings, only: list[str] | None = None) -> None:
+    names = only or list(COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise SystemExit(f"unknown component(s): {', '.join(unknown)}; known: {', '.join(COMPONENTS)}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    components: list[Component] = []
+    for name in names:
+        factory = load_factory(name)
+        if factory is not None:
+            components.append(factory(settings))
+    log.info("absync starting", components=[c.name for c in components])
+    tasks = {asyncio.create_task(c.run(stop), name=c.name): c for c in components}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not stopper and t.exception() is not None]
+    for task in failed:
+        log.error("component failed", component=task.get_name(), error=repr(task.exception()))
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    log.info("absync stopped")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,43 @@
+"""Avro schemas of absync's events and the code that reads and writes them.
+
+This package imports nothing of ours: every other package may import it.
+
+- ``avro/*.avsc``: the schemas, one file per version (old versions stay readable).
+- :mod:`schemas.codec`: Avro single-object encoding (``0xC3 0x01`` + CRC-64-AVRO fingerprint + body),
+  and reading of the Confluent wire format when a schema registry is configured.
+- :mod:`schemas.models`: typed Python views of the records.
+"""
+
+from schemas.codec import (
+    AvroCodec,
+    SchemaNotFoundError,
+    SchemaRegistryResolver,
+    codec_for,
+)
+from schemas.errors import DecodeError, SchemaError, ValidationError
+from schemas.models import (
+    Absence,
+    AbsenceEvent,
+    AbsenceStatus,
+    ChangeKind,
+    Employee,
+    HalfDay,
+    LeaveAccount,
+)
+
+__all__ = [
+    "Absence",
+    "AbsenceEvent",
+    "AbsenceStatus",
+    "AvroCodec",
+    "ChangeKind",
+    "DecodeError",
+    "Employee",
+    "HalfDay",
+    "LeaveAccount",
+    "SchemaError",
+    "SchemaNotFoundError",
+    "SchemaRegistryResolver",
+    "ValidationError",
+    "codec_for",
+]

@@ -1,0 +1,215 @@
+"""Typed views of the internal records: Delivery (work item), DeliveryStatus (fact), Command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from schemas.models import AbsenceEvent
+
+RESPONSE_BODY_LIMIT = 20_000
+
+
+def delivery_key(destination_id: str, absence_id: str) -> str:
+    """Kafka key of deliveries, retries, commands and delivery state."""
+    return f"{destination_id}|{absence_id}"
+
+
+def delivery_id_for(destination_id: str, event_id: str, operation: str = "") -> str:
+    """Deterministic: the same change to the same destination always has the same id."""
+    digest = hashlib.sha256(f"{destination_id}\x00{event_id}\x00{operation}".encode()).hexdigest()
+    return f"dlv_{digest[:32]}"
+
+
+class Operation(enum.StrEnum):
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+
+
+class Trigger(enum.StrEnum):
+    AUTOMATIC = "AUTOMATIC"
+    RETRY = "RETRY"
+    REPLAY = "REPLAY"
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"
+    SUCCESSFUL = "SUCCESSFUL"
+    ERROR = "ERROR"
+    SUPERSEDED = "SUPERSEDED"
+
+
+class CommandKind(enum.StrEnum):
+    RETRY = "RETRY"
+    MARK_PROCESSED = "MARK_PROCESSED"
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    delivery_id: str
+    destination_id: str
+    tenant: str
+    absence_id: str
+    version: int
+    operation: Operation
+    event: AbsenceEvent
+    due_at: dt.datetime
+    created_at: dt.datetime
+    trigger: Trigger = Trigger.AUTOMATIC
+    attempt: int = 0
+    stage: int = 0
+    final: bool = False
+
+    @property
+    def key(self) -> str:
+        return delivery_key(self.destination_id, self.absence_id)
+
+    def evolve(self, **changes: Any) -> Delivery:
+        return replace(self, **changes)
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "destination_id": self.destination_id,
+            "tenant": self.tenant,
+            "absence_id": self.absence_id,
+            "version": self.version,
+            "operation": self.operation.value,
+            "event": self.event.to_avro(),
+            "trigger": self.trigger.value,
+            "attempt": self.attempt,
+            "stage": self.stage,
+            "due_at": self.due_at,
+            "created_at": self.created_at,
+            "final": self.final,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> Delivery:
+        return cls(
+            delivery_id=d["delivery_id"],
+            destination_id=d["destination_id"],
+            tenant=d["tenant"],
+            absence_id=d["absence_id"],
+            version=int(d["version"]),
+            operation=Operation(d["operation"]),
+            event=AbsenceEvent.from_avro(d["event"]),
+            trigger=Trigger(d.get("trigger", "AUTOMATIC")),
+            attempt=int(d.get("attempt", 0)),
+            stage=int(d.get("stage", 0)),
+            due_at=d["due_at"],
+            created_at=d["created_at"],
+            final=bool(d.get("final", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    number: int
+    started_at: dt.datetime
+    duration_ms: float
+    request_method: str
+    request_url: str
+    request_headers: dict[str, str]
+    request_body: str
+    response_status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str | None = None
+    error: str | None = None
+    calls: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    status_id: str
+    delivery_id: str
+    destination_id: str
+    tenant: str
+    absence_id: str
+    version: int
+    change: str
+    operation: str
+    employee_id: str
+    employee_name: str
+    employee_email: str | None
+    start_date: str
+    end_date: str
+    status: Status
+    trigger: str
+    attempt: int
+    occurred_at: dt.datetime
+    manual: bool = False
+    next_retry_at: dt.datetime | None = None
+    error: str | None = None
+    attempt_record: Attempt | None = None
+
+    @classmethod
+    def for_delivery(cls, delivery: Delivery, status: Status, seq: int, **extra: Any) -> DeliveryStatus:
+        ev = delivery.event
+        return cls(
+            status_id=f"{delivery.delivery_id}:{seq}",
+            delivery_id=delivery.delivery_id,
+            destination_id=delivery.destination_id,
+            tenant=delivery.tenant,
+            absence_id=delivery.absence_id,
+            version=delivery.version,
+            change=ev.change.value.lower(),
+            operation=delivery.operation.value,
+            employee_id=ev.employee.id,
+            employee_name=ev.employee.display_name,
+            employee_email=ev.employee.email,
+            start_date=ev.absence.start_date.isoformat(),
+            end_date=ev.absence.end_date.isoformat(),
+            status=status,
+            trigger=delivery.trigger.value.lower(),
+            attempt=extra.pop("attempt", delivery.attempt),
+            occurred_at=extra.pop("occurred_at", now_utc()),
+            **extra,
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> DeliveryStatus:
+        data = dict(d)
+        data["status"] = Status(d["status"])
+        if d.get("attempt_record") is not None:
+            data["attempt_record"] = Attempt(**d["attempt_record"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    command_id: str
+    kind: CommandKind
+    delivery_id: str
+    destination_id: str
+    absence_id: str
+    tenant: str
+    issued_by: str
+    issued_at: dt.datetime
+
+    @property
+    def key(self) -> str:
+        return delivery_key(self.destination_id, self.absence_id)
+
+    def to_avro(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> Command:
+        data = dict(d)
+        data["kind"] = CommandKind(d["kind"])
+        return cls(**data)

@@ -1,0 +1,88 @@
+"""Typed, frozen settings, read from the environment (prefix ``ABSYNC_``) with embedded defaults.
+
+Every default runs the service on one machine (``make run``); production overrides by environment.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+# Embedded default key for local runs only: production must set ABSYNC_SECRET_KEY.
+DEV_SECRET_KEY = "ZGV2LW9ubHkta2V5LWNoYW5nZS1tZS1pbi1wcm9kISE="
+
+
+def parse_duration(text: str) -> float:
+    """'5m' -> 300.0, '1.5s' -> 1.5, '250ms' -> 0.25, '24h' -> 86400.0 (seconds)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 5s, 5m, 1h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ABSYNC_", frozen=True, extra="ignore")
+
+    # Kafka
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    topic_prefix: str = ""
+    partitions: int = 6
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    group_prefix: str = "absync"
+    schema_registry_url: str | None = None
+
+    # Retries: exactly 5m/15m/1h/24h by default.
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (300.0, 900.0, 3600.0, 86400.0)
+    connector_timeout: float = 10.0
+    delivery_concurrency: int = 64
+
+    # Storage and HTTP
+    data_dir: Path = REPO_ROOT / ".data"
+    database_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    # Secrets
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+    log_level: str = "INFO"
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> tuple[float, ...]:
+        if isinstance(value, str):
+            delays = tuple(parse_duration(part) for part in value.split(",") if part.strip())
+        elif isinstance(value, list | tuple):
+            delays = tuple(parse_duration(v) if isinstance(v, str) else float(v) for v in value)
+        else:
+            raise ValueError("retry_delays must be a list of durations")
+        if not delays or any(d <= 0 for d in delays):
+            raise ValueError("retry_delays needs at least one positive delay")
+        return delays
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The projection database: ABSYNC_DATABASE_URL, else a SQLite file under data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'absync.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

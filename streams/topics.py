@@ -1,0 +1,132 @@
+"""Every topic of absync, declared in one place.
+
+Partitioning rule: ``deliveries``, every retry topic, ``commands`` and ``delivery-state`` share one
+partition count and one key (``<destination_id>|<absence_id>``), so partition *p* of each belongs to
+the same worker (co-partitioning) and one absence's deliveries to one destination stay in order.
+``absences`` and ``fanout-state`` share the absence id as key. ``destinations`` has one partition:
+every worker reads all of it (a global table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+DAY_MS = 86_400_000
+FOREVER = "-1"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    logical: str
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+    doc: str = ""
+
+
+def retry_topic_suffix(stage: int, delay_seconds: float) -> str:
+    """'retry-1-5m': stage number and delay, so a topic name says what it holds."""
+    if delay_seconds >= 3600 and delay_seconds % 3600 == 0:
+        label = f"{int(delay_seconds // 3600)}h"
+    elif delay_seconds >= 60 and delay_seconds % 60 == 0:
+        label = f"{int(delay_seconds // 60)}m"
+    elif delay_seconds >= 1 and delay_seconds == int(delay_seconds):
+        label = f"{int(delay_seconds)}s"
+    else:
+        label = f"{int(delay_seconds * 1000)}ms"
+    return f"retry-{stage}-{label}"
+
+
+class Topics:
+    """Topic names (with the optional prefix) and their specifications."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        p = settings.topic_prefix
+        self.absences = f"{p}absences"
+        self.invalid = f"{p}absences.invalid"
+        self.deliveries = f"{p}deliveries"
+        self.retries = [
+            f"{p}deliveries.{retry_topic_suffix(i + 1, d)}"
+            for i, d in enumerate(settings.retry_delays)
+        ]
+        self.status = f"{p}delivery-status"
+        self.destinations = f"{p}destinations"
+        self.commands = f"{p}commands"
+        self.fanout_state = f"{p}fanout-state"
+        self.delivery_state = f"{p}delivery-state"
+        self.daily_absences = f"{p}daily-absences"
+
+    def delay_for(self, topic: str) -> float:
+        """The delay of a retry topic (0 for the main deliveries topic)."""
+        if topic in self.retries:
+            return self.settings.retry_delays[self.retries.index(topic)]
+        return 0.0
+
+    def specs(self) -> list[TopicSpec]:
+        s = self.settings
+        n, rf = s.partitions, s.replication_factor
+        isr = {"min.insync.replicas": str(s.min_insync_replicas)}
+        compact = {"cleanup.policy": "compact", **isr}
+        keep = lambda days: {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS), **isr}  # noqa: E731
+        specs = [
+            TopicSpec(
+                "absences",
+                self.absences,
+                n,
+                rf,
+                # Compacted by absence id: the latest state of every absence is kept forever (bulk
+                # resync replays it); a week of full history is kept before compaction.
+                {**compact, "min.compaction.lag.ms": str(7 * DAY_MS)},
+                "Input: Avro AbsenceEvent, key = absence id.",
+            ),
+            TopicSpec("invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."),
+            TopicSpec("deliveries", self.deliveries, n, rf, keep(7), "Delivery work items."),
+            TopicSpec("status", self.status, n, rf, {"retention.ms": FOREVER, **isr}, "DeliveryStatus events (the projection's source)."),
+            TopicSpec("destinations", self.destinations, 1, rf, compact, "Destination configuration, latest per id."),
+            TopicSpec("commands", self.commands, n, rf, keep(7), "Operator commands (Retry, Mark as processed)."),
+            TopicSpec("fanout_state", self.fanout_state, n, rf, compact, "Changelog of the fan-out state per absence."),
+            TopicSpec("delivery_state", self.delivery_state, n, rf, compact, "Changelog of the delivery state per destination and absence."),
+            TopicSpec("daily_absences", self.daily_absences, n, rf, compact, "Changelog of who is absent which day (Slack)."),
+        ]
+        for i, topic in enumerate(self.retries):
+            delay_ms = int(s.retry_delays[i] * 1000)
+            retention = max(7 * DAY_MS, 3 * delay_ms)
+            specs.append(
+                TopicSpec(
+                    f"retry_{i + 1}",
+                    topic,
+                    n,
+                    rf,
+                    {"cleanup.policy": "delete", "retention.ms": str(retention), **isr},
+                    f"Retry stage {i + 1}: consumed no earlier than {s.retry_delays[i]:g}s after the failure.",
+                )
+            )
+        return specs
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Creates every missing topic (idempotent). Returns the names it created."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [spec for spec in Topics(settings).specs() if spec.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication, config=t.config) for t in missing],
+        operation_timeout=timeout,
+    )
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise
+    return created

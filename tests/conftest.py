@@ -1,0 +1,50 @@
+"""Shared fixtures: a real Kafka broker and per-test isolated settings.
+
+The broker: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers' Kafka when a Docker engine
+answers; else the project's own local broker (deploy/local/broker.sh), started once per session.
+Each test gets its own topic prefix and consumer groups, so tests share one broker safely.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.logging import configure_logging
+from streams.settings import Settings
+from streams.topics import create_topics
+
+configure_logging(os.environ.get("ABSYNC_LOG_LEVEL", "WARNING"))
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    from tests.kafka_fixture import ensure_broker
+
+    return ensure_broker()
+
+
+def make_settings(bootstrap: str, tmp_path: Path, **overrides: object) -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    values: dict[str, object] = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "topic_prefix": prefix,
+        "partitions": 3,
+        "retry_delays": "1s,2s,3s,4s",
+        "connector_timeout": 2.0,
+        "data_dir": tmp_path / "data",
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings isolated to this test (own topic prefix), with the topics created."""
+    s = make_settings(bootstrap, tmp_path)
+    create_topics(s)
+    yield s
