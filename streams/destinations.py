@@ -1,0 +1,225 @@
+"""Destinations as events: the compacted ``destinations`` topic (latest value per id; a tombstone
+deletes) and a global table that every worker keeps of it.
+
+- :func:`publish_destination` / :func:`delete_destination`: write side (CLI, web API).
+- :class:`DestinationTable`: read side; a background thread reads all partitions from the start and
+  keeps the latest value per id; ``wait_ready()`` returns once it has caught up.
+- :func:`load_yaml`: destinations written in YAML, secrets encrypted before they leave the process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from schemas.codec import codec_for
+from schemas.destination import KINDS, ChangeSelection, Destination, Filters
+from schemas.errors import SchemaError
+from streams.kafka import make_producer
+from streams.secrets import SecretBox
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+
+class DestinationError(ValueError):
+    """A destination definition is invalid (the message says which field)."""
+
+
+def publish_destination(settings: Settings, destination: Destination) -> None:
+    producer = make_producer(settings)
+    producer.produce(
+        Topics(settings).destinations,
+        key=destination.id.encode(),
+        value=codec_for("Destination").encode(destination.to_avro()),
+    )
+    if producer.flush(30) != 0:
+        raise RuntimeError("destination not written: Kafka did not acknowledge in 30 s")
+
+
+def delete_destination(settings: Settings, destination_id: str) -> None:
+    producer = make_producer(settings)
+    producer.produce(Topics(settings).destinations, key=destination_id.encode(), value=None)
+    if producer.flush(30) != 0:
+        raise RuntimeError("destination not deleted: Kafka did not acknowledge in 30 s")
+
+
+class DestinationTable:
+    """Latest destination per id, kept up to date from the destinations topic by a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topic = Topics(settings).destinations
+        self._items: dict[str, Destination] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[str, Destination | None], None]] = []
+
+    def on_change(self, listener: Callable[[str, Destination | None], None]) -> None:
+        """Called (from the table's thread) with (id, new value or None) after each change."""
+        self._listeners.append(listener)
+
+    def start(self) -> DestinationTable:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="destinations-table", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"destinations table not caught up with {self._topic} in {timeout}s")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def get(self, destination_id: str) -> Destination | None:
+        with self._lock:
+            return self._items.get(destination_id)
+
+    def all(self, tenant: str | None = None) -> list[Destination]:
+        with self._lock:
+            items = list(self._items.values())
+        return [d for d in items if tenant is None or d.tenant == tenant]
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._settings.bootstrap_servers,
+                "group.id": "absync-destinations-table-unused",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            metadata = consumer.list_topics(self._topic, timeout=30)
+            partitions = list(metadata.topics[self._topic].partitions)
+            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)[1] for p in partitions}
+            positions = dict.fromkeys(partitions, 0)
+            codec = codec_for("Destination")
+            while not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
+                        self._ready.set()
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("destinations table read error", error=str(msg.error()))
+                    continue
+                positions[msg.partition()] = msg.offset() + 1
+                key = (msg.key() or b"").decode()
+                value: Destination | None = None
+                if msg.value() is not None:
+                    try:
+                        value = Destination.from_avro(codec.decode(msg.value()))
+                    except (SchemaError, KeyError, ValueError) as exc:
+                        log.error("undecodable destination skipped", key=key, offset=msg.offset(), error=str(exc))
+                        continue
+                with self._lock:
+                    if value is None:
+                        self._items.pop(key, None)
+                    else:
+                        self._items[key] = value
+                for listener in self._listeners:
+                    listener(key, value)
+                if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
+                    self._ready.set()
+        finally:
+            consumer.close()
+
+
+def _strings(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | int):
+        return (str(value),)
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise DestinationError(f"{field} must be a list of strings")
+
+
+def destination_from_dict(
+    data: dict[str, Any], box: SecretBox, *, actor: str = "cli", previous: Destination | None = None
+) -> Destination:
+    """Builds a Destination from its YAML/JSON form; clear-text secrets are encrypted here.
+
+    A secret left out keeps its previous encrypted value (secrets are write-only).
+    """
+    for required in ("id", "tenant", "name", "kind"):
+        if not isinstance(data.get(required), str) or not data[required]:
+            raise DestinationError(f"destination field {required!r} is required")
+    if data["kind"] not in KINDS:
+        raise DestinationError(f"kind must be one of {', '.join(KINDS)}, got {data['kind']!r}")
+    filters = data.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise DestinationError("filters must be a mapping")
+    unknown = set(filters) - {"legal_entities", "departments", "leave_accounts", "leave_categories", "employees"}
+    if unknown:
+        raise DestinationError(f"unknown filter(s): {', '.join(sorted(unknown))}")
+    settings = data.get("settings") or {}
+    secrets_in = data.get("secrets") or {}
+    if not isinstance(settings, dict) or not isinstance(secrets_in, dict):
+        raise DestinationError("settings and secrets must be mappings")
+    secrets = dict(previous.secrets) if previous else {}
+    for name, value in secrets_in.items():
+        if value is None or value == "":
+            continue
+        secrets[str(name)] = box.encrypt(str(value))
+    try:
+        changes = ChangeSelection(str(data.get("changes", "ALL")).upper())
+    except ValueError:
+        raise DestinationError("changes must be 'all' or 'approved_and_deletions'") from None
+    return Destination(
+        id=data["id"],
+        tenant=data["tenant"],
+        name=data["name"],
+        kind=data["kind"],
+        enabled=bool(data.get("enabled", True)),
+        filters=Filters(**{k: _strings(v, f"filters.{k}") for k, v in filters.items()}),
+        changes=changes,
+        settings=settings,
+        secrets=secrets,
+        revision=(previous.revision + 1) if previous else int(data.get("revision", 1)),
+        updated_at=dt.datetime.now(dt.UTC),
+        updated_by=actor,
+    )
+
+
+def load_yaml(path: Path, box: SecretBox) -> list[Destination]:
+    """One destination per YAML document (or a list of them)."""
+    documents: list[Any] = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, list):
+            documents.extend(doc)
+        elif doc is not None:
+            documents.append(doc)
+    out: list[Destination] = []
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, dict):
+            raise DestinationError(f"{path}: document {i + 1} is not a mapping")
+        try:
+            out.append(destination_from_dict(doc, box))
+        except DestinationError as exc:
+            raise DestinationError(f"{path}: document {i + 1}: {exc}") from exc
+    return out
+
+
+def apply_all(settings: Settings, destinations: Iterable[Destination]) -> int:
+    count = 0
+    for destination in destinations:
+        publish_destination(settings, destination)
+        count += 1
+    return count
