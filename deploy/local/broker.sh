@@ -39,10 +39,11 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\(.*\)</kafka\.version>.*:\1:p' "$PO
 CACHE_DIR=${ABSYNC_CACHE_DIR:-$REPO_ROOT/.cache}
 case "$CACHE_DIR" in /*) ;; *) CACHE_DIR="$PWD/$CACHE_DIR" ;; esac
 PORT=${ABSYNC_BROKER_PORT:-9092}
-[[ "$PORT" =~ ^[0-9]+$ ]] && ((PORT > 0 && PORT < 65535)) || die "bad ABSYNC_BROKER_PORT: $PORT"
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1 || PORT > 65534)); then die "bad ABSYNC_BROKER_PORT: $PORT"; fi
 CPORT=${ABSYNC_CONTROLLER_PORT:-$((PORT + 1))}
-[[ "$CPORT" =~ ^[0-9]+$ ]] && ((CPORT > 0 && CPORT < 65536 && CPORT != PORT)) \
-  || die "bad ABSYNC_CONTROLLER_PORT: $CPORT"
+if ! [[ "$CPORT" =~ ^[0-9]+$ ]] || ((CPORT < 1 || CPORT > 65535 || CPORT == PORT)); then
+  die "bad ABSYNC_CONTROLLER_PORT: $CPORT"
+fi
 HOST=127.0.0.1
 BOOTSTRAP="$HOST:$PORT"
 HEAP_OPTS=${ABSYNC_BROKER_HEAP:--Xmx512m -Xms256m}
@@ -90,17 +91,20 @@ fetch() {
   t0=$(now)
   tmp=$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")
   info "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR"
-  if ! (cd "$KAFKA_HOME" && mvn -q -B -Dstyle.color=never -f "$POM" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp"); then
+  if ! (cd "$KAFKA_HOME" && mvn -B -Dstyle.color=never -f "$POM" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" \
+        </dev/null >"$KAFKA_HOME/fetch.log" 2>&1); then
     rm -rf "$tmp"
-    die "mvn could not resolve Kafka $KAFKA_VERSION (see output above; pom: $POM)"
+    tail -n 40 "$KAFKA_HOME/fetch.log" >&2
+    die "mvn could not resolve Kafka $KAFKA_VERSION (log: $KAFKA_HOME/fetch.log; pom: $POM)"
   fi
   [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after mvn"; }
   rm -rf "$LIBS_DIR"
   mv "$tmp" "$LIBS_DIR"
   echo "$digest" >"$MARKER"
   exec 8>&-
-  info "fetched $(ls "$LIBS_DIR" | grep -c '\.jar$') jars in $(elapsed "$t0")s"
+  local jars=("$LIBS_DIR"/*.jar)
+  info "fetched ${#jars[@]} jars in $(elapsed "$t0")s"
 }
 
 # ---------------------------------------------------------------- java
@@ -236,12 +240,24 @@ if mode == "full":
 PY
 }
 
+# Offsets of the logs when this start began, so failures show only this run's lines.
+OUT_LOG_OFFSET=0
+SERVER_LOG_OFFSET=0
+mark_logs() {
+  OUT_LOG_OFFSET=$(stat -c %s "$OUT_LOG" 2>/dev/null || echo 0)
+  SERVER_LOG_OFFSET=$(stat -c %s "$SERVER_LOG" 2>/dev/null || echo 0)
+}
+
 show_logs() {
-  local f
+  local f off
   for f in "$OUT_LOG" "$SERVER_LOG"; do
-    if [[ -s "$f" ]]; then
+    off=$OUT_LOG_OFFSET
+    [[ "$f" == "$SERVER_LOG" ]] && off=$SERVER_LOG_OFFSET
+    [[ -f "$f" ]] || continue
+    (($(stat -c %s "$f") >= off)) || off=0 # rolled over
+    if [[ -n "$(tail -c +$((off + 1)) "$f" | head -c 1)" ]]; then
       echo "---- last lines of $f ----" >&2
-      tail -n 25 "$f" >&2
+      tail -c +$((off + 1)) "$f" | tail -n 25 >&2
     fi
   done
 }
@@ -346,13 +362,19 @@ cmd_start() {
   write_config
   format_storage
   mapfile -t opts < <(jvm_opts)
+  mark_logs
   echo "==== $(date -u +%FT%TZ) start Kafka $KAFKA_VERSION on $BOOTSTRAP" >>"$OUT_LOG"
   # New session (setsid) so the broker outlives the caller and its terminal/process
   # group; all fds redirected so a caller capturing our output does not hang; the
   # lock fds are closed. The wrapper shell writes its pid and execs java in place.
-  (cd "$DATA_DIR" && setsid nohup bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
-    "$PID_FILE" "$JAVA" "${opts[@]}" -cp "$LIBS_DIR/*" kafka.Kafka "$CONFIG" \
-    </dev/null >>"$OUT_LOG" 2>&1 8>&- 9>&- &)
+  # Every level execs, so no shell lingers holding the lock.
+  (
+    exec 8>&- 9>&- </dev/null >>"$OUT_LOG" 2>&1
+    cd "$DATA_DIR" || exit 1
+    # shellcheck disable=SC2016 # $$, $0 and $@ belong to the inner shell
+    exec setsid nohup bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
+      "$PID_FILE" "$JAVA" "${opts[@]}" -cp "$LIBS_DIR/*" kafka.Kafka "$CONFIG"
+  ) &
   local i
   for ((i = 0; i < 100; i++)); do [[ -s "$PID_FILE" ]] && break; sleep 0.05; done
   pid=$(tr -dc '0-9' <"$PID_FILE" 2>/dev/null || true)

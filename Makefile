@@ -1,0 +1,66 @@
+# absync — two commands for a newcomer: `make run` and `make test`. Everything else is plumbing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_BROKER_PORT ?= 39092
+export ABSYNC_TEST_BROKER_PORT := $(TEST_BROKER_PORT)
+
+.PHONY: help venv system-deps broker broker-stop topics run run-demo test test-only lint format bench clean
+
+help:
+	@echo "make run    run the service with its embedded defaults (local Kafka broker included)"
+	@echo "make test   install what the tests need, lint, and run the whole test suite"
+	@echo "make bench  benchmarks (figures and ratios against a baseline)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests need (PostgreSQL server, Chromium for the console's browser tests).
+system-deps:
+	@bash deploy/local/system-deps.sh
+
+broker: venv
+	@bash deploy/local/broker.sh start
+
+broker-stop:
+	@bash deploy/local/broker.sh stop
+
+topics: venv
+	@$(BIN)/absync topics create
+
+run: venv broker topics
+	@bash deploy/local/run.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: venv system-deps lint
+	@bash deploy/local/test.sh
+
+# Run the tests without the lint and install steps (quick local loop).
+test-only:
+	@bash deploy/local/test.sh
+
+bench: venv
+	@bash deploy/local/bench.sh
+
+clean:
+	-@bash deploy/local/broker.sh stop
+	-@ABSYNC_BROKER_PORT=$(TEST_BROKER_PORT) bash deploy/local/broker.sh stop
+	-@bash deploy/local/postgres.sh stop
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

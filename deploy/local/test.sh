@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Starts what the tests need (a Kafka broker on the test port, PostgreSQL) unless the environment
+# already points at them, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+port="${ABSYNC_TEST_BROKER_PORT:-39092}"
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  ABSYNC_BROKER_PORT="$port" bash deploy/local/broker.sh start
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
+fi
+if [ -z "${ABSYNC_TEST_DATABASE_URL:-}" ] && [ -f deploy/local/postgres.sh ]; then
+  bash deploy/local/postgres.sh start
+  export ABSYNC_TEST_DATABASE_URL="$(bash deploy/local/postgres.sh url)"
+fi
+start=$(date +%s)
+set +e
+.venv/bin/pytest "$@"
+rc=$?
+set -e
+echo "make test: pytest took $(( $(date +%s) - start ))s"
+exit $rc
