@@ -8,13 +8,8 @@ This package imports nothing of ours: every other package may import it.
 - :mod:`schemas.models`: typed Python views of the records.
 """
 
-from schemas.codec import (
-    AvroCodec,
-    SchemaNotFoundError,
-    SchemaRegistryResolver,
-    codec_for,
-)
-from schemas.errors import DecodeError, SchemaError, ValidationError
+from schemas.codec import AvroCodec, SchemaRegistryResolver, codec_for
+from schemas.errors import DecodeError, SchemaError, SchemaNotFoundError, ValidationError
 from schemas.models import (
     Absence,
     AbsenceEvent,

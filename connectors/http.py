@@ -1,0 +1,426 @@
+"""Generic HTTP connector: any tool that accepts a signed webhook, or Lucca's historical format.
+
+Two wire formats (setting ``format``), documented for receivers in docs/http-sync.md:
+
+- ``absync.v1`` (default): the absence's full latest state as JSON, signed per the Standard
+  Webhooks spec. ``method_mode: rest`` sends ``PUT {url}/{absence id}`` (upsert) and
+  ``DELETE {url}/{absence id}``; ``method_mode: post`` sends every change as ``POST {url}``.
+- ``lucca.legacy``: what receivers of Lucca's HTTP Synchronisation expect: one ``POST {url}`` per
+  half-day with ``X-Event: created|approved|deleted``.
+
+Idempotency is the receiver's by design: PUT and DELETE are keyed by absence id, every request
+carries ``webhook-id`` and ``Idempotency-Key`` (the delivery id, stable across retries; one id per
+half-day in lucca.legacy), so a repeated delivery has no second effect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+from pydantic import SecretStr
+
+from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, RecordedCall
+from connectors.exceptions import (
+    BackpressureError,
+    ConfigurationError,
+    PermanentError,
+    RetryableError,
+)
+from connectors.registry import register
+from schemas.delivery import Delivery, Operation
+from schemas.destination import Destination
+from schemas.models import AbsenceEvent, AbsenceStatus
+from streams.logging import MASK
+from streams.settings import parse_duration
+
+log = structlog.get_logger(__name__)
+
+FORMATS = ("absync.v1", "lucca.legacy")
+METHOD_MODES = ("rest", "post")
+AUTH_MODES = ("none", "basic", "bearer", "header")
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets are 24 to 64 random bytes
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One HTTP call a delivery needs (lucca.legacy needs one per half-day)."""
+
+    method: str
+    url: str
+    message_id: str
+    body: bytes | None
+    headers: Mapping[str, str]
+
+
+def parse_signing_secrets(raw: str) -> list[bytes]:
+    """``whsec_<base64>`` secrets, comma-separated, newest first -> their key bytes."""
+    keys: list[bytes] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        if not part.startswith(SECRET_PREFIX):
+            raise ConfigurationError(f"a signing secret must start with {SECRET_PREFIX!r}")
+        try:
+            key = base64.b64decode(part.removeprefix(SECRET_PREFIX), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError("a signing secret is not valid base64 after 'whsec_'") from None
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigurationError(f"a signing secret must hold at least {MIN_SECRET_BYTES} bytes")
+        keys.append(key)
+    return keys
+
+
+def sign(keys: list[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: one ``v1,<base64 HMAC-SHA256>`` per key, space-separated."""
+    content = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode() for key in keys
+    )
+
+
+def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None when absent or bad."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
+
+
+def to_json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# -- absync.v1 --------------------------------------------------------------------------------------
+
+
+def absync_body(delivery: Delivery) -> dict[str, Any]:
+    """The stable absync.v1 document: the absence's full latest state and what happened to it."""
+    event = delivery.event.to_json()
+    deleted = delivery.operation is Operation.DELETE
+    return {
+        "type": "absence.deleted" if deleted else "absence.upserted",
+        "delivery_id": delivery.delivery_id,
+        "event_id": event["event_id"],
+        "tenant": event["tenant"],
+        "change": delivery.event.change.value.lower(),
+        "version": event["version"],
+        "occurred_at": event["occurred_at"],
+        "absence": event["absence"],
+        "employee": event["employee"],
+    }
+
+
+# -- lucca.legacy -----------------------------------------------------------------------------------
+
+
+def lucca_id(value: str | None) -> int | str | None:
+    """Lucca's ids were numbers: a digits-only id without leading zero goes out as a JSON number,
+    any other id as the string it is (so no information is lost)."""
+    if value is not None and value.isdigit() and (value == "0" or not value.startswith("0")):
+        return int(value)
+    return value
+
+
+def lucca_timestamp(value: dt.datetime | None) -> str:
+    """Lucca's shape: ``2018-04-04T22:34:47.797`` (we send UTC), or "" when unset."""
+    if value is None:
+        return ""
+    utc = value.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
+
+
+def lucca_event_name(delivery: Delivery) -> str:
+    """``deleted`` for removals, ``approved`` for an approved absence, ``created`` otherwise."""
+    if delivery.operation is Operation.DELETE:
+        return "deleted"
+    return "approved" if delivery.event.absence.status is AbsenceStatus.APPROVED else "created"
+
+
+def lucca_bodies(event: AbsenceEvent) -> list[dict[str, Any]]:
+    """One Lucca leave document per half-day the absence covers."""
+    a, e, la = event.absence, event.employee, event.absence.leave_account
+    cancelled = a.status is AbsenceStatus.CANCELLED or event.change.removes
+    return [
+        {
+            "id": f"{a.id}-{day:%Y%m%d}-{half.value}",
+            "date": day.isoformat(),
+            "isAm": half.value == "AM",
+            "owner": {
+                "id": lucca_id(e.id),
+                "name": e.display_name,
+                "email": e.email or "",
+                "employeeNumber": e.employee_number or "",
+            },
+            "leaveAccount": {
+                "id": lucca_id(la.id),
+                "name": la.name,
+                "categoryId": lucca_id(la.category_id),
+                "categoryName": la.category_name or "",
+            },
+            "isConfirmed": a.status is AbsenceStatus.APPROVED,
+            "confirmationDate": lucca_timestamp(a.approved_at),
+            "isCancelled": cancelled,
+            "cancellationDate": lucca_timestamp(a.cancelled_at) if cancelled else "",
+        }
+        for day, half in a.half_days()
+    ]
+
+
+# -- the connector ----------------------------------------------------------------------------------
+
+
+@register
+class HttpConnector(Connector):
+    """Sends absence changes to one HTTP endpoint (see the module docstring and docs/http-sync.md)."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        destination: Destination,
+        secrets: Mapping[str, SecretStr],
+        options: ConnectorOptions | None = None,
+    ) -> None:
+        super().__init__(destination, secrets, options)
+        self.url = self._url()
+        self.format = self._choice("format", FORMATS)
+        self.method_mode = self._choice("method_mode", METHOD_MODES)
+        self.x_version = str(self.setting("x_version", "1"))
+        self.timeout = self._timeout()
+        self.auth_headers = self._auth_headers()
+        raw_keys = self.secrets.get("signing_secrets")
+        self.signing_keys = parse_signing_secrets(raw_keys.get_secret_value()) if raw_keys else []
+        self._client: httpx.AsyncClient | None = None
+
+    def _url(self) -> str:
+        url = str(self.setting("url", required=True)).rstrip("/")
+        try:
+            parsed: httpx.URL | None = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigurationError(
+                f"destination {self.destination.id}: url must be http(s)://host/..., got {url!r}"
+            )
+        return url
+
+    def _choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = str(self.setting(name, allowed[0]))
+        if value not in allowed:
+            raise ConfigurationError(
+                f"destination {self.destination.id}: {name} must be one of {', '.join(allowed)}, got {value!r}"
+            )
+        return value
+
+    def _timeout(self) -> float:
+        raw = self.setting("timeout")
+        if raw is None:
+            return self.options.timeout
+        try:
+            seconds = parse_duration(raw) if isinstance(raw, str) else float(raw)
+        except (TypeError, ValueError):
+            seconds = 0.0
+        if seconds <= 0:
+            raise ConfigurationError(
+                f"destination {self.destination.id}: timeout must be positive, got {raw!r}"
+            )
+        return seconds
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Headers proving who we are; every value here comes from a secret and is masked in records."""
+        auth = self._choice("auth", AUTH_MODES)
+        if auth == "basic":
+            pair = f"{self.secret('username')}:{self.secret('password')}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        if auth == "bearer":
+            return {"Authorization": "Bearer " + self.secret("token")}
+        if auth == "header":
+            name = str(self.setting("auth_header_name", required=True))
+            return {name: self.secret("auth_header_value")}
+        return {}
+
+    async def setup(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=30.0),
+            headers={"User-Agent": self.options.user_agent},
+        )
+        if not self.signing_keys and self.format == "absync.v1":
+            log.warning("http destination sends unsigned requests", destination=self.destination.id)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- deliveries ---------------------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        deleting = delivery.operation is Operation.DELETE
+        requests = (
+            self._lucca_requests(delivery)
+            if self.format == "lucca.legacy"
+            else [self._absync_request(delivery)]
+        )
+        statuses = []
+        for request in requests:
+            response = await self._send(request, recorder)
+            self._raise_for_status(request, response, deleting=deleting)
+            statuses.append(response.status_code)
+        if self.format == "lucca.legacy":
+            event = requests[0].headers["X-Event"]
+            summary = f"{len(requests)} half-day call(s) with X-Event {event} answered {_counts(statuses)}"
+            return DeliveryOutcome(summary=summary, details={"calls": len(requests), "statuses": statuses})
+        first = requests[0]
+        return DeliveryOutcome(
+            summary=f"{first.method} {first.url} answered {statuses[0]}",
+            external_id=first.url if self.method_mode == "rest" else None,
+            details={"status": statuses[0]},
+        )
+
+    def _absync_request(self, delivery: Delivery) -> _Request:
+        body = to_json_bytes(absync_body(delivery))
+        if self.method_mode == "post":
+            return _Request("POST", self.url, delivery.delivery_id, body, {})
+        method = "DELETE" if delivery.operation is Operation.DELETE else "PUT"
+        # DELETE carries the last known state too: receivers may log it, and it is what is signed.
+        return _Request(
+            method, f"{self.url}/{quote(delivery.absence_id, safe='')}", delivery.delivery_id, body, {}
+        )
+
+    def _lucca_requests(self, delivery: Delivery) -> list[_Request]:
+        headers = {
+            "X-Version": self.x_version,
+            "X-Resource-Type": "leave",
+            "X-Event": lucca_event_name(delivery),
+        }
+        return [
+            _Request("POST", self.url, f"{delivery.delivery_id}.{doc['id']}", to_json_bytes(doc), headers)
+            for doc in lucca_bodies(delivery.event)
+        ]
+
+    async def _send(self, request: _Request, recorder: CallRecorder) -> httpx.Response:
+        """Sends one request (signed with a fresh timestamp) and records it, secrets masked."""
+        if self._client is None:
+            raise RuntimeError("HttpConnector.setup() was not awaited")
+        headers = {**self.auth_headers, **request.headers, "Idempotency-Key": request.message_id}
+        if request.body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.signing_keys:
+            timestamp = int(time.time())
+            headers["webhook-id"] = request.message_id
+            headers["webhook-timestamp"] = str(timestamp)
+            headers["webhook-signature"] = sign(
+                self.signing_keys, request.message_id, timestamp, request.body or b""
+            )
+        http_request = self._client.build_request(
+            request.method, request.url, content=request.body, headers=headers
+        )
+        hooks = recorder.httpx_hooks()
+        for on_request in hooks["request"]:
+            await on_request(http_request)
+        self._mask_recorded(http_request)
+        try:
+            response = await self._client.send(http_request)
+        except httpx.TimeoutException as exc:
+            message = (
+                f"{request.method} {request.url}: no answer within {self.timeout:g} s ({type(exc).__name__})"
+            )
+            recorder.fail_open_calls(message)
+            raise RetryableError(message) from exc
+        except httpx.TransportError as exc:
+            message = f"{request.method} {request.url}: {type(exc).__name__}: {exc}"
+            recorder.fail_open_calls(message)
+            raise RetryableError(message) from exc
+        for on_response in hooks["response"]:
+            await on_response(response)
+        return response
+
+    def _mask_recorded(self, request: httpx.Request) -> None:
+        """Masks every header we derived from a secret, whatever its name (custom auth headers too)."""
+        call = request.extensions.get("absync_call")
+        if not isinstance(call, RecordedCall):
+            return
+        secret_names = {name.lower() for name in self.auth_headers} | {"webhook-signature"}
+        for name in call.request_headers:
+            if name.lower() in secret_names:
+                call.request_headers[name] = MASK
+
+    @staticmethod
+    def _raise_for_status(request: _Request, response: httpx.Response, *, deleting: bool) -> None:
+        """Maps the answer to the connector exceptions (rules in docs/http-sync.md, "Outcomes")."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if deleting and status in (404, 410):
+            return  # already gone: the destination holds the wanted state
+        where = f"{request.method} {request.url} answered {status}"
+        excerpt = response.text[:EXCERPT_CHARS].strip()
+        detail = f"{where}: {excerpt}" if excerpt else where
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429 or (status == 503 and retry_after is not None):
+            raise BackpressureError(detail, retry_after=retry_after, status_code=status)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            raise RetryableError(detail, status_code=status)
+        if status == 410:
+            raise PermanentError(f"{where}: the receiver says this endpoint is gone", status_code=status)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "?")
+            raise PermanentError(
+                f"{where}: redirects are not followed, update the url (to {location})", status_code=status
+            )
+        raise PermanentError(detail, status_code=status)
+
+    # -- test connection ----------------------------------------------------------------------------
+
+    async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
+        """absync.v1: a signed ``POST {url}`` of ``{"type":"absync.ping"}``; lucca.legacy: ``OPTIONS
+        {url}`` with the credentials (a Lucca receiver knows no ping and would store any POST).
+        2xx or 405 (the URL exists, the method is not routed) means reachable."""
+        ping_id = f"ping_{uuid.uuid4().hex}"
+        if self.format == "lucca.legacy":
+            request = _Request("OPTIONS", self.url, ping_id, None, {"X-Version": self.x_version})
+        else:
+            body = {
+                "type": "absync.ping",
+                "tenant": self.destination.tenant,
+                "destination_id": self.destination.id,
+            }
+            request = _Request("POST", self.url, ping_id, to_json_bytes(body), {})
+        response = await self._send(request, recorder)
+        if response.status_code != 405:
+            self._raise_for_status(request, response, deleting=False)
+        return DeliveryOutcome(
+            summary=f"{request.method} {self.url} answered {response.status_code}: reachable"
+        )
+
+
+def _counts(statuses: list[int]) -> str:
+    """[200, 200, 201] -> '2x200, 1x201'."""
+    return ", ".join(f"{statuses.count(s)}x{s}" for s in sorted(set(statuses)))
