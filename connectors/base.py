@@ -96,7 +96,9 @@ class CallRecorder:
                 text = text.replace(value, MASK)
         return text
 
-    def start(self, method: str, url: str, headers: Mapping[str, str], body: str | bytes | None) -> RecordedCall:
+    def start(
+        self, method: str, url: str, headers: Mapping[str, str], body: str | bytes | None
+    ) -> RecordedCall:
         if isinstance(body, bytes):
             body = body.decode("utf-8", errors="replace")
         call = RecordedCall(
@@ -134,7 +136,9 @@ class CallRecorder:
                 body: bytes = request.content
             except httpx.RequestNotRead:
                 body = b"<streamed body>"
-            request.extensions["absync_call"] = self.start(request.method, str(request.url), request.headers, body)
+            request.extensions["absync_call"] = self.start(
+                request.method, str(request.url), request.headers, body
+            )
 
         async def on_response(response: httpx.Response) -> None:
             call = response.request.extensions.get("absync_call")

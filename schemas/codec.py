@@ -77,9 +77,7 @@ class SchemaRegistryResolver:
                 try:
                     text = self._fetch(f"{self._url}/schemas/ids/{schema_id}")
                 except Exception as exc:
-                    raise SchemaNotFoundError(
-                        f"schema id {schema_id} not found in registry: {exc}"
-                    ) from exc
+                    raise SchemaNotFoundError(f"schema id {schema_id} not found in registry: {exc}") from exc
                 self._cache[schema_id] = fastavro.parse_schema(json.loads(text))
             return self._cache[schema_id]
 
@@ -116,9 +114,7 @@ class AvroCodec:
                 raise DecodeError("truncated single-object header")
             writer = self._writers.get(data[2:10])
             if writer is None:
-                raise SchemaNotFoundError(
-                    f"unknown schema fingerprint {data[2:10].hex()} for {self.name}"
-                )
+                raise SchemaNotFoundError(f"unknown schema fingerprint {data[2:10].hex()} for {self.name}")
             body = data[10:]
         elif data[:1] == CONFLUENT_MAGIC and self._registry is not None:
             if len(data) < 5:

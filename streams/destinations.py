@@ -106,7 +106,10 @@ class DestinationTable:
             metadata = consumer.list_topics(self._topic, timeout=30)
             partitions = list(metadata.topics[self._topic].partitions)
             consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)[1] for p in partitions}
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)[1]
+                for p in partitions
+            }
             positions = dict.fromkeys(partitions, 0)
             codec = codec_for("Destination")
             while not self._stop.is_set():
@@ -115,18 +118,21 @@ class DestinationTable:
                     if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
                         self._ready.set()
                     continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("destinations table read error", error=str(msg.error()))
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("destinations table read error", error=str(error))
                     continue
-                positions[msg.partition()] = msg.offset() + 1
+                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
                 key = (msg.key() or b"").decode()
                 value: Destination | None = None
                 if msg.value() is not None:
                     try:
                         value = Destination.from_avro(codec.decode(msg.value()))
                     except (SchemaError, KeyError, ValueError) as exc:
-                        log.error("undecodable destination skipped", key=key, offset=msg.offset(), error=str(exc))
+                        log.error(
+                            "undecodable destination skipped", key=key, offset=msg.offset(), error=str(exc)
+                        )
                         continue
                 with self._lock:
                     if value is None:
@@ -166,7 +172,13 @@ def destination_from_dict(
     filters = data.get("filters") or {}
     if not isinstance(filters, dict):
         raise DestinationError("filters must be a mapping")
-    unknown = set(filters) - {"legal_entities", "departments", "leave_accounts", "leave_categories", "employees"}
+    unknown = set(filters) - {
+        "legal_entities",
+        "departments",
+        "leave_accounts",
+        "leave_categories",
+        "employees",
+    }
     if unknown:
         raise DestinationError(f"unknown filter(s): {', '.join(sorted(unknown))}")
     settings = data.get("settings") or {}

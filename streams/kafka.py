@@ -29,7 +29,9 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
 
 def make_transactional_producer(settings: Settings, transactional_id: str, **overrides: Any) -> Producer:
     producer = Producer(
-        producer_config(settings, **{"transactional.id": transactional_id, "transaction.timeout.ms": 60_000, **overrides})
+        producer_config(
+            settings, **{"transactional.id": transactional_id, "transaction.timeout.ms": 60_000, **overrides}
+        )
     )
     producer.init_transactions(30)
     return producer

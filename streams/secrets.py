@@ -36,7 +36,9 @@ class SecretBox:
         try:
             return SecretStr(self._fernet.decrypt(token).decode())
         except InvalidToken as exc:
-            raise SecretDecryptionError("cannot decrypt a destination secret (wrong ABSYNC_SECRET_KEY?)") from exc
+            raise SecretDecryptionError(
+                "cannot decrypt a destination secret (wrong ABSYNC_SECRET_KEY?)"
+            ) from exc
 
     def decrypt_all(self, secrets: dict[str, bytes]) -> dict[str, SecretStr]:
         return {name: self.decrypt(token) for name, token in secrets.items()}

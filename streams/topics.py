@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.settings import Settings
 
@@ -52,8 +52,7 @@ class Topics:
         self.invalid = f"{p}absences.invalid"
         self.deliveries = f"{p}deliveries"
         self.retries = [
-            f"{p}deliveries.{retry_topic_suffix(i + 1, d)}"
-            for i, d in enumerate(settings.retry_delays)
+            f"{p}deliveries.{retry_topic_suffix(i + 1, d)}" for i, d in enumerate(settings.retry_delays)
         ]
         self.status = f"{p}delivery-status"
         self.destinations = f"{p}destinations"
@@ -73,7 +72,10 @@ class Topics:
         n, rf = s.partitions, s.replication_factor
         isr = {"min.insync.replicas": str(s.min_insync_replicas)}
         compact = {"cleanup.policy": "compact", **isr}
-        keep = lambda days: {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS), **isr}  # noqa: E731
+
+        def keep(days: int) -> dict[str, str]:
+            return {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS), **isr}
+
         specs = [
             TopicSpec(
                 "absences",
@@ -85,14 +87,48 @@ class Topics:
                 {**compact, "min.compaction.lag.ms": str(7 * DAY_MS)},
                 "Input: Avro AbsenceEvent, key = absence id.",
             ),
-            TopicSpec("invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."),
+            TopicSpec(
+                "invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."
+            ),
             TopicSpec("deliveries", self.deliveries, n, rf, keep(7), "Delivery work items."),
-            TopicSpec("status", self.status, n, rf, {"retention.ms": FOREVER, **isr}, "DeliveryStatus events (the projection's source)."),
-            TopicSpec("destinations", self.destinations, 1, rf, compact, "Destination configuration, latest per id."),
-            TopicSpec("commands", self.commands, n, rf, keep(7), "Operator commands (Retry, Mark as processed)."),
-            TopicSpec("fanout_state", self.fanout_state, n, rf, compact, "Changelog of the fan-out state per absence."),
-            TopicSpec("delivery_state", self.delivery_state, n, rf, compact, "Changelog of the delivery state per destination and absence."),
-            TopicSpec("daily_absences", self.daily_absences, n, rf, compact, "Changelog of who is absent which day (Slack)."),
+            TopicSpec(
+                "status",
+                self.status,
+                n,
+                rf,
+                {"retention.ms": FOREVER, **isr},
+                "DeliveryStatus events (the projection's source).",
+            ),
+            TopicSpec(
+                "destinations", self.destinations, 1, rf, compact, "Destination configuration, latest per id."
+            ),
+            TopicSpec(
+                "commands", self.commands, n, rf, keep(7), "Operator commands (Retry, Mark as processed)."
+            ),
+            TopicSpec(
+                "fanout_state",
+                self.fanout_state,
+                n,
+                rf,
+                compact,
+                "Changelog of the fan-out state per absence.",
+            ),
+            TopicSpec(
+                "delivery_state",
+                self.delivery_state,
+                n,
+                rf,
+                compact,
+                "Changelog of the delivery state per destination and absence.",
+            ),
+            TopicSpec(
+                "daily_absences",
+                self.daily_absences,
+                n,
+                rf,
+                compact,
+                "Changelog of who is absent which day (Slack).",
+            ),
         ]
         for i, topic in enumerate(self.retries):
             delay_ms = int(s.retry_delays[i] * 1000)
@@ -118,7 +154,10 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication, config=t.config) for t in missing],
+        [
+            NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication, config=t.config)
+            for t in missing
+        ],
         operation_timeout=timeout,
     )
     created: list[str] = []

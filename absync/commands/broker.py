@@ -11,7 +11,9 @@ from streams import broker
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("broker", help="fetch, start, stop the local Kafka broker (KRaft, no Docker)")
     parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=None, help="broker port (default ABSYNC_BROKER_PORT or 9092)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="broker port (default ABSYNC_BROKER_PORT or 9092)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -12,7 +12,9 @@ from streams.topics import create_topics
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("run", help="run the service in the foreground (Ctrl-C stops it)")
-    parser.add_argument("--only", action="append", choices=list(COMPONENTS), help="run only this part (repeatable)")
+    parser.add_argument(
+        "--only", action="append", choices=list(COMPONENTS), help="run only this part (repeatable)"
+    )
     parser.add_argument("--no-create-topics", action="store_true", help="do not create missing topics first")
     parser.set_defaults(func=run)
 
