@@ -1,0 +1,248 @@
+"""Google Workspace calendars through Calendar API v3 (kind ``google``).
+
+Authentication: a service account with domain-wide delegation; for each employee, google-auth
+signs a JWT-bearer grant with ``sub`` = the employee's address (``with_subject``). google-auth,
+httplib2 and google-api-python-client are synchronous, so calls run in a worker thread; every HTTP
+exchange (token calls included, their credentials masked) is recorded through :class:`_RecordingHttp`.
+
+Idempotency: the event id is computed from the absence (``google_event_id``), so inserting it twice
+cannot make two events. Google keeps a deleted event as ``cancelled`` and refuses to insert its id
+again (409): then the event is replaced with an update that sets its status back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import google.auth.exceptions
+import httplib2
+import structlog
+from google.oauth2 import service_account
+from google_auth_httplib2 import AuthorizedHttp, Request
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+from pydantic import SecretStr
+
+from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.calendar import CalendarEvent, CalendarSettings, google_event_id, wanted_event
+from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
+from connectors.registry import register
+from schemas.delivery import Delivery
+from schemas.destination import Destination
+
+log = structlog.get_logger(__name__)
+
+SCOPES = ["https://www.googleapis.com/auth/calendar"]
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+DEFAULT_API_ROOT = "https://www.googleapis.com/"
+SERVICE_PATH = "calendar/v3/"
+CALENDAR = "primary"
+"""The impersonated employee's own calendar."""
+RATE_LIMIT_REASONS = ("rateLimitExceeded", "userRateLimitExceeded")
+AUTO_DECLINE_MODES = (
+    "declineNone",
+    "declineAllConflictingInvitations",
+    "declineOnlyNewConflictingInvitations",
+)
+GONE_STATUSES = (404, 410)
+
+
+class _RecordingHttp(httplib2.Http):  # type: ignore[misc]
+    """httplib2 that records each exchange; the token call's assertion and token are masked."""
+
+    def __init__(self, recorder: CallRecorder, token_uri: str, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.recorder = recorder
+        self.token_uri = token_uri
+
+    def request(
+        self, uri: str, method: str = "GET", body: Any = None, headers: Any = None, **kwargs: Any
+    ) -> Any:  # type: ignore[override]
+        is_token = uri == self.token_uri
+        call = self.recorder.start(
+            method, uri, headers or {}, "<JWT assertion, masked>" if is_token else body
+        )
+        try:
+            response, content = super().request(uri, method, body=body, headers=headers, **kwargs)
+        except (OSError, httplib2.HttpLib2Error) as exc:
+            self.recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
+            raise
+        shown = "<access token, masked>" if is_token and response.status == 200 else content
+        self.recorder.finish(call, response.status, dict(response), shown)
+        return response, content
+
+
+@register
+class GoogleCalendarConnector(Connector):
+    """Keeps one out-of-office event per absence in the employee's Google calendar."""
+
+    kind = "google"
+
+    def __init__(
+        self,
+        destination: Destination,
+        secrets: Mapping[str, SecretStr],
+        options: ConnectorOptions | None = None,
+    ) -> None:
+        super().__init__(destination, secrets, options)
+        self.token_uri = str(self.setting("token_uri", DEFAULT_TOKEN_URI))
+        self.api_root = str(self.setting("api_root", DEFAULT_API_ROOT))
+        self.auto_decline = str(self.setting("auto_decline_mode", "declineNone"))
+        if self.auto_decline not in AUTO_DECLINE_MODES:
+            raise ConfigurationError(
+                f"setting 'auto_decline_mode' must be one of {', '.join(AUTO_DECLINE_MODES)}"
+            )
+        self.decline_message: str | None = self.setting("decline_message")
+        self.calendar = CalendarSettings.from_settings(self.settings)
+        self._base_credentials: service_account.Credentials | None = None
+        self._delegated: dict[str, service_account.Credentials] = {}
+        self._service: Any = None
+
+    async def setup(self) -> None:
+        self._service = await asyncio.to_thread(
+            build,
+            "calendar",
+            "v3",
+            http=httplib2.Http(timeout=self.options.timeout),
+            static_discovery=True,
+            cache_discovery=False,
+            # api_endpoint replaces the discovery document's rootUrl *and* servicePath.
+            client_options={"api_endpoint": f"{self.api_root.rstrip('/')}/{SERVICE_PATH}"},
+        )
+
+    async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
+        """Gets a token for the service account itself, or for ``test_user`` (proves delegation)."""
+        subject: str | None = self.setting("test_user")
+        credentials = self._for(subject) if subject else self._base()
+        transport = Request(self._http(recorder))
+        await self._run(lambda: credentials.refresh(transport), subject or "the service account")  # type: ignore[no-untyped-call]
+        return DeliveryOutcome(summary=f"token acquired for {subject or credentials.service_account_email}")
+
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        email = delivery.event.employee.email or ""
+        events = self._require(self._service).events()
+        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
+        event_id = google_event_id(delivery.tenant, delivery.absence_id)
+        wanted = wanted_event(delivery, self.calendar)
+        if wanted is None:
+            request = events.delete(calendarId=CALENDAR, eventId=event_id, sendUpdates="none")
+            status = await self._run(lambda: request.execute(http=http), email, tolerate=GONE_STATUSES)
+            gone = "was already gone" if status in GONE_STATUSES else "removed"
+            return DeliveryOutcome(summary=f"event {gone} from {email}'s calendar", external_id=event_id)
+        body = self._event_body(event_id, wanted)
+        insert = events.insert(calendarId=CALENDAR, body=body, sendUpdates="none")
+        if await self._run(lambda: insert.execute(http=http), email, tolerate=(409,)) != 409:
+            return DeliveryOutcome(summary=f"created event in {email}'s calendar", external_id=event_id)
+        log.info("google_event_replaced", calendar=email, event_id=event_id)  # deleted earlier, or a repeat
+        update = events.update(calendarId=CALENDAR, eventId=event_id, body=body, sendUpdates="none")
+        await self._run(lambda: update.execute(http=http), email)
+        return DeliveryOutcome(summary=f"updated event in {email}'s calendar", external_id=event_id)
+
+    def _event_body(self, event_id: str, event: CalendarEvent) -> dict[str, Any]:
+        """An out-of-office event; whole days as midnight-to-midnight (Google refuses all-day OOO)."""
+        span = event.span
+        ooo: dict[str, Any] = {"autoDeclineMode": self.auto_decline}
+        if self.decline_message:
+            ooo["declineMessage"] = self.decline_message
+        return {
+            "id": event_id,
+            "summary": event.title,
+            "eventType": "outOfOffice",
+            "outOfOfficeProperties": ooo,
+            "start": {"dateTime": span.start.isoformat(), "timeZone": span.time_zone},
+            "end": {"dateTime": span.end.isoformat(), "timeZone": span.time_zone},
+            "status": "tentative" if event.tentative else "confirmed",
+            "visibility": "private" if event.private else "default",
+            "transparency": "opaque",
+            "reminders": {"useDefault": False},
+            "extendedProperties": {"private": {"absyncAbsence": event.absence_tag}},
+        }
+
+    # -- credentials and calls ----------------------------------------------------------------
+    def _base(self) -> service_account.Credentials:
+        """The service account's credentials, read from the secret on first use."""
+        if self._base_credentials is not None:
+            return self._base_credentials
+        try:
+            info = json.loads(self.secret("service_account_json"))
+            info["token_uri"] = self.token_uri
+            self._base_credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=SCOPES
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(
+                f"destination {self.destination.id}: service_account_json is not a service-account key file "
+                f"({type(exc).__name__})"
+            ) from None
+        return self._base_credentials
+
+    def _for(self, email: str) -> service_account.Credentials:
+        """Delegated credentials for one user, kept so google-auth reuses the token until it expires."""
+        if email not in self._delegated:
+            self._delegated[email] = self._base().with_subject(email)  # type: ignore[no-untyped-call]
+        return self._delegated[email]
+
+    def _http(self, recorder: CallRecorder) -> _RecordingHttp:
+        return _RecordingHttp(recorder, self.token_uri, self.options.timeout)
+
+    async def _run(self, call: Any, email: str, tolerate: tuple[int, ...] = ()) -> int:
+        """Runs one sync Google call in a thread; returns its status, maps failures to our errors."""
+        try:
+            await asyncio.to_thread(call)
+        except HttpError as exc:
+            if exc.status_code in tolerate:
+                return int(exc.status_code)
+            raise _error_for(exc) from exc
+        except google.auth.exceptions.RefreshError as exc:
+            raise _token_error(exc, email) from exc
+        except google.auth.exceptions.TransportError as exc:
+            raise RetryableError(f"Google token endpoint unreachable: {exc}") from exc
+        except (OSError, httplib2.HttpLib2Error) as exc:
+            raise RetryableError(f"Google Calendar unreachable: {type(exc).__name__}: {exc}") from exc
+        return 200
+
+    @staticmethod
+    def _require(value: Any) -> Any:
+        if value is None:
+            raise RuntimeError("GoogleCalendarConnector.setup() was not awaited")
+        return value
+
+
+def _error_for(exc: HttpError) -> Exception:
+    status = int(exc.status_code)
+    reasons, message = _reasons(exc)
+    detail = f"Google Calendar answered {status} {','.join(reasons)}: {message}"
+    if status == 429 or (status == 403 and set(reasons) & set(RATE_LIMIT_REASONS)):
+        retry_after = exc.resp.get("retry-after")
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        return BackpressureError(detail, retry_after=seconds, status_code=status)
+    if status >= 500:
+        return RetryableError(detail, status_code=status)
+    return PermanentError(detail, status_code=status)
+
+
+def _reasons(exc: HttpError) -> tuple[list[str], str]:
+    try:
+        error = json.loads(exc.content).get("error", {})
+        return [str(e.get("reason", "")) for e in error.get("errors", [])], str(error.get("message", ""))
+    except (ValueError, AttributeError):
+        return [], exc.content.decode("utf-8", errors="replace")[:200]
+
+
+def _token_error(exc: google.auth.exceptions.RefreshError, email: str) -> Exception:
+    """Token errors: an unknown user is that delivery's problem; a refused delegation is the destination's."""
+    data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+    error, description = str(data.get("error", "")), str(data.get("error_description", exc))
+    if error == "invalid_grant" and "Invalid email or User ID" in description:
+        return PermanentError(f"no Google account for {email} (token endpoint: invalid_grant: {description})")
+    if getattr(exc, "retryable", False):
+        return RetryableError(f"Google token endpoint failed: {description}")
+    if error == "unauthorized_client":
+        return ConfigurationError(
+            f"domain-wide delegation missing: the service account may not act for {email} with scope "
+            f"{SCOPES[0]} ({description})"
+        )
+    return ConfigurationError(f"Google refused the service account's token request: {error}: {description}")

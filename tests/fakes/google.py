@@ -1,0 +1,222 @@
+"""A local HTTP fake of Google's OAuth token endpoint and of Calendar API v3 events.
+
+* ``POST /token``: the JWT-bearer grant google-auth sends for a service account. The assertion's
+  signature is checked with the public key of the service account this fake generated; ``sub`` is
+  the impersonated user. An unknown user is ``400 invalid_grant`` "Invalid email or User ID"; a
+  scope the admin did not delegate is ``401 unauthorized_client``.
+* ``/calendar/v3/calendars/{calendarId}/events[/{eventId}]``: insert, get, list, update, patch and
+  delete, as Google answers them: a client-supplied id must be base32hex; inserting an id that
+  exists, even a deleted (``cancelled``) event, is ``409`` "The requested identifier already
+  exists"; a delete leaves a ``cancelled`` event behind (deleting it again is ``410``); an all-day
+  out-of-office event is ``400``; ``eventType`` cannot change.
+
+Calendars (``fake.calendars[email][event_id]``) belong to users; ``primary`` is the token's user.
+Rate limiting on demand: :meth:`FakeGoogle.rate_limit` (403 rateLimitExceeded, Google's JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from typing import Any
+from urllib.parse import unquote
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fakes.loopback import LoopbackServer, Request, Response
+
+CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar"
+EVENTS_PATH = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+"""google-auth always signs for Google's token endpoint, wherever ``token_uri`` points."""
+EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
+
+
+def google_error(status: int, reason: str, message: str, domain: str = "global") -> Response:
+    """Google's error JSON: ``{"error": {"errors": [{domain, reason, message}], "code", "message"}}``."""
+    body = {
+        "error": {
+            "errors": [{"domain": domain, "reason": reason, "message": message}],
+            "code": status,
+            "message": message,
+        }
+    }
+    return Response(status, body)
+
+
+class FakeGoogle:
+    """Google OAuth + Calendar v3 on 127.0.0.1. Use as a context manager."""
+
+    def __init__(self, *, delegated_scopes: tuple[str, ...] = (CALENDAR_SCOPE,)) -> None:
+        self.delegated_scopes = set(delegated_scopes)
+        self.calendars: dict[str, dict[str, dict[str, Any]]] = {}
+        self.requests: list[Request] = []
+        self.token_requests = 0
+        self._tokens: dict[str, str] = {}
+        self._faults: list[Response] = []
+        self._lock = threading.Lock()
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._server = LoopbackServer(self._handle)
+        self.url = self._server.url
+        self.client_email = "absync@acme-project.iam.gserviceaccount.com"
+
+    def __enter__(self) -> FakeGoogle:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    # -- test controls ------------------------------------------------------------------------
+    def add_user(self, email: str) -> dict[str, dict[str, Any]]:
+        return self.calendars.setdefault(email.lower(), {})
+
+    def service_account_info(self) -> dict[str, str]:
+        """A service-account key file (as Google's console gives it) for this fake's key."""
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": "acme-project",
+            "private_key_id": "k1",
+            "private_key": pem,
+            "client_email": self.client_email,
+            "client_id": "1234567890",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """Destination settings pointing at this fake."""
+        return {"token_uri": f"{self.url}/token", "api_root": f"{self.url}/", **extra}
+
+    def rate_limit(self, times: int = 1, status: int = 403, retry_after: int | None = None) -> None:
+        """The next ``times`` Calendar calls are rate limited (403 rateLimitExceeded, or 429)."""
+        fault = google_error(status, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
+        if retry_after is not None:
+            fault.headers["Retry-After"] = str(retry_after)
+        self._faults.extend([fault] * times)
+
+    def fail(self, status: int = 503, times: int = 1) -> None:
+        self._faults.extend([google_error(status, "backendError", "Backend Error")] * times)
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append(request)
+            if request.method == "POST" and request.path == "/token":
+                return self._token(request.form())
+            return self._calendar(request)
+
+    def _token(self, form: dict[str, str]) -> Response:
+        self.token_requests += 1
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return Response(
+                400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
+            )
+        try:
+            claims = jwt.decode(
+                form.get("assertion", ""),
+                self._key.public_key(),
+                algorithms=["RS256"],
+                audience=GOOGLE_TOKEN_AUDIENCE,
+            )
+        except jwt.PyJWTError:
+            return Response(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+        if claims.get("iss") != self.client_email:
+            return Response(
+                401, {"error": "invalid_client", "error_description": "The OAuth client was not found."}
+            )
+        subject = str(claims.get("sub", "")).lower()
+        if subject and not set(str(claims.get("scope", "")).split()) <= self.delegated_scopes:
+            return Response(
+                401,
+                {
+                    "error": "unauthorized_client",
+                    "error_description": "Client is unauthorized to retrieve access tokens using this method, "
+                    "or client not authorized for any of the scopes requested.",
+                },
+            )
+        if subject and subject not in self.calendars:
+            return Response(400, {"error": "invalid_grant", "error_description": "Invalid email or User ID"})
+        token = "ya29." + secrets.token_urlsafe(24)
+        self._tokens[token] = subject or self.client_email
+        return Response(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+
+    def _calendar(self, request: Request) -> Response:
+        user = self._tokens.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if user is None:
+            return google_error(401, "authError", "Invalid Credentials")
+        if self._faults:
+            return self._faults.pop(0)
+        match = EVENTS_PATH.match(request.path)
+        if match is None:
+            return google_error(404, "notFound", "Not Found")
+        calendar_id, event_id = unquote(match.group(1)), match.group(2)
+        calendar = self.calendars.get(user if calendar_id == "primary" else calendar_id.lower())
+        if calendar is None or (calendar_id != "primary" and calendar_id.lower() != user):
+            return google_error(404, "notFound", "Not Found")
+        if event_id is None:
+            if request.method == "POST":
+                return self._insert(calendar, request.json())
+            if request.method == "GET":
+                show_deleted = request.query.get("showDeleted") == "true"
+                items = [e for e in calendar.values() if show_deleted or e["status"] != "cancelled"]
+                return Response(200, {"kind": "calendar#events", "items": items})
+        elif event_id not in calendar:
+            return google_error(404, "notFound", "Not Found")
+        elif request.method == "GET":
+            return Response(200, calendar[event_id])
+        elif request.method in ("PUT", "PATCH"):
+            return self._update(calendar[event_id], request.json(), replace=request.method == "PUT")
+        elif request.method == "DELETE":
+            if calendar[event_id]["status"] == "cancelled":
+                return google_error(410, "deleted", "Resource has been deleted")
+            calendar[event_id]["status"] = "cancelled"
+            return Response(204)
+        return google_error(405, "methodNotAllowed", "Method Not Allowed")
+
+    def _insert(self, calendar: dict[str, dict[str, Any]], body: dict[str, Any]) -> Response:
+        event_id = str(body.get("id") or secrets.token_hex(13))
+        if not EVENT_ID.match(event_id):
+            return google_error(400, "invalid", "Invalid resource id value.")
+        if event_id in calendar:
+            return google_error(409, "duplicate", "The requested identifier already exists.")
+        problem = _event_problem(body)
+        if problem:
+            return problem
+        event = {"kind": "calendar#event", "status": "confirmed", **body, "id": event_id}
+        event["etag"] = json.dumps(str(time.time_ns()))
+        calendar[event_id] = event
+        return Response(200, event)
+
+    def _update(self, event: dict[str, Any], body: dict[str, Any], *, replace: bool) -> Response:
+        # As Google: a deleted event stays cancelled unless the new body says otherwise.
+        kept = {"id": event["id"], "kind": event["kind"], "status": event["status"]}
+        merged = {**kept, **body} if replace else {**event, **body}
+        if merged.get("eventType", "default") != event.get("eventType", "default"):
+            return google_error(400, "invalid", "The event type cannot be changed.")
+        problem = _event_problem(merged)
+        if problem:
+            return problem
+        event.clear()
+        event.update(merged, etag=json.dumps(str(time.time_ns())))
+        return Response(200, event)
+
+
+def _event_problem(event: dict[str, Any]) -> Response | None:
+    """Google's validation of the fields we send: out-of-office events need date-times."""
+    if event.get("eventType") == "outOfOffice":
+        if "date" in event.get("start", {}) or "date" in event.get("end", {}):
+            return google_error(400, "invalid", "An out of office event cannot be an all-day event.")
+        if event.get("attendees"):
+            return google_error(400, "invalid", "An out of office event cannot have attendees.")
+    for edge in ("start", "end"):
+        if not event.get(edge, {}).get("dateTime") and not event.get(edge, {}).get("date"):
+            return google_error(400, "required", "Missing time zone definition for start time.")
+    return None
