@@ -1,0 +1,389 @@
+"""Exchange on-premises connector: absences as calendar items over EWS, with exchangelib.
+
+One service account impersonates each employee's mailbox (the ApplicationImpersonation role, see
+docs/connectors/ews.md). Every item we create carries a custom extended property holding the
+absence tag (:func:`connectors.calendar.absence_tag`), so a delivery finds "its" item again with
+one ``FindItem`` and updates it in place; a repeated delivery therefore has no second effect
+(a create whose response was lost is found and updated by the retry).
+
+exchangelib is synchronous: each delivery runs in a worker thread. Its own retry-on-busy is off
+(``FailFast``): a busy server becomes a :class:`BackpressureError` and the delay topics retry.
+Calls are recorded by an HTTP adapter that reads the delivery's recorder from a context variable
+(``asyncio.to_thread`` copies the context into the thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+import structlog
+from exchangelib import (
+    IMPERSONATION,
+    UTC,
+    Account,
+    Build,
+    CalendarItem,
+    Configuration,
+    Credentials,
+    EWSDateTime,
+    ExtendedProperty,
+    FailFast,
+    Version,
+)
+from exchangelib import errors as ews_errors
+from exchangelib.fields import InvalidField
+from exchangelib.items import SEND_TO_NONE
+from exchangelib.protocol import BaseProtocol
+from pydantic import SecretStr
+
+from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.exceptions import (
+    BackpressureError,
+    ConfigurationError,
+    ConnectorError,
+    PermanentError,
+    RetryableError,
+)
+from connectors.registry import register
+from schemas.delivery import Delivery
+from schemas.destination import Destination
+
+log = structlog.get_logger(__name__)
+
+AUTH_TYPES = {"ntlm": "NTLM", "basic": "basic"}
+SERVER_VERSIONS = {
+    "Exchange2010_SP2": Build(14, 2),
+    "Exchange2013": Build(15, 0),
+    "Exchange2013_SP1": Build(15, 0, 847),
+    "Exchange2016": Build(15, 1),
+    "Exchange2019": Build(15, 2),
+}
+DEFAULT_MAX_CONNECTIONS = 4
+ACCOUNT_CACHE_SIZE = 1024
+# The fields an update rewrites; exchangelib adds the start/end time zones by itself.
+UPDATE_FIELDS = [
+    "subject",
+    "start",
+    "end",
+    "is_all_day",
+    "legacy_free_busy_status",
+    "sensitivity",
+    "reminder_is_set",
+]
+
+_MISSING_MAILBOX = (
+    ews_errors.ErrorNonExistentMailbox,
+    ews_errors.ErrorInvalidSmtpAddress,
+    ews_errors.ErrorMailRecipientNotFound,
+)
+_IMPERSONATION_DENIED = (ews_errors.ErrorImpersonateUserDenied, ews_errors.ErrorImpersonationDenied)
+_TRANSIENT = (
+    ews_errors.ErrorTimeoutExpired,
+    ews_errors.ErrorInternalServerTransientError,
+    ews_errors.ErrorInternalServerError,
+    ews_errors.ErrorMailboxStoreUnavailable,
+    ews_errors.ErrorMailboxMoveInProgress,
+    ews_errors.ErrorConnectionFailed,
+    ews_errors.ErrorConnectionFailedTransientError,
+    ews_errors.ErrorTooManyObjectsOpened,
+    ews_errors.ErrorExceededConnectionCount,
+    ews_errors.ErrorADUnavailable,
+    ews_errors.CASError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+)
+
+
+class AbsenceTagProperty(ExtendedProperty):  # type: ignore[misc]
+    """The MAPI named property holding the absence tag on every item absync creates."""
+
+    property_set_id = "5d3c9a7e-8f1b-4c2a-9e6d-0b7a1c4f2e83"  # absync's own property set
+    property_name = "AbsyncAbsenceTag"
+    property_type = "String"
+
+
+TAG_FIELD = "absync_absence_tag"
+
+_current_recorder: contextvars.ContextVar[CallRecorder | None] = contextvars.ContextVar(
+    "absync_ews_recorder", default=None
+)
+
+
+class RecordingAdapter(requests.adapters.HTTPAdapter):  # type: ignore[misc]
+    """exchangelib's HTTP adapter, recording each exchange in the current delivery's recorder.
+
+    Headers are masked by the recorder (Authorization never recorded) and bodies scrubbed of the
+    destination's secrets; outside a delivery (no recorder) it is a plain adapter.
+    """
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float | None, float | None] | None = None,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        proxies: dict[str, str] | None = None,
+    ) -> requests.Response:
+        recorder = _current_recorder.get()
+        call = None
+        if recorder is not None:
+            headers = {
+                k: v if isinstance(v, str) else v.decode("latin-1") for k, v in request.headers.items()
+            }
+            body = request.body if isinstance(request.body, str | bytes) else None
+            call = recorder.start(request.method or "POST", request.url or "", headers, body)
+        try:
+            response: requests.Response = super().send(
+                request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+            )
+        except Exception as exc:
+            if recorder is not None and call is not None:
+                recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
+            raise
+        if recorder is not None and call is not None:
+            recorder.finish(
+                call, response.status_code, response.headers, None if stream else response.content
+            )
+        return response
+
+
+def _install_exchangelib_hooks() -> None:
+    """Process-wide exchangelib set-up, idempotent: our adapter, our tag property, quiet logs.
+
+    exchangelib logs request headers (Basic credentials included) at DEBUG: its logger is kept at
+    INFO or above so a debug log level never writes a password.
+    """
+    BaseProtocol.HTTP_ADAPTER_CLS = RecordingAdapter
+    try:
+        CalendarItem.get_field_by_fieldname(TAG_FIELD)
+    except InvalidField:
+        CalendarItem.register(TAG_FIELD, AbsenceTagProperty)
+    ews_logger = logging.getLogger("exchangelib")
+    ews_logger.setLevel(max(ews_logger.getEffectiveLevel(), logging.INFO))
+
+
+@register
+class EwsConnector(Connector):
+    """Keeps one calendar item per absence in the employee's Exchange mailbox."""
+
+    kind = "ews"
+
+    def __init__(
+        self,
+        destination: Destination,
+        secrets: Mapping[str, SecretStr],
+        options: ConnectorOptions | None = None,
+    ) -> None:
+        super().__init__(destination, secrets, options)
+        self.server_url = str(self.setting("server_url", required=True))
+        if not self.server_url.startswith(("https://", "http://")):
+            raise ConfigurationError(f"setting 'server_url' must be an http(s) URL, got {self.server_url!r}")
+        auth_type = str(self.setting("auth_type", "NTLM"))
+        if auth_type.lower() not in AUTH_TYPES:
+            raise ConfigurationError(f"setting 'auth_type' must be NTLM or basic, got {auth_type!r}")
+        self.auth_type = AUTH_TYPES[auth_type.lower()]
+        version = str(self.setting("server_version", "Exchange2016"))
+        if version not in SERVER_VERSIONS:
+            raise ConfigurationError(
+                f"setting 'server_version' must be one of {', '.join(SERVER_VERSIONS)}, got {version!r}"
+            )
+        self.build = SERVER_VERSIONS[version]
+        self.username = str(self.setting("username", required=True))
+        max_connections = self.setting("max_connections", DEFAULT_MAX_CONNECTIONS)
+        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
+            raise ConfigurationError(
+                f"setting 'max_connections' must be a positive integer, got {max_connections!r}"
+            )
+        self.max_connections = max_connections
+        self.test_mailbox: str | None = self.setting("test_mailbox")
+        self.calendar = CalendarSettings.from_settings(self.settings)
+        self._config: Configuration | None = None
+        self._accounts: OrderedDict[str, Account] = OrderedDict()
+        self._accounts_lock = threading.Lock()
+
+    async def setup(self) -> None:
+        _install_exchangelib_hooks()
+        self._config = Configuration(
+            service_endpoint=self.server_url,
+            credentials=Credentials(self.username, self.secret("password")),
+            auth_type=self.auth_type,
+            version=Version(build=self.build),
+            retry_policy=FailFast(),
+            max_connections=self.max_connections,
+        )
+
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        email = delivery.event.employee.email
+        if not email:
+            raise PermanentError(
+                f"employee {delivery.event.employee.id} has no email: no mailbox to write to"
+            )
+        wanted = wanted_event(delivery, self.calendar)
+        tag = wanted.absence_tag if wanted else absence_tag(delivery.tenant, delivery.absence_id)
+        return await self._in_thread(recorder, email, self._sync_item, email, tag, wanted)
+
+    async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
+        mailbox = self.test_mailbox or (self.username if "@" in self.username else None)
+        if mailbox is None:
+            return DeliveryOutcome(summary="set 'test_mailbox' (an email address) to test this destination")
+        return await self._in_thread(recorder, mailbox, self._open_calendar, mailbox)
+
+    async def close(self) -> None:
+        """Closes the HTTP sessions (exchangelib reopens them if another destination shares them)."""
+        with self._accounts_lock:
+            protocols = {id(a.protocol): a.protocol for a in self._accounts.values()}
+            self._accounts.clear()
+        for protocol in protocols.values():
+            await asyncio.to_thread(protocol.close)
+
+    # -- in the worker thread ------------------------------------------------------------------
+    async def _in_thread(
+        self, recorder: CallRecorder, mailbox: str, func: Callable[..., DeliveryOutcome], *args: Any
+    ) -> DeliveryOutcome:
+        """Runs ``func`` in a thread with ``recorder`` receiving its calls; translates its errors."""
+        token = _current_recorder.set(recorder)
+        try:
+            return await asyncio.to_thread(func, *args)
+        except (ews_errors.EWSError, requests.exceptions.RequestException) as exc:
+            raise self._translate(exc, recorder, mailbox) from exc
+        finally:
+            _current_recorder.reset(token)
+
+    def _account(self, email: str) -> Account:
+        """The impersonated mailbox; cached (LRU) so its calendar folder is looked up once."""
+        if self._config is None:
+            raise RuntimeError("EwsConnector.setup() was not awaited")
+        key = email.lower()
+        with self._accounts_lock:  # deliveries of several keys run in several threads
+            account = self._accounts.get(key)
+            if account is None:
+                account = Account(
+                    primary_smtp_address=email,
+                    config=self._config,
+                    autodiscover=False,
+                    access_type=IMPERSONATION,
+                    default_timezone=UTC,  # not the host's zone: every time we send carries its own
+                )
+                account.protocol.TIMEOUT = self.options.timeout
+                self._accounts[key] = account
+                while len(self._accounts) > ACCOUNT_CACHE_SIZE:
+                    self._accounts.popitem(last=False)
+            self._accounts.move_to_end(key)
+            return account
+
+    def _open_calendar(self, email: str) -> DeliveryOutcome:
+        folder = self._account(email).calendar
+        return DeliveryOutcome(summary=f"calendar of {email} reachable", details={"folder": folder.name})
+
+    def _sync_item(self, email: str, tag: str, wanted: CalendarEvent | None) -> DeliveryOutcome:
+        """Makes the mailbox hold exactly ``wanted`` (or no item) for ``tag``."""
+        account = self._account(email)
+        calendar = account.calendar
+        found: list[tuple[str, str]] = list(
+            calendar.filter(**{TAG_FIELD: tag}).values_list("id", "changekey")
+        )
+        if wanted is None:
+            for item_id, changekey in found:
+                self._delete(account, calendar, item_id, changekey)
+            summary = (
+                f"deleted the calendar item in {email}"
+                if found
+                else f"no calendar item in {email} (already gone)"
+            )
+            return DeliveryOutcome(summary=summary, external_id=found[0][0] if found else None)
+        fields = self._fields(wanted)
+        if not found:
+            item = CalendarItem(account=account, folder=calendar, **fields, **{TAG_FIELD: tag})
+            item.save(send_meeting_invitations=SEND_TO_NONE)
+            log.info("ews item created", mailbox=email, absence_tag=tag)
+            return DeliveryOutcome(summary=f"created the calendar item in {email}", external_id=item.id)
+        (item_id, changekey), duplicates = found[0], found[1:]
+        item = CalendarItem(account=account, folder=calendar, id=item_id, changekey=changekey, **fields)
+        item.save(update_fields=UPDATE_FIELDS, send_meeting_invitations=SEND_TO_NONE)
+        for duplicate_id, duplicate_changekey in duplicates:
+            self._delete(account, calendar, duplicate_id, duplicate_changekey)
+        return DeliveryOutcome(
+            summary=f"updated the calendar item in {email}",
+            external_id=item_id,
+            details={"duplicates_removed": len(duplicates)} if duplicates else {},
+        )
+
+    @staticmethod
+    def _fields(wanted: CalendarEvent) -> dict[str, Any]:
+        span = wanted.span
+        return {
+            "subject": wanted.title,
+            "start": EWSDateTime.from_datetime(span.start),
+            "end": EWSDateTime.from_datetime(span.end),
+            "is_all_day": span.all_day,
+            "legacy_free_busy_status": "Tentative" if wanted.tentative else "OOF",
+            "sensitivity": "Private" if wanted.private else "Normal",
+            "reminder_is_set": False,
+        }
+
+    @staticmethod
+    def _delete(account: Account, calendar: Any, item_id: str, changekey: str) -> None:
+        """Hard-deletes one item without notifying anyone; an item already gone is fine."""
+        item = CalendarItem(account=account, folder=calendar, id=item_id, changekey=changekey)
+        with contextlib.suppress(ews_errors.ErrorItemNotFound):
+            item.delete(send_meeting_cancellations=SEND_TO_NONE)
+
+    # -- errors ---------------------------------------------------------------------------------
+    def _translate(self, exc: Exception, recorder: CallRecorder, mailbox: str) -> ConnectorError:
+        """An exchangelib (or requests) failure as the connector exception the processor acts on."""
+        if isinstance(exc, ews_errors.ErrorServerBusy) and isinstance(exc.__context__, _TRANSIENT):
+            # exchangelib re-raises a 503 or a dropped connection as ErrorServerBusy with a back-off
+            # of its own invention: judge the original failure instead.
+            exc = exc.__context__
+        status = recorder.calls[-1].response_status if recorder.calls else None  # the call that failed
+        detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ews_errors.ErrorServerBusy):
+            back_off = exc.back_off
+            return BackpressureError(
+                f"Exchange is busy (ErrorServerBusy), asks to back off {back_off or 'a while'} s",
+                retry_after=back_off,
+                status_code=status,
+            )
+        if isinstance(exc, _MISSING_MAILBOX):
+            return PermanentError(f"no mailbox for {mailbox} ({detail})", status_code=status)
+        if isinstance(exc, _IMPERSONATION_DENIED):
+            return ConfigurationError(
+                f"the service account {self.username} may not impersonate {mailbox}: assign it the "
+                f"ApplicationImpersonation management role with a scope that includes this mailbox ({detail})",
+                status_code=status,
+            )
+        if isinstance(exc, ews_errors.UnauthorizedError) or status == 401:
+            return ConfigurationError(
+                f"Exchange rejected the credentials of {self.username} (HTTP 401): check username, "
+                f"password and auth_type ({self.auth_type})",
+                status_code=401,
+            )
+        if isinstance(exc, ews_errors.ErrorAccessDenied):
+            return ConfigurationError(
+                f"access denied to the calendar of {mailbox} ({detail})", status_code=status
+            )
+        if isinstance(exc, ews_errors.RedirectError):
+            return ConfigurationError(
+                f"{self.server_url} redirects to {exc.url}: set server_url to the EWS endpoint",
+                status_code=status,
+            )
+        if isinstance(exc, ews_errors.UnknownTimeZone):
+            return PermanentError(f"Exchange has no Windows time zone for this absence ({detail})")
+        if isinstance(exc, _TRANSIENT) or (status is not None and status >= 500):
+            return RetryableError(f"Exchange call failed, will retry ({detail})", status_code=status)
+        if isinstance(exc, ews_errors.ResponseMessageError):
+            return PermanentError(f"Exchange refused the request ({detail})", status_code=status)
+        if status is not None and 400 <= status < 500:
+            return PermanentError(f"Exchange answered HTTP {status} ({detail})", status_code=status)
+        # No HTTP status at all: the server was not reached (TLS failure, name resolution...).
+        return RetryableError(f"could not reach Exchange at {self.server_url} ({detail})", status_code=status)
