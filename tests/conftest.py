@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from streams.logging import configure_logging
 from streams.settings import Settings
@@ -48,3 +49,16 @@ def settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
     s = make_settings(bootstrap, tmp_path)
     create_topics(s)
     yield s
+    delete_topics(s)
+
+
+def delete_topics(settings: Settings) -> None:
+    """Deletes the test's topics, so a long suite does not fill the broker's heap with partitions."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception:  # already gone; deletion is best effort cleanup
+                pass

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 port="${ABSYNC_TEST_BROKER_PORT:-39092}"
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  ABSYNC_BROKER_PORT="$port" bash deploy/local/broker.sh start
+  # The suite creates and deletes many topics: give the test broker room.
+  ABSYNC_BROKER_HEAP="${ABSYNC_BROKER_HEAP:--Xmx1536m -Xms512m}" ABSYNC_BROKER_PORT="$port" bash deploy/local/broker.sh start
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
 fi
 if [ -z "${ABSYNC_TEST_DATABASE_URL:-}" ] && [ -f deploy/local/postgres.sh ]; then
