@@ -1,0 +1,249 @@
+"""Fan-out: one Delivery per absence change and destination, exactly once.
+
+Reads ``absences`` (key = absence id). Each record is decoded and validated
+(:mod:`processors.validation`); a bad one goes to ``absences.invalid``. A good one is checked against
+the state of its absence, kept in ``fanout-state`` (:class:`streams.state.StateStore`):
+
+- an event id already seen for the absence is a *duplicate* (a producer retry, a file published twice):
+  skipped silently, it is not an error and has no effect;
+- otherwise a version equal to or lower than the latest seen is *out-of-order*: dead-lettered.
+
+Then, for the event's tenant only, each destination either *holds* the absence after this change or not:
+it holds it when it is enabled, its filters match, the absence is not cancelled or deleted, and (with
+``APPROVED_AND_DELETIONS``) the absence is approved. A destination that holds it gets an UPSERT; one
+that held it before and no longer does (cancelled, deleted, filters no longer match, employee moved,
+back to pending) gets a DELETE, so nothing is left behind. A pending absence is thus never sent to an
+``APPROVED_AND_DELETIONS`` destination, a cancelled pending one is not either (it never held it), and an
+approved absence is sent whatever the change that made it approved (created already approved,
+approved, updated). A disabled destination is paused: it keeps what it holds and gets nothing. A
+deleted destination is forgotten (nothing can reach it any more).
+
+When a destination changes (filters narrowed, ...), the absences it holds are swept: those it should
+no longer hold get a DELETE. The same sweep runs after each partition assignment, which covers changes
+made while the processor was down. New matches are not back-filled (that is a resync's job).
+
+Every Delivery goes to ``deliveries`` keyed ``<destination>|<absence>`` with a deterministic id, with a
+PENDING DeliveryStatus to ``delivery-status``; outputs, state and input offsets commit in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import Message, TopicPartition
+
+from processors.validation import ErrorKind, InvalidRecord, absence_codec, dead_letter, decode_event
+from schemas.codec import AvroCodec, codec_for
+from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, delivery_id_for, now_utc
+from schemas.destination import ChangeSelection, Destination
+from schemas.models import AbsenceEvent, AbsenceStatus
+from streams.destinations import DestinationTable
+from streams.processor import Output, Processor, ProcessorComponent, ProcessorRuntime, coordinates
+from streams.settings import Settings
+from streams.state import StateStore
+from streams.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+RECENT_EVENT_IDS = 32
+"""Event ids remembered per absence to recognise duplicates."""
+
+
+@dataclass(slots=True)
+class AbsenceState:
+    """What the fan-out remembers of one absence (stored as JSON in ``fanout-state``)."""
+
+    version: int = 0
+    held: set[str] = field(default_factory=set)
+    recent: list[str] = field(default_factory=list)
+    event: bytes | None = None
+    """The latest event as it arrived (Avro) while some destination holds the absence: the sweep
+    decodes it; kept as bytes so that the common path never re-encodes it."""
+
+    def to_bytes(self) -> bytes:
+        data: dict[str, Any] = {
+            "version": self.version,
+            "held": sorted(self.held),
+            "recent": self.recent,
+            "event": base64.b64encode(self.event).decode() if self.event is not None and self.held else None,
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> AbsenceState:
+        data = json.loads(raw)
+        event = base64.b64decode(data["event"]) if data.get("event") else None
+        return cls(int(data["version"]), set(data["held"]), list(data["recent"]), event)
+
+
+def should_hold(destination: Destination, event: AbsenceEvent) -> bool:
+    """Whether the destination should hold the absence as this event leaves it."""
+    if not destination.matches(event) or event.change.removes:
+        return False
+    status = event.absence.status
+    if status == AbsenceStatus.CANCELLED:
+        return False
+    return destination.changes == ChangeSelection.ALL or status == AbsenceStatus.APPROVED
+
+
+class FanoutProcessor(Processor):
+    name = "fanout"
+
+    def __init__(self, settings: Settings, table: DestinationTable) -> None:
+        topics = Topics(settings)
+        self.topics = [topics.absences]
+        self._topics = topics
+        self._table = table
+        self._codec: AvroCodec = absence_codec(settings)
+        self._state = StateStore(settings, topics.fanout_state)
+        self.stores = [self._state]
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        table.on_change(self._destination_changed)
+
+    def open(self) -> None:
+        self._table.start()
+        self._table.wait_ready(60)
+
+    def close(self) -> None:
+        self._table.close()
+
+    # -- records ------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> list[Output]:
+        event = decode_event(self._codec, msg)
+        key = _state_key(event)
+        _, partition, _ = coordinates(msg)
+        raw = self._state.get(partition, key)
+        state = AbsenceState.from_bytes(raw) if raw is not None else AbsenceState()
+        bound = log.bind(event_id=event.event_id, absence_id=event.absence.id, version=event.version)
+        if event.event_id in state.recent:
+            bound.info("duplicate event skipped")
+            return []
+        if event.version <= state.version:
+            raise InvalidRecord(
+                ErrorKind.OUT_OF_ORDER,
+                f"version going backwards: {event.version} after {state.version} for absence {event.absence.id}",
+                event.event_id,
+            )
+        outputs = self._fan_out(event, state)
+        state.version = event.version
+        state.recent = [*state.recent, event.event_id][-RECENT_EVENT_IDS:]
+        state.event = msg.value()
+        self._state.put(partition, key, state.to_bytes())
+        bound.debug("absence fanned out", deliveries=len(outputs) // 2, holders=sorted(state.held))
+        return outputs
+
+    def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
+        if isinstance(exc, InvalidRecord):
+            kind, reason, event_id = exc.kind, exc.reason, exc.event_id
+        else:
+            kind, reason, event_id = ErrorKind.PROCESSING, f"{type(exc).__name__}: {exc}", None
+        log.warning(
+            "bad absence record sent to the dead letter",
+            event_id=event_id,
+            kind=kind.value,
+            reason=reason,
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            exc_info=exc if kind == ErrorKind.PROCESSING else None,
+        )
+        return [dead_letter(self._topics.invalid, msg, kind, reason)]
+
+    def _fan_out(self, event: AbsenceEvent, state: AbsenceState) -> list[Output]:
+        """Deliveries for one change; updates ``state.held``."""
+        outputs: list[Output] = []
+        held: set[str] = set()
+        for destination in sorted(self._table.all(event.tenant), key=lambda d: d.id):
+            if not destination.enabled:
+                if destination.id in state.held:
+                    held.add(destination.id)
+            elif should_hold(destination, event):
+                outputs += self._delivery(destination, event, Operation.UPSERT)
+                held.add(destination.id)
+            elif destination.id in state.held:
+                outputs += self._delivery(destination, event, Operation.DELETE)
+        state.held = held
+        return outputs
+
+    def _delivery(self, destination: Destination, event: AbsenceEvent, operation: Operation) -> list[Output]:
+        now = now_utc()
+        delivery = Delivery(
+            delivery_id=delivery_id_for(destination.id, event.event_id, operation.value),
+            destination_id=destination.id,
+            tenant=event.tenant,
+            absence_id=event.absence.id,
+            version=event.version,
+            operation=operation,
+            event=event,
+            due_at=now,
+            created_at=now,
+        )
+        status = DeliveryStatus.for_delivery(delivery, Status.PENDING, 0, occurred_at=now)
+        return [
+            Output(
+                self._topics.deliveries,
+                delivery.key.encode(),
+                codec_for("Delivery").encode(delivery.to_avro()),
+            ),
+            Output(
+                self._topics.status,
+                delivery.delivery_id.encode(),
+                codec_for("DeliveryStatus").encode(status.to_avro()),
+            ),
+        ]
+
+    # -- destination changes ------------------------------------------------------------------
+    def _destination_changed(self, destination_id: str, _: Destination | None) -> None:
+        """From the table's thread: remember to sweep the absences this destination holds."""
+        with self._dirty_lock:
+            self._dirty.add(destination_id)
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        with self._dirty_lock:
+            self._dirty.update(d.id for d in self._table.all())
+
+    def punctuate(self) -> list[Output]:
+        """Sweeps the absences held by changed destinations: DELETE where they should no longer hold."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        outputs: list[Output] = []
+        if not dirty:
+            return outputs
+        for partition in self._state.partitions():
+            for key, raw in self._state.items(partition):
+                state = AbsenceState.from_bytes(raw)
+                changed = state.held & dirty
+                if not changed or state.event is None:
+                    continue
+                event = AbsenceEvent.from_avro(self._codec.decode(state.event))
+                held_before = set(state.held)
+                for destination_id in sorted(changed):
+                    destination = self._table.get(destination_id)
+                    if destination is None:
+                        state.held.discard(destination_id)
+                    elif destination.enabled and not should_hold(destination, event):
+                        outputs += self._delivery(destination, event, Operation.DELETE)
+                        state.held.discard(destination_id)
+                if state.held != held_before:
+                    self._state.put(partition, key, state.to_bytes())
+        if outputs:
+            log.info("destination change swept", destinations=sorted(dirty), deliveries=len(outputs) // 2)
+        return outputs
+
+
+def _state_key(event: AbsenceEvent) -> str:
+    """Absence ids are unique per tenant: the tenant is part of the state key."""
+    return f"{event.tenant}|{event.absence.id}"
+
+
+def build(settings: Settings, worker_id: str | None = None) -> ProcessorComponent:
+    """The fan-out component for ``absync run`` (name "fanout")."""
+    processor = FanoutProcessor(settings, DestinationTable(settings))
+    return ProcessorComponent("fanout", ProcessorRuntime(settings, processor, worker_id=worker_id).run)

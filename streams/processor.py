@@ -1,0 +1,301 @@
+"""The exactly-once consume-transform-produce runtime shared by absync's processors.
+
+One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
+
+1. poll a batch (up to ``batch_size`` records or ``batch_timeout`` seconds) with a read_committed
+   consumer (no auto-commit, ``range`` assignor: see :mod:`streams.kafka`);
+2. call ``processor.handle(msg)`` for each record and produce its outputs at once, inside a Kafka
+   transaction; an exception from one record never stops the loop: its state changes are rolled back
+   and ``processor.dead_letter(msg, exc)`` says what to produce instead;
+3. still in the transaction: ``processor.punctuate()`` outputs (work no record triggers), the state
+   stores' changelog writes and the input offsets (``send_offsets_to_transaction`` with the consumer
+   group metadata); commit.
+
+So outputs, state and progress commit together or not at all. On an abortable error the transaction
+is aborted, the in-memory state rolled back and the consumer sought back to the batch's first offsets:
+the batch is processed again after ``retry_backoff``. A fatal error (e.g. fenced by another worker
+with the same id) raises: the component stops and ``absync run`` exits non-zero.
+
+The transactional id is stable per worker (``<group>-<worker id>``): a restarted worker fences its
+killed predecessor and aborts its open transaction at once (instead of read_committed readers waiting
+for the transaction timeout). Zombies of an older group generation are fenced by the consumer group
+metadata (KIP-447), so workers with different ids never commit twice for one partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.kafka import group_id, make_consumer, make_transactional_producer
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce inside the current transaction (value None = tombstone)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    partition: int | None = None
+    """Explicit partition (state changelogs); None = the producer's partitioner (by key)."""
+
+
+class TransactionalStore(Protocol):
+    """What the runtime needs of a state store (see :class:`streams.state.StateStore`)."""
+
+    def restore(self, partitions: Iterable[int]) -> None: ...
+    def drop(self, partitions: Iterable[int]) -> None: ...
+    def savepoint(self) -> int: ...
+    def rollback(self, savepoint: int = 0) -> None: ...
+    def take_writes(self) -> list[Output]: ...
+    def commit(self) -> None: ...
+
+
+class Processor:
+    """Base class of a processor: override :meth:`handle`, the rest has safe defaults.
+
+    Every hook runs in the runtime's thread, so a processor needs no locks for its own state.
+    """
+
+    name: str = "processor"
+    """Logical name: the consumer group and the transactional id derive from it."""
+    topics: Sequence[str] = ()
+    stores: Sequence[TransactionalStore] = ()
+    """Stores restored on assignment, dropped on revocation, written in the transaction."""
+
+    def open(self) -> None:
+        """Called once before subscribing (wait for what the processor needs, e.g. a table)."""
+
+    def close(self) -> None:
+        """Called once after the loop ends."""
+
+    def handle(self, msg: Message) -> list[Output]:
+        raise NotImplementedError
+
+    def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
+        """Outputs replacing a record whose handling raised; the default logs and skips it."""
+        log.error(
+            "record skipped after an error",
+            processor=self.name,
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            error=repr(exc),
+        )
+        return []
+
+    def punctuate(self) -> list[Output]:
+        """Called once per loop, in the transaction: work that no input record triggers."""
+        return []
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        """Called after the stores restored the newly assigned partitions."""
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Called before the stores drop the revoked partitions."""
+
+
+def default_worker_id() -> str:
+    """A worker id stable across restarts of the same worker: ``ABSYNC_WORKER_ID``, else the host name.
+
+    Two workers of one processor on one host need distinct ids (they would fence each other).
+    """
+    return os.environ.get("ABSYNC_WORKER_ID") or socket.gethostname()
+
+
+class ProcessorRuntime:
+    """Runs one processor in the calling thread until ``stop`` is set (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        *,
+        worker_id: str | None = None,
+        batch_size: int = 500,
+        batch_timeout: float = 0.2,
+        retry_backoff: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._processor = processor
+        self._group = group_id(settings, processor.name)
+        self._transactional_id = f"{self._group}-{worker_id or default_worker_id()}"
+        self._batch_size = batch_size
+        self._batch_timeout = batch_timeout
+        self._retry_backoff = retry_backoff
+        self._log = log.bind(processor=processor.name, transactional_id=self._transactional_id)
+
+    def run(self, stop: threading.Event) -> None:
+        processor = self._processor
+        processor.open()
+        producer = make_transactional_producer(self._settings, self._transactional_id)
+        consumer = make_consumer(self._settings, self._group)
+        try:
+            consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+            self._log.info("processor started", topics=list(processor.topics))
+            while not stop.is_set():
+                batch = [
+                    m for m in consumer.consume(self._batch_size, self._batch_timeout) if self._usable(m)
+                ]
+                if not self._process(batch, consumer, producer):
+                    stop.wait(self._retry_backoff)
+        finally:
+            consumer.close()
+            producer.flush(10)
+            processor.close()
+            self._log.info("processor stopped")
+
+    # -- one batch, one transaction -----------------------------------------------------------
+    def _process(self, batch: list[Message], consumer: Consumer, producer: Producer) -> bool:
+        """One transaction: outputs are produced as records are handled (a worker killed mid-batch
+        leaves an open transaction, aborted when it restarts), then state writes, offsets, commit.
+
+        Returns False when the transaction was aborted (the batch will be polled again).
+        """
+        in_transaction = False
+
+        def emit(outputs: list[Output]) -> None:
+            nonlocal in_transaction
+            if outputs and not in_transaction:
+                producer.begin_transaction()
+                in_transaction = True
+            for out in outputs:
+                self._produce(producer, out)
+
+        try:
+            for msg in batch:
+                emit(self._handle_one(msg))
+            emit(self._processor.punctuate())
+            for store in self._processor.stores:
+                emit(store.take_writes())
+            if not in_transaction:
+                if not batch:
+                    return True
+                producer.begin_transaction()  # records without any output: their offsets still commit
+            if batch:
+                producer.send_offsets_to_transaction(
+                    _next_offsets(batch), consumer.consumer_group_metadata(), 30
+                )
+            producer.commit_transaction(30)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal() or not (error.txn_requires_abort() or error.retriable()):
+                raise
+            self._log.warning("transaction aborted, batch will be processed again", error=str(error))
+            producer.abort_transaction(30)
+            for store in self._processor.stores:
+                store.rollback()
+            for tp in _first_offsets(batch):
+                consumer.seek(tp)
+            return False
+        for store in self._processor.stores:
+            store.commit()
+        return True
+
+    def _handle_one(self, msg: Message) -> list[Output]:
+        savepoints = [store.savepoint() for store in self._processor.stores]
+        try:
+            return self._processor.handle(msg)
+        except Exception as exc:
+            for store, savepoint in zip(self._processor.stores, savepoints, strict=True):
+                store.rollback(savepoint)
+            return self._processor.dead_letter(msg, exc)
+
+    @staticmethod
+    def _produce(producer: Producer, out: Output) -> None:
+        while True:
+            try:
+                if out.partition is None:
+                    producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers))
+                else:
+                    producer.produce(
+                        out.topic,
+                        key=out.key,
+                        value=out.value,
+                        headers=list(out.headers),
+                        partition=out.partition,
+                    )
+                return
+            except BufferError:  # local queue full: let librdkafka send, then try again
+                producer.poll(0.1)
+
+    def _usable(self, msg: Message) -> bool:
+        error = msg.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            self._log.warning("consumer error", error=str(error))
+        return False
+
+    # -- rebalance ----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = sorted({tp.partition for tp in partitions})
+        for store in self._processor.stores:
+            store.restore(numbers)
+        self._processor.on_assign(partitions)
+        self._log.info("partitions assigned", partitions=numbers)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = sorted({tp.partition for tp in partitions})
+        self._processor.on_revoke(partitions)
+        for store in self._processor.stores:
+            store.drop(numbers)
+        self._log.info("partitions revoked", partitions=numbers)
+
+
+def coordinates(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (never None for a record without error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("not a consumed record")
+    return topic, partition, offset
+
+
+def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
+    """The offsets to commit: one past the last record of each partition in the batch."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in batch:
+        topic, partition, offset = coordinates(msg)
+        last[(topic, partition)] = offset + 1
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in last.items()]
+
+
+def _first_offsets(batch: list[Message]) -> list[TopicPartition]:
+    """Where to seek back to after an abort: the first record of each partition in the batch."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in batch:
+        topic, partition, offset = coordinates(msg)
+        first.setdefault((topic, partition), offset)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in first.items()]
+
+
+class ProcessorComponent:
+    """The asyncio face of a runtime for :mod:`absync.service`: runs it in a thread until ``stop``."""
+
+    def __init__(self, name: str, runtime: Callable[[threading.Event], None]) -> None:
+        self.name = name
+        self._runtime = runtime
+
+    async def run(self, stop: asyncio.Event) -> None:
+        halt = threading.Event()
+        worker = asyncio.create_task(asyncio.to_thread(self._runtime, halt))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([worker, waiter], return_when=asyncio.FIRST_COMPLETED)
+        halt.set()
+        waiter.cancel()
+        await worker

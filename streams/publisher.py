@@ -1,0 +1,91 @@
+"""The producer API for upstream Python services: publish absence changes to ``absences``.
+
+::
+
+    from streams.publisher import AbsencePublisher
+
+    with AbsencePublisher(settings) as publisher:   # flushes and closes on exit
+        publisher.publish(event)                     # validates, encodes, sends (asynchronously)
+
+Idempotent producer with ``acks=all`` (no duplicate or reordering on retries), key = absence id (one
+absence's changes stay in order), Avro single-object encoding. An event that breaks a rule raises
+:class:`schemas.errors.ValidationError` at once; a record Kafka did not acknowledge raises
+:class:`PublishError` from the next ``publish`` or from ``flush``: never swallowed.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from confluent_kafka import KafkaError, Message
+
+from schemas.codec import codec_for
+from schemas.models import AbsenceEvent, validate
+from streams.kafka import make_producer
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+class PublishError(Exception):
+    """Kafka did not acknowledge some events (the message says which and why)."""
+
+
+class AbsencePublisher:
+    def __init__(self, settings: Settings, *, flush_timeout: float = 30.0) -> None:
+        self._producer = make_producer(settings)
+        self._topic = Topics(settings).absences
+        self._codec = codec_for("AbsenceEvent")
+        self._flush_timeout = flush_timeout
+        self._failures: list[str] = []
+
+    def publish(self, event: AbsenceEvent) -> None:
+        """Validates and sends one event; raises earlier delivery failures."""
+        validate(event)
+        self._raise_failures()
+        value = self._codec.encode(event.to_avro())
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, key=event.key.encode(), value=value, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:  # local queue full: let the producer send, then try again
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        """Waits until every event sent is acknowledged; raises :class:`PublishError` otherwise."""
+        remaining = self._producer.flush(self._flush_timeout)
+        if remaining:
+            self._failures.append(f"{remaining} event(s) not acknowledged in {self._flush_timeout:g}s")
+        self._raise_failures()
+
+    def close(self) -> None:
+        """Releases the producer; events not acknowledged by now are dropped (flush first)."""
+        self._producer.purge()
+        self._producer.flush(0)  # serves the delivery reports of the purged events
+        self._producer.close()
+
+    def _on_delivery(self, error: KafkaError | None, msg: Message) -> None:
+        if error is not None:
+            key = (msg.key() or b"").decode(errors="replace")
+            self._failures.append(f"absence {key}: {error.str()}")
+
+    def _raise_failures(self) -> None:
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise PublishError("; ".join(failures))
+
+    def __enter__(self) -> AbsencePublisher:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if kind is None:
+                self.flush()
+            else:
+                self._producer.flush(self._flush_timeout)
+        finally:
+            self.close()

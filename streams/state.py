@@ -1,0 +1,165 @@
+"""A changelog-backed key-value store for processors run by :mod:`streams.processor`.
+
+Per input partition, an in-memory ``dict[str, bytes]``. Its changelog is a compacted topic with the
+same partition count as the input: the state of input partition *p* lives in changelog partition *p*.
+
+- ``restore(partitions)`` (on assignment) reads those changelog partitions to their high watermark,
+  read_committed, so only committed state comes back;
+- ``put``/``delete`` change the dict and queue a changelog record, which the runtime produces in the
+  same transaction as the outputs: state and outputs commit together or not at all;
+- the runtime rolls back the in-memory changes of a record that failed, or of an aborted transaction
+  (an undo log, cleared at each commit);
+- ``drop(partitions)`` (on revocation) forgets them: their new owner restores them.
+
+Values are small bytes (JSON is fine); keys are strings.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams.processor import Output
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_ABSENT = object()
+
+
+class StateRestoreError(Exception):
+    """A changelog partition could not be read to its end."""
+
+
+class StateStore:
+    def __init__(self, settings: Settings, changelog_topic: str, *, restore_timeout: float = 120.0) -> None:
+        self._settings = settings
+        self.topic = changelog_topic
+        self._restore_timeout = restore_timeout
+        self._data: dict[int, dict[str, bytes]] = {}
+        self._writes: list[Output] = []
+        self._undo: list[tuple[int, str, object]] = []
+
+    # -- the processor's API ------------------------------------------------------------------
+    def get(self, partition: int, key: str) -> bytes | None:
+        return self._partition(partition).get(key)
+
+    def put(self, partition: int, key: str, value: bytes) -> None:
+        self._write(partition, key, value)
+
+    def delete(self, partition: int, key: str) -> None:
+        if key in self._partition(partition):
+            self._write(partition, key, None)
+
+    def items(self, partition: int) -> Iterator[tuple[str, bytes]]:
+        """A snapshot of one partition's entries (safe to put/delete while iterating)."""
+        return iter(list(self._partition(partition).items()))
+
+    def partitions(self) -> list[int]:
+        """The partitions held (restored and not dropped)."""
+        return sorted(self._data)
+
+    # -- the runtime's API --------------------------------------------------------------------
+    def restore(self, partitions: Iterable[int]) -> None:
+        """Loads these partitions from the changelog (read_committed, up to the high watermark)."""
+        wanted = [p for p in partitions if p not in self._data]
+        if not wanted:
+            return
+        started = time.monotonic()
+        loaded = {p: self._read(p) for p in wanted}
+        self._data.update(loaded)
+        log.info(
+            "state restored",
+            topic=self.topic,
+            keys={p: len(v) for p, v in loaded.items()},
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self._data.pop(p, None)
+
+    def savepoint(self) -> int:
+        return len(self._undo)
+
+    def rollback(self, savepoint: int = 0) -> None:
+        """Undoes the changes made after ``savepoint`` (0: everything since the last commit)."""
+        while len(self._undo) > savepoint:
+            partition, key, old = self._undo.pop()
+            data = self._partition(partition)
+            if old is _ABSENT:
+                data.pop(key, None)
+            else:
+                assert isinstance(old, bytes)
+                data[key] = old
+        del self._writes[savepoint:]
+
+    def take_writes(self) -> list[Output]:
+        """The changelog records of the current transaction (the runtime produces them, once)."""
+        return list(self._writes)
+
+    def commit(self) -> None:
+        """The transaction committed: the undo log is no longer needed."""
+        self._undo.clear()
+        self._writes.clear()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _partition(self, partition: int) -> dict[str, bytes]:
+        try:
+            return self._data[partition]
+        except KeyError:
+            raise KeyError(f"partition {partition} of {self.topic} is not restored here") from None
+
+    def _write(self, partition: int, key: str, value: bytes | None) -> None:
+        data = self._partition(partition)
+        self._undo.append((partition, key, data.get(key, _ABSENT)))
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+        self._writes.append(Output(self.topic, key.encode(), value, partition=partition))
+
+    def _read(self, partition: int) -> dict[str, bytes]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._settings.bootstrap_servers,
+                "group.id": f"absync-restore-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        data: dict[str, bytes] = {}
+        try:
+            tp = TopicPartition(self.topic, partition)
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            if high <= low:
+                return data
+            consumer.assign([TopicPartition(self.topic, partition, low)])
+            deadline = time.monotonic() + self._restore_timeout
+            while True:
+                position = consumer.position([tp])[0].offset
+                if position >= high:
+                    return data
+                if time.monotonic() > deadline:
+                    raise StateRestoreError(f"{self.topic}[{partition}] not read to offset {high} in time")
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("changelog read error", topic=self.topic, error=str(error))
+                    continue
+                key = (msg.key() or b"").decode()
+                value = msg.value()
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+        finally:
+            consumer.close()

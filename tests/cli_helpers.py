@@ -1,0 +1,35 @@
+"""Runs the real ``absync`` command line in a subprocess, pointed at a test's topics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from streams.settings import REPO_ROOT, Settings
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "ABSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "ABSYNC_PARTITIONS": str(settings.partitions),
+        "ABSYNC_RETRY_DELAYS": "1s,2s,3s,4s",
+        "ABSYNC_DATA_DIR": str(settings.data_dir),
+        "ABSYNC_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def absync(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``absync ARGS...``; returns the finished process (exit code, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "absync", *args],
+        env=cli_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -1,0 +1,62 @@
+"""``absync destinations`` on a real broker: secrets stay encrypted and write-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.destinations import DestinationTable
+from streams.secrets import SecretBox
+from streams.settings import REPO_ROOT, Settings
+from tests.cli_helpers import absync
+
+EXAMPLE = REPO_ROOT / "examples" / "destinations" / "http.yaml"
+DEMO_SECRET = "whsec_YWJzeW5jLWRlbW8tc2lnbmluZy1rZXktZG8tbm90LXVzZSEh"
+
+
+def table(settings: Settings) -> DestinationTable:
+    t = DestinationTable(settings).start()
+    t.wait_ready(30)
+    t.close()
+    return t
+
+
+def test_apply_list_disable_delete(settings: Settings, tmp_path: Path) -> None:
+    assert DEMO_SECRET in EXAMPLE.read_text()
+    first = absync(settings, "destinations", "apply", str(EXAMPLE))
+    assert first.returncode == 0, first.stderr
+    created = table(settings).get("acme-http-demo")
+    assert created is not None and created.revision == 1
+    assert DEMO_SECRET.encode() not in created.secrets["signing_secrets"]
+    assert (
+        SecretBox.from_settings(settings).decrypt(created.secrets["signing_secrets"]).get_secret_value()
+        == DEMO_SECRET
+    )
+
+    # The same destination without its secret: the stored secret is kept, the revision bumped.
+    without_secret = tmp_path / "no-secret.yaml"
+    without_secret.write_text(
+        EXAMPLE.read_text()
+        .replace(f"signing_secrets: {DEMO_SECRET}", "")
+        .replace("name: Demo", "name: Renamed")
+    )
+    second = absync(settings, "destinations", "apply", str(without_secret))
+    assert second.returncode == 0, second.stderr
+    updated = table(settings).get("acme-http-demo")
+    assert updated is not None
+    assert (updated.revision, updated.name.startswith("Renamed")) == (2, True)
+    assert updated.secrets == created.secrets
+
+    listing = absync(settings, "destinations", "list")
+    assert listing.returncode == 0
+    assert "acme-http-demo" in listing.stdout and "signing_secrets" in listing.stdout
+    assert DEMO_SECRET not in listing.stdout + listing.stderr
+    assert "whsec_" not in listing.stdout and "gAAAA" not in listing.stdout  # nor the Fernet token
+
+    assert absync(settings, "destinations", "disable", "acme-http-demo").returncode == 0
+    disabled = table(settings).get("acme-http-demo")
+    assert disabled is not None and not disabled.enabled and disabled.revision == 3
+
+    assert absync(settings, "destinations", "delete", "acme-http-demo").returncode == 0
+    assert table(settings).get("acme-http-demo") is None
+    missing = absync(settings, "destinations", "disable", "acme-http-demo")
+    assert missing.returncode == 1 and "no destination" in missing.stderr
