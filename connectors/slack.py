@@ -1,0 +1,233 @@
+"""Slack (kind ``slack``): the daily absence post, through slack-sdk's ``WebClient``.
+
+A Slack destination does not get one message per absence change: it gets one post per working day
+(see :mod:`processors.slack_scheduler`, which decides when, and :mod:`processors.slack_message`,
+which writes it). So :meth:`SlackConnector.deliver`, called by the delivery worker for the absence
+changes the fan-out routes to every matching destination, sends nothing; the Slack calls are
+:meth:`SlackConnector.publish` and :meth:`SlackConnector.test_connection`.
+
+Idempotency: every post carries Slack message metadata ``absync_daily_post`` naming the destination
+and the day. When the caller knows no message yet (first post of the day, or a record lost in a crash
+between the post and its commit), :meth:`publish` first looks for that metadata in the channel's
+history of the day (``conversations.history``) and updates the message found instead of posting a
+second one. A known message is updated in place with ``chat.update``.
+
+Settings: ``channel`` (the channel id, required), ``channel_name`` (for messages, e.g. ``#hr-private``),
+``base_url`` (default https://slack.com/api/); the post's own settings are read by the scheduler.
+Secret: ``bot_token`` (``xoxb-...``; scopes ``chat:write`` and ``channels:history`` /
+``groups:history`` for private channels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import SecretStr
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.slack_response import SlackResponse
+
+from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.exceptions import (
+    BackpressureError,
+    ConfigurationError,
+    ConnectorError,
+    PermanentError,
+    RetryableError,
+)
+from connectors.registry import register
+from schemas.delivery import Delivery
+from schemas.destination import Destination
+from streams.logging import MASK
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BASE_URL = "https://slack.com/api/"
+METADATA_TYPE = "absync_daily_post"
+HISTORY_PAGES = 5
+"""Pages of 200 messages searched for the day's post (a channel busier than that gets a new post)."""
+NOT_INVITED = ("not_in_channel", "channel_not_found", "is_archived")
+BAD_TOKEN = (
+    "invalid_auth",
+    "not_authed",
+    "token_revoked",
+    "token_expired",
+    "account_inactive",
+    "missing_scope",
+)
+TEMPORARY = ("internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited")
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where the day's post is, and what was done to put it there ("posted" or "updated")."""
+
+    ts: str
+    action: str
+
+
+@register
+class SlackConnector(Connector):
+    """Posts and updates the daily absence message of one destination in one channel."""
+
+    kind = "slack"
+
+    def __init__(
+        self,
+        destination: Destination,
+        secrets: Mapping[str, SecretStr],
+        options: ConnectorOptions | None = None,
+    ) -> None:
+        super().__init__(destination, secrets, options)
+        self.channel: str = self.setting("channel", required=True)
+        self.channel_name = str(self.setting("channel_name") or self.channel)
+        self.base_url = str(self.setting("base_url", DEFAULT_BASE_URL)).rstrip("/") + "/"
+        self._client: WebClient | None = None
+
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        return DeliveryOutcome(summary="nothing sent: absences reach Slack in the daily post")
+
+    async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
+        return await asyncio.to_thread(self.check_channel, recorder)
+
+    def check_channel(self, recorder: CallRecorder) -> DeliveryOutcome:
+        """``auth.test`` then ``conversations.info``: the token works and the app is in the channel."""
+        bot = self._api(recorder, "auth.test", "POST", {})
+        info = self._api(recorder, "conversations.info", "GET", {"channel": self.channel})["channel"]
+        if info.get("is_private") and not info.get("is_member"):
+            raise PermanentError(self._not_invited("not_in_channel"))
+        return DeliveryOutcome(
+            summary=f"{bot.get('user', 'the app')} can post in #{info.get('name', self.channel)}"
+        )
+
+    def publish(
+        self, day: str, text: str, ts: str | None, day_starts_at: float, recorder: CallRecorder
+    ) -> Published:
+        """Makes the channel hold ``text`` as the post of ``day`` (ISO date): updates it, or posts it once.
+
+        ``ts`` is the post's timestamp when the caller knows it; ``day_starts_at`` (epoch seconds,
+        the local midnight) bounds the history searched for a post the caller does not know.
+        """
+        metadata = {
+            "event_type": METADATA_TYPE,
+            "event_payload": {"destination": self.destination.id, "day": day},
+        }
+        ts = ts or self._find(day, day_starts_at, recorder)
+        if ts is not None:
+            try:
+                self._api(
+                    recorder,
+                    "chat.update",
+                    "POST",
+                    {"channel": self.channel, "ts": ts, "text": text, "metadata": metadata},
+                )
+                return Published(ts, "updated")
+            except PermanentError as exc:
+                if "message_not_found" not in exc.message:
+                    raise
+                log.info(
+                    "daily post deleted in Slack, posting it again", destination=self.destination.id, day=day
+                )
+        answer = self._api(
+            recorder,
+            "chat.postMessage",
+            "POST",
+            {"channel": self.channel, "text": text, "metadata": metadata, "unfurl_links": False},
+        )
+        return Published(str(answer["ts"]), "posted")
+
+    def _find(self, day: str, oldest: float, recorder: CallRecorder) -> str | None:
+        """The ts of this destination's post of ``day`` in the channel's history, if there is one."""
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            params: dict[str, Any] = {
+                "channel": self.channel,
+                "oldest": f"{oldest:.6f}",
+                "include_all_metadata": True,
+                "limit": 200,
+            }
+            if cursor:
+                params["cursor"] = cursor
+            page = self._api(recorder, "conversations.history", "GET", params)
+            for message in page.get("messages") or []:
+                meta = message.get("metadata") or {}
+                payload = meta.get("event_payload") or {}
+                if (
+                    meta.get("event_type") == METADATA_TYPE
+                    and payload.get("destination") == self.destination.id
+                    and payload.get("day") == day
+                ):
+                    return str(message["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not page.get("has_more") or not cursor:
+                return None
+        return None
+
+    # -- Web API ------------------------------------------------------------------------------
+    def _web(self) -> WebClient:
+        if self._client is None:
+            self._client = WebClient(
+                token=self.secret("bot_token"),
+                base_url=self.base_url,
+                timeout=max(1, int(self.options.timeout)),
+                user_agent_prefix=self.options.user_agent,
+            )
+        return self._client
+
+    def _api(self, recorder: CallRecorder, method: str, verb: str, params: dict[str, Any]) -> SlackResponse:
+        """One Web API call, recorded (token masked); raises a connector error unless ``ok``."""
+        client = self._web()
+        call = recorder.start(
+            verb, f"{self.base_url}{method}", {"Authorization": f"Bearer {MASK}"}, json.dumps(params)
+        )
+        try:
+            if verb == "GET":
+                response = client.api_call(method, http_verb="GET", params=params)
+            else:
+                response = client.api_call(method, json=params)
+        except SlackApiError as exc:
+            answer: SlackResponse = exc.response
+            recorder.finish(call, answer.status_code, _headers(answer), json.dumps(answer.data, default=str))
+            raise self._error(method, answer) from None
+        except (SlackRequestError, urllib.error.URLError, TimeoutError, OSError) as exc:
+            recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
+            raise RetryableError(f"Slack {method}: {type(exc).__name__}: {exc}") from exc
+        recorder.finish(
+            call, response.status_code, _headers(response), json.dumps(response.data, default=str)
+        )
+        return response
+
+    def _error(self, method: str, answer: SlackResponse) -> ConnectorError:
+        data = answer.data if isinstance(answer.data, dict) else {}
+        code = str(data.get("error", f"HTTP {answer.status_code}"))
+        detail = f"Slack {method} answered {answer.status_code} {code}"
+        if answer.status_code == 429 or code == "ratelimited":
+            retry_after = _headers(answer).get("retry-after")
+            return BackpressureError(
+                detail, retry_after=float(retry_after) if retry_after else None, status_code=429
+            )
+        if answer.status_code >= 500 or code in TEMPORARY:
+            return RetryableError(detail, status_code=answer.status_code)
+        if code in NOT_INVITED:
+            return PermanentError(self._not_invited(code), status_code=answer.status_code)
+        if code in BAD_TOKEN:
+            needed = f" (needed: {data['needed']})" if data.get("needed") else ""
+            return ConfigurationError(f"{detail}{needed}: check the bot token and the app's scopes")
+        return PermanentError(detail, status_code=answer.status_code)
+
+    def _not_invited(self, code: str) -> str:
+        return (
+            f"invite the absync app to {self.channel_name} (Slack answered {code} for channel {self.channel})"
+        )
+
+
+def _headers(response: SlackResponse) -> dict[str, str]:
+    return {
+        str(k).lower(): str(v[0] if isinstance(v, list) else v) for k, v in (response.headers or {}).items()
+    }

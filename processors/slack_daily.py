@@ -1,0 +1,183 @@
+"""The "who is absent on which day" projection behind the Slack daily post.
+
+Write side, :class:`DailyAbsencesProcessor` (exactly-once, :mod:`streams.processor`): reads
+``absences`` and keeps the latest event of every absence in a :class:`streams.state.StateStore`
+whose changelog is the compacted ``daily-absences`` topic, keyed ``absence|<tenant>|<absence id>``
+(same partition as the absence). Older versions are ignored (a replay changes nothing); cancelled and
+deleted absences are kept as such (so a late, older event cannot bring them back) until they are
+over; absences that ended more than :data:`KEEP_DAYS` days ago are removed (tombstones), so the topic
+stays the size of the current absences. Bad records are the fan-out's business (it dead-letters
+them); here they are skipped.
+
+Read side, :class:`DailyAbsenceTable`: a thread reads every partition of ``daily-absences`` from the
+start (read_committed) and keeps the live absences per tenant in memory; the scheduler asks it
+:meth:`DailyAbsenceTable.on` for a tenant's absences touching some days. The changelog survives
+restarts; deleting the topic and replaying ``absences`` (compacted: latest state of every absence)
+rebuilds it.
+
+The same topic also holds the scheduler's post records (keys ``post|...``, see
+:mod:`processors.slack_scheduler`); each side ignores the other's keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from processors.validation import absence_codec, decode_event
+from schemas.codec import AvroCodec
+from schemas.models import AbsenceEvent, AbsenceStatus
+from streams.processor import Output, Processor, coordinates
+from streams.settings import Settings
+from streams.state import StateStore
+from streams.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "absence|"
+KEEP_DAYS = 3
+"""Days an ended absence stays in the projection (a day's post is updated until its end)."""
+SWEEP_SECONDS = 3600.0
+
+Clock = Callable[[], dt.datetime]
+"""Aware UTC now; tests give a fixed day."""
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def entry_key(event: AbsenceEvent) -> str:
+    return f"{PREFIX}{event.tenant}|{event.absence.id}"
+
+
+def is_live(event: AbsenceEvent) -> bool:
+    """Whether the absence is to be shown at all (neither cancelled nor deleted)."""
+    return not event.change.removes and event.absence.status != AbsenceStatus.CANCELLED
+
+
+class DailyAbsencesProcessor(Processor):
+    name = "slack-daily"
+
+    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+        topics = Topics(settings)
+        self.topics = [topics.absences]
+        self._codec: AvroCodec = absence_codec(settings)
+        self._state = StateStore(settings, topics.daily_absences)
+        self.stores = [self._state]
+        self._clock = clock
+        self._next_sweep = 0.0
+
+    def handle(self, msg: Message) -> list[Output]:
+        event = decode_event(self._codec, msg)
+        _, partition, _ = coordinates(msg)
+        key = entry_key(event)
+        raw = self._state.get(partition, key)
+        if raw is not None and json.loads(raw)["version"] >= event.version:
+            return []
+        self._state.put(partition, key, json.dumps(event.to_json(), separators=(",", ":")).encode())
+        return []
+
+    def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
+        log.info("record not projected", topic=msg.topic(), offset=msg.offset(), reason=str(exc))
+        return []
+
+    def punctuate(self) -> list[Output]:
+        """Once an hour, removes the absences that ended more than KEEP_DAYS days ago."""
+        if time.monotonic() < self._next_sweep:
+            return []
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        horizon = (self._clock().date() - dt.timedelta(days=KEEP_DAYS)).isoformat()
+        for partition in self._state.partitions():
+            for key, raw in self._state.items(partition):
+                if key.startswith(PREFIX) and json.loads(raw)["absence"]["end_date"] < horizon:
+                    self._state.delete(partition, key)
+        return []
+
+
+class DailyAbsenceTable:
+    """Live absences per tenant, kept from ``daily-absences`` by a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topic = Topics(settings).daily_absences
+        self._tenants: dict[str, dict[str, AbsenceEvent]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DailyAbsenceTable:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="daily-absences-table", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Returns once the table holds everything committed when it started."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"{self._topic} not read to its end in {timeout}s")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def on(self, tenant: str, first: dt.date, last: dt.date) -> list[AbsenceEvent]:
+        """The tenant's live absences that touch a day between ``first`` and ``last``."""
+        with self._lock:
+            events = list(self._tenants.get(tenant, {}).values())
+        return [e for e in events if e.absence.start_date <= last and e.absence.end_date >= first]
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        tenant, _, absence_id = key.removeprefix(PREFIX).partition("|")
+        event = AbsenceEvent.from_json(json.loads(value)) if value is not None else None
+        with self._lock:
+            held = self._tenants.setdefault(tenant, {})
+            if event is not None and is_live(event):
+                held[absence_id] = event
+            else:
+                held.pop(absence_id, None)
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._settings.bootstrap_servers,
+                "group.id": "absync-daily-absences-table-unused",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            partitions = list(consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions)
+            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+            marks = {
+                p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)
+                for p in partitions
+            }
+            pending = {p for p, (low, high) in marks.items() if high > low}
+            while not self._stop.is_set():
+                if pending:
+                    positions = consumer.position([TopicPartition(self._topic, p) for p in pending])
+                    pending -= {tp.partition for tp in positions if tp.offset >= marks[tp.partition][1]}
+                else:
+                    self._ready.set()
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("daily absences read error", error=str(error))
+                    continue
+                key = (msg.key() or b"").decode()
+                if key.startswith(PREFIX):
+                    self._apply(key, msg.value())
+        finally:
+            consumer.close()
