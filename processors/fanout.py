@@ -161,6 +161,8 @@ class FanoutProcessor(Processor):
         outputs: list[Output] = []
         held: set[str] = set()
         for destination in sorted(self._table.all(event.tenant), key=lambda d: d.id):
+            if not destination.receives_changes:
+                continue  # the Slack post reads the daily projection instead
             if not destination.enabled:
                 if destination.id in state.held:
                     held.add(destination.id)

@@ -8,9 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import AbsenceEvent, ChangeKind
+from schemas.models import AbsenceEvent
 
 KINDS = ("http", "graph", "ews", "google", "slack", "adp")
+DIGEST_KINDS = ("slack",)
+"""Kinds fed by a daily digest (the Slack post) rather than one delivery per absence change."""
 
 
 class ChangeSelection(enum.StrEnum):
@@ -50,7 +52,7 @@ class Filters:
 
     @classmethod
     def from_avro(cls, data: dict[str, Any]) -> Filters:
-        return cls(**{k: tuple(str(x) for x in data.get(k) or ()) for k in cls.__slots__})  # type: ignore[attr-defined]
+        return cls(**{k: tuple(str(x) for x in data.get(k) or ()) for k in cls.__slots__})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +75,10 @@ class Destination:
         """Whether this destination should hold this absence (tenant and filters; not the change kind)."""
         return self.enabled and event.tenant == self.tenant and self.filters.matches(event)
 
-    def sends(self, change: ChangeKind) -> bool:
-        """Whether this change kind is sent (APPROVED_AND_DELETIONS skips created/updated of pending)."""
-        if self.changes == ChangeSelection.ALL:
-            return True
-        return change in (ChangeKind.APPROVED, ChangeKind.CANCELLED, ChangeKind.DELETED, ChangeKind.UPDATED)
+    @property
+    def receives_changes(self) -> bool:
+        """Whether the fan-out sends this destination one delivery per absence change."""
+        return self.kind not in DIGEST_KINDS
 
     def to_avro(self) -> dict[str, Any]:
         return {
