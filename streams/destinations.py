@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from schemas.codec import codec_for
+from schemas.codec import AvroCodec, codec_for
 from schemas.destination import KINDS, ChangeSelection, Destination, Filters
 from schemas.errors import SchemaError
 from streams.kafka import make_producer
@@ -93,7 +93,22 @@ class DestinationTable:
             items = list(self._items.values())
         return [d for d in items if tenant is None or d.tenant == tenant]
 
+    @property
+    def ready(self) -> bool:
+        """True once the table has caught up with the topic (it then stays up to date)."""
+        return self._ready.is_set()
+
     def _run(self) -> None:
+        """Reads the topic from the start, again after any Kafka error (a fresh topic may have no
+        leader yet): values are latest-per-id, so a re-read converges to the same table."""
+        while not self._stop.is_set():
+            try:
+                self._read_topic()
+            except KafkaException as exc:
+                log.warning("destinations table restarting after a Kafka error", error=str(exc))
+                self._stop.wait(1.0)
+
+    def _read_topic(self) -> None:
         consumer = Consumer(
             {
                 "bootstrap.servers": self._settings.bootstrap_servers,
@@ -104,7 +119,12 @@ class DestinationTable:
         )
         try:
             metadata = consumer.list_topics(self._topic, timeout=30)
-            partitions = list(metadata.topics[self._topic].partitions)
+            topic = metadata.topics.get(self._topic)
+            if topic is None or topic.error is not None:
+                raise KafkaException(
+                    f"topic {self._topic} not available: {topic.error if topic else 'missing'}"
+                )
+            partitions = list(topic.partitions)
             consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
             ends = {
                 p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)[1]
@@ -114,37 +134,34 @@ class DestinationTable:
             codec = codec_for("Destination")
             while not self._stop.is_set():
                 msg = consumer.poll(0.5)
-                if msg is None:
-                    if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
-                        self._ready.set()
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("destinations table read error", error=str(error))
-                    continue
-                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                key = (msg.key() or b"").decode()
-                value: Destination | None = None
-                if msg.value() is not None:
-                    try:
-                        value = Destination.from_avro(codec.decode(msg.value()))
-                    except (SchemaError, KeyError, ValueError) as exc:
-                        log.error(
-                            "undecodable destination skipped", key=key, offset=msg.offset(), error=str(exc)
-                        )
+                if msg is not None:
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("destinations table read error", error=str(error))
                         continue
-                with self._lock:
-                    if value is None:
-                        self._items.pop(key, None)
-                    else:
-                        self._items[key] = value
-                for listener in self._listeners:
-                    listener(key, value)
+                    positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+                    self._apply(codec, (msg.key() or b"").decode(), msg.value(), msg.offset())
                 if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
                     self._ready.set()
         finally:
             consumer.close()
+
+    def _apply(self, codec: AvroCodec, key: str, raw: bytes | None, offset: int | None) -> None:
+        value: Destination | None = None
+        if raw is not None:
+            try:
+                value = Destination.from_avro(codec.decode(raw))
+            except (SchemaError, KeyError, ValueError) as exc:
+                log.error("undecodable destination skipped", key=key, offset=offset, error=str(exc))
+                return
+        with self._lock:
+            if value is None:
+                self._items.pop(key, None)
+            else:
+                self._items[key] = value
+        for listener in self._listeners:
+            listener(key, value)
 
 
 def _strings(value: Any, field: str) -> tuple[str, ...]:
