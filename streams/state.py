@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.processor import Output
 from streams.settings import Settings
@@ -70,7 +70,7 @@ class StateStore:
         if not wanted:
             return
         started = time.monotonic()
-        loaded = {p: self._read(p) for p in wanted}
+        loaded = {p: self._read_with_retries(p) for p in wanted}
         self._data.update(loaded)
         log.info(
             "state restored",
@@ -122,6 +122,21 @@ class StateStore:
         else:
             data[key] = value
         self._writes.append(Output(self.topic, key.encode(), value, partition=partition))
+
+    def _read_with_retries(self, partition: int) -> dict[str, bytes]:
+        """Reads one changelog partition, again after a transient Kafka error (a leader moving after
+        a broker failure), until ``restore_timeout``."""
+        deadline = time.monotonic() + self._restore_timeout
+        while True:
+            try:
+                return self._read(partition)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise StateRestoreError(f"{self.topic}[{partition}] could not be read: {exc}") from exc
+                log.warning(
+                    "changelog read failed, retrying", topic=self.topic, partition=partition, error=str(exc)
+                )
+                time.sleep(1.0)
 
     def _read(self, partition: int) -> dict[str, bytes]:
         consumer = Consumer(
