@@ -149,9 +149,11 @@ class ProcessorRuntime:
             consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self._log.info("processor started", topics=list(processor.topics))
             while not stop.is_set():
-                batch = [
-                    m for m in consumer.consume(self._batch_size, self._batch_timeout) if self._usable(m)
-                ]
+                # Wait for one record, then take what is already there: consume(n, timeout) would
+                # wait the whole timeout for n records and add that wait to every event's latency.
+                first = consumer.consume(1, self._batch_timeout)
+                more = consumer.consume(self._batch_size - 1, 0) if first else []
+                batch = [m for m in first + more if self._usable(m)]
                 if not self._process(batch, consumer, producer):
                     stop.wait(self._retry_backoff)
         finally:
