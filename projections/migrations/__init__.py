@@ -1,0 +1,1 @@
+"""Alembic migrations of the projection database (run by ``projections.db.migrate``)."""

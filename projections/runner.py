@@ -1,0 +1,124 @@
+"""The projection component: reads the status and destinations topics into the SQL view.
+
+It assigns itself every partition of both topics and seeks to the offsets stored in the database
+(``consumer_offsets``, written in the same transaction as the rows), so a crash at any point
+replays exactly what was not committed. Kafka group commits are not used. Run one runner per
+database; a second one is harmless but useless: its batches wait for the offset rows the first one
+locks and skip what they cover (or fail on a first insert), so nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from sqlalchemy.engine import Engine
+
+from projections.db import engine_for, migrate, writer
+from projections.exceptions import ProjectionError
+from projections.projector import CONSUMER, BatchResult, Projector, SourceRecord, stored_offsets
+from streams.kafka import group_id, make_consumer
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 500
+POLL_TIMEOUT = 0.5
+
+
+def _split(messages: list[Message]) -> tuple[list[SourceRecord], set[tuple[str, int]]]:
+    """The records of one poll, and the partitions that reported reaching their end."""
+    records, at_end = [], set()
+    for message in messages:
+        topic, partition = message.topic() or "", message.partition() or 0
+        error = message.error()
+        if error is None:
+            records.append(
+                SourceRecord(topic, partition, message.offset() or 0, message.key(), message.value())
+            )
+        elif error.code() == KafkaError._PARTITION_EOF:
+            at_end.add((topic, partition))
+        else:
+            log.warning("consumer error", error=str(error))
+    return records, at_end
+
+
+class ProjectionRunner:
+    """Blocking consume -> apply loop; :meth:`run` runs it in a thread for the service."""
+
+    name = "projection"
+
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, batch_size: int = BATCH_SIZE
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings)
+        self.engine = engine or engine_for(settings)
+        self.batch_size = batch_size
+        self.projector = Projector(self.topics.status, self.topics.destinations, CONSUMER)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.run_blocking, stop.is_set)
+
+    def _consumer(self) -> Consumer:
+        consumer = make_consumer(
+            self.settings, group_id(self.settings, CONSUMER), **{"enable.partition.eof": True}
+        )
+        with self.engine.connect() as conn:
+            stored = stored_offsets(conn, CONSUMER)
+        assignment = []
+        for topic in (self.topics.status, self.topics.destinations):
+            metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+            if metadata.error is not None:
+                raise ProjectionError(f"cannot read topic {topic}: {metadata.error}")
+            for partition in sorted(metadata.partitions):
+                assignment.append(
+                    TopicPartition(topic, partition, stored.get((topic, partition), OFFSET_BEGINNING))
+                )
+        consumer.assign(assignment)
+        log.info("projection assigned", partitions=len(assignment), stored=len(stored))
+        return consumer
+
+    def apply(self, records: list[SourceRecord]) -> BatchResult:
+        """One batch, one transaction: the rows and the next offsets commit together."""
+        with writer(self.engine.connect()) as conn, conn.begin():
+            return self.projector.apply(conn, records)
+
+    def run_blocking(self, should_stop: Callable[[], bool], *, until_caught_up: bool = False) -> int:
+        """Consumes until ``should_stop()`` (or, with ``until_caught_up``, until every assigned
+        partition has been read to its end once). Returns the number of records applied.
+
+        A database error ends the loop (and the service): on restart the runner seeks to the
+        stored offsets again, so nothing is lost or applied twice."""
+        migrate(self.engine)
+        consumer = self._consumer()
+        pending_eof = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        applied = 0
+        try:
+            while not should_stop():
+                records, at_end = _split(consumer.consume(num_messages=self.batch_size, timeout=POLL_TIMEOUT))
+                pending_eof -= at_end
+                result = self.apply(records) if records else BatchResult()
+                applied += result.applied
+                if result.applied or result.undecodable:
+                    log.debug("projection batch", applied=result.applied, undecodable=result.undecodable)
+                if until_caught_up and not pending_eof:
+                    break
+        finally:
+            consumer.close()
+        return applied
+
+
+def build(settings: Settings) -> ProjectionRunner:
+    return ProjectionRunner(settings)
+
+
+def catch_up(settings: Settings, engine: Engine | None = None) -> tuple[int, float]:
+    """Applies everything up to the end of the topics, then returns (records applied, seconds)."""
+    started = time.monotonic()
+    applied = ProjectionRunner(settings, engine).run_blocking(lambda: False, until_caught_up=True)
+    return applied, time.monotonic() - started
