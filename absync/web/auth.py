@@ -1,0 +1,167 @@
+"""API tokens and the two rights.
+
+A token is ``absync_<43 url-safe characters>`` (32 random bytes). Only its SHA-256 is stored (table
+``api_tokens``), so a database leak gives no usable token and the clear token is shown once, at
+creation. SHA-256 without salt is enough here: the token carries 256 bits of entropy, there is
+nothing to brute-force.
+
+Rights: ``view`` (deliveries: read, Retry, Mark as processed) and ``configure`` (``view`` plus
+everything under destinations). A token may be limited to one tenant: the routes then filter by it
+and answer 404 for another tenant's objects, exactly as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+
+from projections.db import api_tokens
+
+TOKEN_PREFIX = "absync_"
+
+
+class Right(enum.StrEnum):
+    VIEW = "view"
+    CONFIGURE = "configure"
+
+    def includes(self, other: Right) -> bool:
+        """``configure`` includes ``view``; ``view`` includes only itself."""
+        return self is Right.CONFIGURE or self is other
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who calls: the token's name (recorded as the actor of commands and changes), right, tenant."""
+
+    name: str
+    right: Right
+    tenant: str | None
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A stored token without its secret (for ``absync tokens list``)."""
+
+    id: str
+    name: str
+    right: Right
+    tenant: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(engine: Engine, name: str, right: Right | str, tenant: str | None = None) -> str:
+    """Stores a new token (hashed) and returns the clear token: the only time it exists."""
+    if not name.strip():
+        raise ValueError("a token needs a name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        conn.execute(
+            api_tokens.insert().values(
+                id=f"tok_{uuid.uuid4().hex[:16]}",
+                name=name,
+                right=Right(right).value,
+                tenant=tenant or None,
+                token_hash=hash_token(token),
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+    return token
+
+
+def list_tokens(engine: Engine) -> list[TokenInfo]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(api_tokens).order_by(api_tokens.c.created_at)).mappings().all()
+    return [
+        TokenInfo(
+            id=row["id"],
+            name=row["name"],
+            right=Right(row["right"]),
+            tenant=row["tenant"],
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+        )
+        for row in rows
+    ]
+
+
+def revoke_token(engine: Engine, token_id: str) -> bool:
+    """Revokes a token at once (the next request with it gets 401). False if no such active token."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            api_tokens.update()
+            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=dt.datetime.now(dt.UTC))
+        )
+    return result.rowcount == 1
+
+
+def principal_for(engine: Engine, token: str) -> Principal | None:
+    """The active token's principal, or None (unknown or revoked)."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(api_tokens.c.name, api_tokens.c.right, api_tokens.c.tenant).where(
+                    api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        return None
+    return Principal(name=row["name"], right=Right(row["right"]), tenant=row["tenant"])
+
+
+bearer = HTTPBearer(auto_error=False, description="An API token from `absync tokens create`.")
+
+
+def authenticate(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    """401 without an active token (the same answer for missing, unknown and revoked)."""
+    principal = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        principal = principal_for(request.app.state.engine, credentials.credentials)
+    if principal is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API token is required (Authorization: Bearer absync_...)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+def require(right: Right) -> Callable[[Principal], Principal]:
+    """Dependency factory: the caller's principal if its token has ``right``, else 403."""
+
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if not principal.right.includes(right):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this token lacks the {right.value!r} right")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require(Right.VIEW))]
+Configurer = Annotated[Principal, Depends(require(Right.CONFIGURE))]
