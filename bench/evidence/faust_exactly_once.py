@@ -72,7 +72,11 @@ def count_output(topic: str) -> collections.Counter[bytes]:
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
             positions = consumer.position([TopicPartition(topic, p) for p in parts])
-            done |= {tp.partition for tp in positions if tp.offset >= ends[tp.partition] or (tp.offset < 0 and ends[tp.partition] == 0)}
+            done |= {
+                tp.partition
+                for tp in positions
+                if tp.offset >= ends[tp.partition] or (tp.offset < 0 and ends[tp.partition] == 0)
+            }
             continue
         seen[msg.value()] += 1
         if msg.offset() + 1 >= ends[msg.partition()]:
@@ -103,7 +107,10 @@ def main() -> None:
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, __file__, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, __file__, "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     proc = start()
@@ -135,8 +142,10 @@ def main() -> None:
     expected = {f"m{i}".encode() for i in range(n)}
     duplicates = sum(c - 1 for c in seen.values() if c > 1)
     missing = len(expected - set(seen))
-    print(f"faust-streaming exactly_once, {n} records, {kills} SIGKILLs: "
-          f"output={sum(seen.values())} distinct={len(seen)} duplicates={duplicates} missing={missing}")
+    print(
+        f"faust-streaming exactly_once, {n} records, {kills} SIGKILLs: "
+        f"output={sum(seen.values())} distinct={len(seen)} duplicates={duplicates} missing={missing}"
+    )
 
 
 if __name__ == "__main__":
