@@ -7,6 +7,7 @@ Each test gets its own topic prefix and consumer groups, so tests share one brok
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -58,7 +59,5 @@ def delete_topics(settings: Settings) -> None:
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
-            try:
+            with contextlib.suppress(Exception):  # already gone: deletion is best-effort cleanup
                 future.result()
-            except Exception:  # already gone; deletion is best effort cleanup
-                pass
