@@ -1,0 +1,158 @@
+"""Pipeline throughput: absence events per second from ``absences`` to a loopback HTTP receiver.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python -m bench.pipeline_throughput \\
+        [--events 4000] [--events-3 2000]
+
+For 1 and for 3 matching destinations: N realistic events are published to ``absences`` first, then
+``absync run --only fanout --only delivery`` (one worker, one process) starts; the rate is the
+number of events divided by the time between the receiver's first and last request (start-up
+excluded). Baseline, measured in the same run on the same broker and receiver: a minimal hand-written
+loop (confluent-kafka consumer, one httpx keep-alive PUT per destination, one status event produced
+per request, offsets committed per batch), also in its own process. Prints the rates, the ratio
+absync/baseline and both processes' peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+
+import httpx
+from confluent_kafka import Consumer, Producer
+
+from bench.common import (
+    PYTHON,
+    BenchRun,
+    EventFactory,
+    Proc,
+    ReceiverProc,
+    Row,
+    bootstrap,
+    failed_attempts,
+    http_destinations,
+    log,
+    print_rows,
+    publish_events,
+    start_pipeline,
+)
+from schemas.codec import codec_for
+from schemas.models import AbsenceEvent
+
+WAIT_TIMEOUT = 150.0
+"""Upper bound of one measurement (seconds) once the events are published."""
+
+
+def measure(events: int, destinations: int, *, baseline: bool) -> tuple[float, float, float]:
+    """(events per second, peak RSS in MB, CPU ms per event) of the process doing the work.
+
+    CPU per event is steadier than the rate on a machine shared with other work."""
+    label = "baseline" if baseline else "absync"
+    with BenchRun(f"tput-{label}") as run:
+        receiver = ReceiverProc(run.workdir)
+        try:
+            urls = http_destinations(run, receiver.url, destinations)
+            factory = EventFactory()
+            publish_events(run, (factory.event() for _ in range(events)))
+            log(f"{label}: {events} events published, {destinations} destination(s)")
+            worker = _start_baseline(run, urls, events) if baseline else start_pipeline(run)
+            try:
+                expected = events * destinations
+                if not receiver.wait_for(expected, WAIT_TIMEOUT):
+                    log(f"{label}: only {receiver.count()}/{expected} requests arrived")
+                peak, cpu = worker.peak_rss_mb(), worker.cpu_seconds()
+            finally:
+                worker.stop()
+            arrivals = receiver.arrivals()
+            if not baseline and len(arrivals) < expected:
+                for error, count in failed_attempts(run).most_common(5):
+                    log(f"{label}: {count} attempt(s) failed: {error}")
+        finally:
+            receiver.stop()
+    span = arrivals[-1].at - arrivals[0].at
+    rate = (len(arrivals) - 1) / destinations / span
+    cpu_ms = 1000 * cpu / events
+    log(f"{label}: {rate:.0f} events/s ({len(arrivals)} requests in {span:.1f}s), {cpu_ms:.1f} ms CPU/event")
+    return rate, peak, cpu_ms
+
+
+def _start_baseline(run: BenchRun, urls: list[str], events: int) -> Proc:
+    argv = [PYTHON, "-m", "bench.pipeline_throughput", "--baseline-worker", "--expect", str(events)]
+    argv += ["--topic", run.topics.absences, "--status-topic", run.topics.status]
+    for url in urls:
+        argv += ["--url", url]
+    return Proc("baseline", argv, run.env(), run.workdir / "baseline.log")
+
+
+def baseline_worker(topic: str, status_topic: str, urls: list[str], expect: int) -> None:
+    """The hand-written loop: consume, PUT to every URL (keep-alive), produce a status event."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap(),
+            "group.id": f"bench-baseline-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    producer = Producer(
+        {"bootstrap.servers": bootstrap(), "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    codec = codec_for("AbsenceEvent")
+    consumer.subscribe([topic])
+    done = 0
+    with httpx.Client(timeout=10.0) as client:
+        while done < expect:
+            batch = consumer.consume(500, 0.1)
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                event = AbsenceEvent.from_avro(codec.decode(msg.value()))
+                body = json.dumps(event.to_json()).encode()
+                for url in urls:
+                    response = client.put(
+                        f"{url}/{event.absence.id}",
+                        content=body,
+                        headers={"Content-Type": "application/json"},
+                    )
+                    status = {"absence_id": event.absence.id, "url": url, "status": response.status_code}
+                    producer.produce(status_topic, key=event.absence.id.encode(), value=json.dumps(status))
+                    producer.poll(0)
+                done += 1
+            if batch:
+                consumer.commit(asynchronous=True)
+    producer.flush(30)
+    consumer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=4000, help="events with 1 destination")
+    parser.add_argument("--events-3", type=int, default=2000, help="events with 3 destinations")
+    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--status-topic", help=argparse.SUPPRESS)
+    parser.add_argument("--url", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_worker:
+        baseline_worker(args.topic, args.status_topic, args.url, args.expect)
+        return
+    started = time.monotonic()
+    rows: list[Row] = []
+    for destinations, events in ((1, args.events), (3, args.events_3)):
+        base_rate, base_rss, base_cpu = measure(events, destinations, baseline=True)
+        rate, rss, cpu = measure(events, destinations, baseline=False)
+        suffix = "1 destination" if destinations == 1 else f"{destinations} destinations"
+        rows.append(Row(f"throughput, {suffix} (absync vs baseline)", rate, "events/s", base_rate))
+        rows.append(Row(f"CPU per event, {suffix}", cpu, "ms", base_cpu))
+        rows.append(Row(f"peak RSS, throughput worker, {suffix}", rss, "MB", base_rss))
+    print_rows(rows)
+    log(f"pipeline_throughput took {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
