@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 TEST_BROKER_PORT ?= 39092
 export ABSYNC_TEST_BROKER_PORT := $(TEST_BROKER_PORT)
 
-.PHONY: help venv system-deps broker broker-stop topics run run-demo test test-only lint format bench clean
+.PHONY: help venv system-deps broker broker-stop topics run test test-only faults lint format bench clean
 
 help:
 	@echo "make run    run the service with its embedded defaults (local Kafka broker included)"
 	@echo "make test   install what the tests need, lint, and run the whole test suite"
 	@echo "make bench  benchmarks (figures and ratios against a baseline)"
+	@echo "make faults the fault suite and the three-broker cluster test"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,10 @@ test: venv system-deps lint
 test-only:
 	@bash deploy/local/test.sh
 
+# The fault suite and the three-broker cluster test (long runs; results in docs/reliability.md).
+faults: venv system-deps
+	@bash deploy/local/test.sh -m "cluster or faults"
+
 bench: venv
 	@bash deploy/local/bench.sh
 
@@ -63,4 +68,5 @@ clean:
 	-@bash deploy/local/broker.sh stop
 	-@ABSYNC_BROKER_PORT=$(TEST_BROKER_PORT) bash deploy/local/broker.sh stop
 	-@bash deploy/local/postgres.sh stop
+	-@bash deploy/local/cluster.sh stop
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

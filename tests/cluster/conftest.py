@@ -13,10 +13,6 @@ from streams.settings import REPO_ROOT
 SCRIPT = REPO_ROOT / "deploy" / "local" / "cluster.sh"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: starts a three-broker Kafka cluster (slow)")
-
-
 def cluster_sh(*args: str) -> str:
     """Runs ``cluster.sh ARGS`` and returns its output; fails the test with the output if it fails."""
     result = subprocess.run(

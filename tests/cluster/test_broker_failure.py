@@ -145,13 +145,6 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster_settings: 
     assert set(read) == {e.event_id for e in events}
 
 
-@pytest.mark.xfail(
-    raises=KafkaException,
-    reason="known bug, intermittent under load (2 of 9 runs here): the fan-out worker dies on a "
-    "transient broker error while leadership moves (streams/state.py StateStore._read: "
-    "get_watermark_offsets timed out after 30s, KafkaException not retried; once a fatal _FENCED "
-    "on commit); it should retry. Only that crash is tolerated: a lost absence still fails the test.",
-)
 def test_the_pipeline_delivers_every_absence_through_a_broker_failure(cluster_settings: Settings) -> None:
     """Fan-out and delivery workers run against the cluster while a broker dies and comes back."""
     admin = AdminClient({"bootstrap.servers": cluster_settings.bootstrap_servers})
