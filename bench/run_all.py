@@ -97,6 +97,7 @@ TARGETS = [
 ]
 
 SCRIPTS = [
+    "produce_consume",
     "pipeline_throughput",
     "latency",
     "waiting_retries",
