@@ -68,6 +68,6 @@ def configure_logging(level: str = "INFO", *, force: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "urllib3"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     _configured = True

@@ -10,7 +10,8 @@ if [ ! -s .data/admin-token ]; then
 fi
 .venv/bin/python -m tests.fakes.receiver --port 8765 >.data/demo-receiver.log 2>&1 &
 receiver=$!
-trap 'kill $receiver 2>/dev/null || true' EXIT
+# Ctrl-C stops the service (absync run handles SIGINT), then the demo receiver and the broker.
+trap 'kill $receiver 2>/dev/null || true; bash deploy/local/broker.sh stop >/dev/null 2>&1 || true' EXIT
 .venv/bin/absync destinations apply examples/destinations/http.yaml >/dev/null
 port="${ABSYNC_HTTP_PORT:-8080}"
 cat <<MSG
@@ -20,7 +21,7 @@ cat <<MSG
   API:       http://127.0.0.1:${port}/api/v1    (OpenAPI: /openapi.json, metrics: /metrics)
   Try it:    .venv/bin/absync publish examples/absences.jsonl
              then watch the deliveries reach the demo receiver (http://127.0.0.1:8765/hook)
-  Logs:      JSON lines below; the broker's in .cache/kafka/
+  Logs:      JSON lines below; the broker's in .cache/kafka/ (Ctrl-C stops the broker too)
 
 MSG
 .venv/bin/absync run
