@@ -104,9 +104,13 @@ SCRIPTS = [
     "delay_precision",
     "slow_destination",
     "projection_bench",
+    "resync",
 ]
 
-SCRIPT_ARGS = {"projection_bench": ["--rows", "200000", "--events", "20000"]}
+SCRIPT_ARGS = {
+    "projection_bench": ["--rows", "200000", "--events", "20000"],
+    "resync": ["--absences", "20000", "--rate", "200"],
+}
 """Smaller than the scripts' defaults to keep ``make bench`` under 15 minutes (filling 1,000,000
 rows alone takes over 3 minutes here); run the script alone for the full size."""
 

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ from absync.web.auth import Configurer, Principal, Viewer
 from connectors.base import CallRecorder, ConnectorOptions
 from connectors.exceptions import ConnectorError
 from connectors.registry import connector_class
+from processors.resync import ResyncProgress, ResyncRequest, run_resync
 from projections import queries
 from projections.db import deliveries, destination_audit
 from projections.exceptions import BadCursorError
@@ -44,6 +45,7 @@ from schemas.destination import KINDS, ChangeSelection, Destination
 from streams.destinations import DestinationError, destination_from_dict, publish_destination
 from streams.logging import MASK
 from streams.secrets import SecretDecryptionError
+from streams.settings import Settings
 from streams.topics import Topics
 
 if TYPE_CHECKING:
@@ -744,6 +746,106 @@ def destination_audit_trail(
             state, principal, destination_id
         )  # 404 unless it exists (a new one has no trail)
     return [dict(row) for row in rows]
+
+
+# -- resync (bulk replay to one destination, see processors/resync.py) ------------------------------
+
+
+class ResyncOut(BaseModel):
+    destination_id: str
+    running: bool
+    phase: str
+    done: int = Field(description="Offsets of ``absences`` replayed so far.")
+    total: int = Field(description="Offsets to replay.")
+    upserts: int
+    deletes: int
+    completed: bool
+    error: str | None
+
+
+class ResyncJob:
+    """A resync running in a thread of this API process; interrupted (process stopped), it resumes
+    from its checkpoint when started again."""
+
+    def __init__(self, settings: Settings, destination_id: str) -> None:
+        self.destination_id = destination_id
+        self.progress = ResyncProgress()
+        self.error: str | None = None
+        self._settings = settings
+        self._thread = threading.Thread(target=self._run, name=f"resync-{destination_id}", daemon=True)
+
+    def start(self) -> ResyncJob:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        def update(progress: ResyncProgress) -> None:
+            self.progress = replace(progress)
+
+        try:
+            self.progress = run_resync(self._settings, ResyncRequest(self.destination_id), progress=update)
+        except Exception as exc:  # reported by GET .../resync; the checkpoint keeps what was done
+            log.exception("resync failed", destination=self.destination_id)
+            self.error = str(exc)
+
+    def out(self) -> ResyncOut:
+        p = self.progress
+        return ResyncOut(
+            destination_id=self.destination_id,
+            running=self.running,
+            phase=p.phase,
+            done=p.done,
+            total=p.total,
+            upserts=p.upserts,
+            deletes=p.deletes,
+            completed=p.completed,
+            error=self.error,
+        )
+
+
+def _resync_jobs(request: Request) -> dict[str, ResyncJob]:
+    jobs: dict[str, ResyncJob] | None = getattr(request.app.state, "resync_jobs", None)
+    if jobs is None:
+        jobs = request.app.state.resync_jobs = {}
+    return jobs
+
+
+@destinations_router.post(
+    "/{destination_id}/resync",
+    response_model=ResyncOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Send the destination what it should hold now (replay of absences, in the background)",
+    description="Starts a resync unless one is running (then returns its progress).",
+)
+def start_resync(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
+    state = _state(request)
+    destination = _visible_destination(state, principal, destination_id)
+    if not destination.enabled:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
+    jobs = _resync_jobs(request)
+    job = jobs.get(destination_id)
+    if job is None or not job.running:
+        job = jobs[destination_id] = ResyncJob(state.settings, destination_id).start()
+    return job.out()
+
+
+@destinations_router.get(
+    "/{destination_id}/resync",
+    response_model=ResyncOut,
+    responses=NOT_FOUND,
+    summary="Progress of the destination's resync started by this API process",
+)
+def resync_progress(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
+    _visible_destination(_state(request), principal, destination_id)
+    job = _resync_jobs(request).get(destination_id)
+    if job is None:
+        raise _not_found("resync")
+    return job.out()
 
 
 # -- me ----------------------------------------------------------------------------------------------

@@ -344,10 +344,30 @@ function destinationsPage() {
     }
   }
 
+  async function resync(d, button) {
+    const path = `/destinations/${encodeURIComponent(d.id)}/resync`;
+    button.disabled = true;
+    try {
+      let job = await api(path, { method: "POST" });
+      while (job.running) {
+        showState(state, `Resync of ${d.name}: ${job.phase}, ${job.done.toLocaleString("en-GB")} / ${job.total.toLocaleString("en-GB")} replayed, ${job.upserts} sent, ${job.deletes} deleted.`, "info");
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        job = await api(path);
+      }
+      if (job.error || !job.completed) throw new Error(job.error || "interrupted: start it again to continue");
+      showState(state, `Resync of ${d.name} complete: ${job.upserts} sent, ${job.deletes} deleted.`, "success");
+    } catch (error) {
+      showState(state, `Resync of ${d.name} failed: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function row(d) {
     const rate = d.success_rate === null || d.success_rate === undefined ? "No finished delivery" : `${(d.success_rate * 100).toFixed(1)} %`;
     const counts = d.deliveries ? Object.entries(d.deliveries).filter(([, n]) => n).map(([s, n]) => `${STATUS_LABELS[s]} ${n}`).join(", ") || "None" : "";
     const testButton = h("button", { type: "button", onclick: () => test(d, testButton) }, "Test connection");
+    const resyncButton = h("button", { type: "button", onclick: () => resync(d, resyncButton), disabled: !d.enabled }, "Resync");
     return h("tr", { "data-destination-id": d.id },
       h("td", {}, h("a", { href: `/console/destinations/${encodeURIComponent(d.id)}?kind=${encodeURIComponent(d.kind)}` }, d.name), h("div", { class: "sub mono" }, d.id)),
       h("td", {}, d.kind),
@@ -356,7 +376,7 @@ function destinationsPage() {
       h("td", { class: "why" }, d.last_error ? [h("span", { class: "error-text" }, d.last_error), h("div", { class: "sub" }, time(d.last_error_at))] : "—"),
       h("td", {}, counts),
       h("td", { class: "row-actions" },
-        h("button", { type: "button", onclick: () => toggle(d) }, d.enabled ? "Disable" : "Enable"), testButton));
+        h("button", { type: "button", onclick: () => toggle(d) }, d.enabled ? "Disable" : "Enable"), testButton, resyncButton));
   }
 
   async function load() {
