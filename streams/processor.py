@@ -16,6 +16,12 @@ is aborted, the in-memory state rolled back and the consumer sought back to the 
 the batch is processed again after ``retry_backoff``. A fatal error (e.g. fenced by another worker
 with the same id) raises: the component stops and ``absync run`` exits non-zero.
 
+A :class:`StallWatchdog` ends the process when the loop stops making progress for
+``ABSYNC_STALL_TIMEOUT`` seconds: librdkafka can block inside ``send_offsets_to_transaction`` past its
+timeout after a broker restart (confluentinc/librdkafka#5456, seen in tests/faults). A blocked C call
+cannot be interrupted from Python, so the process exits and its supervisor restarts it; the restarted
+worker, with the same id, fences and aborts the stuck transaction.
+
 The transactional id is stable per worker (``<group>-<worker id>``): a restarted worker fences its
 killed predecessor and aborts its open transaction at once (instead of read_committed readers waiting
 for the transaction timeout). Zombies of an older group generation are fenced by the consumer group
@@ -28,6 +34,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -118,6 +125,44 @@ def default_worker_id() -> str:
     return os.environ.get("ABSYNC_WORKER_ID") or socket.gethostname()
 
 
+class StallWatchdog:
+    """Calls ``on_stall`` (default: log and end the process) when ``beat()`` was not called for
+    ``limit`` seconds while running. One thread; ``stop()`` before the loop exits normally."""
+
+    def __init__(self, name: str, limit: float, on_stall: Callable[[], None] | None = None) -> None:
+        self._name = name
+        self._limit = limit
+        self._on_stall = on_stall or self._exit
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-watchdog", daemon=True)
+
+    def start(self) -> StallWatchdog:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(5.0, self._limit / 4)):
+            idle = time.monotonic() - self._last
+            if idle > self._limit:
+                log.critical(
+                    "processor stalled: ending the process", processor=self._name, seconds=round(idle)
+                )
+                self._on_stall()
+                return
+
+    @staticmethod
+    def _exit() -> None:
+        os._exit(70)  # EX_SOFTWARE: the supervisor restarts the worker
+
+
 class ProcessorRuntime:
     """Runs one processor in the calling thread until ``stop`` is set (see the module docstring)."""
 
@@ -130,8 +175,10 @@ class ProcessorRuntime:
         batch_size: int = 500,
         batch_timeout: float = 0.2,
         retry_backoff: float = 1.0,
+        on_stall: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_stall = on_stall
         self._processor = processor
         self._group = group_id(settings, processor.name)
         self._transactional_id = f"{self._group}-{worker_id or default_worker_id()}"
@@ -145,6 +192,7 @@ class ProcessorRuntime:
         processor.open()
         producer = make_transactional_producer(self._settings, self._transactional_id)
         consumer = make_consumer(self._settings, self._group)
+        watchdog = StallWatchdog(processor.name, self._settings.stall_timeout, self._on_stall).start()
         try:
             consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self._log.info("processor started", topics=list(processor.topics))
@@ -156,7 +204,9 @@ class ProcessorRuntime:
                 batch = [m for m in first + more if self._usable(m)]
                 if not self._process(batch, consumer, producer):
                     stop.wait(self._retry_backoff)
+                watchdog.beat()
         finally:
+            watchdog.stop()
             consumer.close()
             producer.flush(10)
             processor.close()

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (300.0, 900.0, 3600.0, 86400.0)
     connector_timeout: float = 10.0
     delivery_concurrency: int = 64
+    stall_timeout: float = 180.0
+    """A processor loop that makes no progress this long ends the process (see StallWatchdog)."""
 
     # Storage and HTTP
     data_dir: Path = REPO_ROOT / ".data"

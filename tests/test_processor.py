@@ -110,3 +110,20 @@ def test_failures_aborts_and_restarts_keep_outputs_and_state_exact(settings: Set
     assert got == sorted(
         [("k1", "a:1"), ("k1", "b:2"), ("k1", "d:3"), ("k2", "abort-once-1:1"), ("k2", "c:2"), ("k2", "e:3")]
     )
+
+
+def test_the_watchdog_fires_when_the_loop_stops_beating_and_not_while_it_beats() -> None:
+    import threading
+    import time
+
+    from streams.processor import StallWatchdog
+
+    fired = threading.Event()
+    watchdog = StallWatchdog("test", limit=1.5, on_stall=fired.set).start()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # a healthy loop beats: no stall
+        watchdog.beat()
+        time.sleep(0.05)
+    assert not fired.is_set()
+    assert fired.wait(10), "a loop that stopped beating must be reported as stalled"
+    watchdog.stop()
