@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -445,7 +446,12 @@ class DeliveryWorker:
             self.settings, group_id(self.settings, "delivery"), **{"fetch.wait.max.ms": 50}
         )
 
-        def on_assign(_: Consumer, partitions: list[TopicPartition]) -> None:
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            # librdkafka keeps a partition's pause across a rebalance (librdkafka#1849): a retry
+            # partition paused before it was revoked would come back paused for good. Everything
+            # assigned starts running; the gate pauses again what is not due.
+            with contextlib.suppress(KafkaException):
+                c.resume(partitions)
             assigned.update((tp.topic, tp.partition) for tp in partitions)
             self.store.restore({tp.partition for tp in partitions if tp.topic == self.topics.deliveries})
             log.info("delivery partitions assigned", count=len(partitions))
@@ -461,6 +467,8 @@ class DeliveryWorker:
             forget({(tp.topic, tp.partition) for tp in partitions})
 
         def forget(partitions: set[Partition]) -> None:
+            with contextlib.suppress(KafkaException):  # see on_assign: never leave a pause behind
+                _apply_pauses(consumer, paused, paused - partitions)
             self.tracker.forget(partitions)
             gate.forget(partitions)
             assigned.difference_update(partitions)

@@ -137,12 +137,6 @@ def test_one_then_three_workers_then_sigterm_and_sigkill_each_change_applied_onc
     assert_converged("S1. scale-out 1 -> 3 workers, SIGTERM, SIGKILL", receiver, expected, workers.logs())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processors/delivery.py forgets the paused partitions it loses in a rebalance without resuming "
-    "them; librdkafka keeps a partition paused across re-assignment (librdkafka#1849), so a retry "
-    "partition gated before a rebalance and assigned back is never fetched again",
-)
 def test_records_waiting_in_a_retry_topic_survive_the_rebalances_and_are_never_early(
     settings: Settings, receiver: Receiver, workers: Workers
 ) -> None:
