@@ -169,9 +169,7 @@ class FanoutProcessor(Processor):
             elif should_hold(destination, event):
                 outputs += self._delivery(destination, event, Operation.UPSERT)
                 held.add(destination.id)
-            elif destination.id in state.held or (event.change.removes and destination.matches(event)):
-                # A removal also reaches matching destinations this state does not list: a resync
-                # may have sent them the absence. Deleting what is not there is a success.
+            elif destination.id in state.held:
                 outputs += self._delivery(destination, event, Operation.DELETE)
         state.held = held
         return outputs
