@@ -128,6 +128,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The sender went away mid-request (a worker killed between headers and body): like any
+            # HTTP server, drop the incomplete request instead of acting on a truncated body.
+            self.close_connection = True
+            return
         headers = {name.lower(): value for name, value in self.headers.items()}
         path = urlsplit(self.path).path
         status, reply_headers, reply = self.server.receiver._serve(self.command, path, headers, body)
