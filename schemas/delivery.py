@@ -126,6 +126,24 @@ class Attempt:
     calls: list[dict[str, str]] = field(default_factory=list)
 
 
+def _attempt_avro(attempt: Attempt) -> dict[str, Any]:
+    """An Attempt as its Avro record (the encoder only reads it: no copy of its dicts is needed)."""
+    return {
+        "number": attempt.number,
+        "started_at": attempt.started_at,
+        "duration_ms": attempt.duration_ms,
+        "request_method": attempt.request_method,
+        "request_url": attempt.request_url,
+        "request_headers": attempt.request_headers,
+        "request_body": attempt.request_body,
+        "response_status": attempt.response_status,
+        "response_headers": attempt.response_headers,
+        "response_body": attempt.response_body,
+        "error": attempt.error,
+        "calls": attempt.calls,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryStatus:
     status_id: str
@@ -175,9 +193,32 @@ class DeliveryStatus:
         )
 
     def to_avro(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        return data
+        """Built field by field: ``dataclasses.asdict`` deep-copies recursively, and this runs for
+        every status event the delivery worker writes (it showed in the profile)."""
+        record = self.attempt_record
+        return {
+            "status_id": self.status_id,
+            "delivery_id": self.delivery_id,
+            "destination_id": self.destination_id,
+            "tenant": self.tenant,
+            "absence_id": self.absence_id,
+            "version": self.version,
+            "change": self.change,
+            "operation": self.operation,
+            "employee_id": self.employee_id,
+            "employee_name": self.employee_name,
+            "employee_email": self.employee_email,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+            "status": self.status.value,
+            "trigger": self.trigger,
+            "attempt": self.attempt,
+            "occurred_at": self.occurred_at,
+            "manual": self.manual,
+            "next_retry_at": self.next_retry_at,
+            "error": self.error,
+            "attempt_record": None if record is None else _attempt_avro(record),
+        }
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> DeliveryStatus:

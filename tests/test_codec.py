@@ -3,6 +3,8 @@ served on loopback, unknown schemas."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import io
 import json
 import struct
@@ -12,6 +14,7 @@ import fastavro
 import pytest
 
 from schemas.codec import AVRO_DIR, SINGLE_OBJECT_MAGIC, AvroCodec, SchemaRegistryResolver, codec_for
+from schemas.delivery import Attempt, DeliveryStatus, Status
 from schemas.errors import DecodeError, SchemaNotFoundError
 from schemas.models import AbsenceEvent
 from tests.fakes.schema_registry import running_registry
@@ -81,3 +84,52 @@ def test_confluent_wire_format_through_a_registry() -> None:
     assert registry.requests == ["/schemas/ids/42", "/schemas/ids/7"]  # 42 fetched once, then cached
     with pytest.raises(DecodeError, match="ABSYNC_SCHEMA_REGISTRY_URL"):
         codec_for("AbsenceEvent").decode(data)
+
+
+def test_a_delivery_status_is_written_with_every_field_it_has() -> None:
+    """``DeliveryStatus.to_avro`` is written field by field (for speed): it must name every field of
+    the dataclasses, or a field added later would be silently dropped or fail to encode."""
+    at = dt.datetime(2026, 3, 3, 9, 0, tzinfo=dt.UTC)
+    attempt = Attempt(
+        2,
+        at,
+        12.5,
+        "PUT",
+        "http://127.0.0.1/hook/a",
+        {"a": "b"},
+        "{}",
+        503,
+        {"c": "d"},
+        "x",
+        "boom",
+        [{"k": "v"}],
+    )
+    status = DeliveryStatus(
+        status_id="s",
+        delivery_id="d",
+        destination_id="dest",
+        tenant="t",
+        absence_id="a",
+        version=3,
+        change="UPDATED",
+        operation="UPSERT",
+        employee_id="e",
+        employee_name="Jane",
+        employee_email="j@x",
+        start_date="2026-03-03",
+        end_date="2026-03-04",
+        status=Status.ERROR,
+        trigger="RETRY",
+        attempt=2,
+        occurred_at=at,
+        manual=False,
+        next_retry_at=at,
+        error="boom",
+        attempt_record=attempt,
+    )
+    expected = dataclasses.asdict(status) | {"status": "ERROR"}
+    assert status.to_avro() == expected
+    decoded = codec_for("DeliveryStatus").decode(codec_for("DeliveryStatus").encode(status.to_avro()))
+    assert DeliveryStatus.from_avro(decoded) == status
+    bare = dataclasses.replace(status, attempt_record=None, next_retry_at=None, error=None)
+    assert bare.to_avro() == dataclasses.asdict(bare) | {"status": "ERROR"}
