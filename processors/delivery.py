@@ -44,6 +44,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import json
 import threading
 import time
@@ -196,11 +197,17 @@ class KeyLanes:
 
 
 class AsyncProducer:
-    """A producer whose sends are awaitable (acknowledged by Kafka); a thread serves its callbacks."""
+    """A producer whose sends are awaitable (acknowledged by Kafka); a thread serves its callbacks.
+
+    The acknowledgements of one ``poll`` reach the event loop in one call: a wake-up of the loop per
+    record (three records per delivery) showed in the profile.
+    """
 
     def __init__(self, producer: Producer, loop: asyncio.AbstractEventLoop) -> None:
         self._producer = producer
         self._loop = loop
+        self._lock = threading.Lock()
+        self._acks: list[tuple[asyncio.Future[None], object]] = []
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="delivery-producer", daemon=True)
         self._thread.start()
@@ -208,6 +215,13 @@ class AsyncProducer:
     def _serve(self) -> None:
         while not self._closing.is_set():
             self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            acks, self._acks = self._acks, []
+        if acks:
+            self._loop.call_soon_threadsafe(_settle_all, acks)
 
     async def send(
         self,
@@ -221,7 +235,8 @@ class AsyncProducer:
         done: asyncio.Future[None] = self._loop.create_future()
 
         def acknowledged(err: object, _msg: Message) -> None:
-            self._loop.call_soon_threadsafe(_settle, done, err)
+            with self._lock:
+                self._acks.append((done, err))
 
         while True:
             try:
@@ -242,15 +257,17 @@ class AsyncProducer:
         self._producer.flush(30)
         self._closing.set()
         self._thread.join(5)
+        self._hand_over()
 
 
-def _settle(future: asyncio.Future[None], err: object) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(DeliveryWorkerError(f"Kafka did not accept a record: {err}"))
+def _settle_all(acks: list[tuple[asyncio.Future[None], object]]) -> None:
+    for future, err in acks:
+        if future.done():
+            continue
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(DeliveryWorkerError(f"Kafka did not accept a record: {err}"))
 
 
 # -- connectors -----------------------------------------------------------------------------------
@@ -316,8 +333,9 @@ class KeyState:
         return cls(**json.loads(data))
 
     @classmethod
-    def of(cls, delivery: Delivery) -> KeyState:
-        record = base64.b64encode(codec_for("Delivery").encode(delivery.to_avro())).decode()
+    def of(cls, delivery: Delivery, encoded: bytes) -> KeyState:
+        """``encoded``: the delivery's Avro record as received (encoding it again cost CPU per delivery)."""
+        record = base64.b64encode(encoded).decode()
         return cls(record, delivery.delivery_id, delivery.version, delivery.attempt, 0, Status.PENDING.value)
 
     def delivery(self) -> Delivery:
@@ -496,7 +514,11 @@ class DeliveryWorker:
                 _apply_pauses(consumer, paused, wanted)
                 for resumed in [p for p in rewind if p not in paused]:  # active: back to its head
                     consumer.seek(TopicPartition(*resumed, rewind.pop(resumed)))
-                for msg in consumer.consume(500, gate.seconds_to_next(0.2)):
+                # Wait for one record, then take what is already there: consume(500, timeout) would
+                # wait the whole timeout for 500 records and add that wait to every record's latency.
+                first = consumer.consume(1, gate.seconds_to_next(0.2))
+                admitted: list[_Input] = []
+                for msg in first + (consumer.consume(499, 0) if first else []):
                     if msg.error() is not None:
                         log.warning("delivery consumer error", error=str(msg.error()))
                         continue
@@ -505,8 +527,11 @@ class DeliveryWorker:
                     topic, partition, offset = position(msg)
                     rewind.pop((topic, partition), None)  # its head is back: no seek pending
                     self.tracker.started((topic, partition), offset)
-                    record = _Input(topic, partition, offset, (msg.key() or b"").decode(), msg.value())
-                    self._in_loop(self._dispatch, record)
+                    admitted.append(
+                        _Input(topic, partition, offset, (msg.key() or b"").decode(), msg.value())
+                    )
+                if admitted:  # one wake-up of the event loop per batch, not per record
+                    self._in_loop(self._dispatch, admitted)
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL:
                     self._commit(consumer, assigned)
                     last_commit = time.monotonic()
@@ -552,10 +577,11 @@ class DeliveryWorker:
 
     # -- event loop ---------------------------------------------------------------------------
 
-    def _dispatch(self, record: _Input) -> None:
+    def _dispatch(self, records: list[_Input]) -> None:
         assert self.lanes is not None
-        destination_id = record.key.partition("|")[0]
-        self.lanes.submit(record.key, destination_id, lambda: self._handle(record))
+        for record in records:
+            destination_id = record.key.partition("|")[0]
+            self.lanes.submit(record.key, destination_id, functools.partial(self._handle, record))
 
     async def _handle(self, record: _Input) -> None:
         try:
@@ -571,7 +597,8 @@ class DeliveryWorker:
         self.tracker.done((record.topic, record.partition), record.offset)
 
     async def _on_delivery(self, record: _Input) -> None:
-        delivery = Delivery.from_avro(codec_for("Delivery").decode(record.value))
+        encoded = record.value or b""
+        delivery = Delivery.from_avro(codec_for("Delivery").decode(encoded))
         state = self._state(record.partition, record.key)
         stage = self._stage_of.get(record.topic, 0)
         if stage == 0:
@@ -582,12 +609,12 @@ class DeliveryWorker:
                 return
             if state is not None and state.delivery_id != delivery.delivery_id:
                 await self._supersede_previous(state)
-            state = KeyState.of(delivery)
+            state = KeyState.of(delivery, encoded)
             # Durable before the send: were the worker killed after the send, an older delivery's
             # retry must find this one as the latest, or it would overwrite it at the destination.
             await self._save(record.partition, record.key, state)
         elif state is None:  # state lost (never expected): the retry itself is the best knowledge
-            state = KeyState.of(delivery)
+            state = KeyState.of(delivery, encoded)
             state.next_stage = stage
         elif state.delivery_id != delivery.delivery_id:
             log.debug("retry of a superseded delivery dropped", delivery_id=delivery.delivery_id)
