@@ -244,6 +244,21 @@ def documented_verify() -> Callable[..., bool]:
     return verify
 
 
+async def test_parallel_deliveries_share_at_most_max_connections(
+    receiver: Receiver, make_connector: ConnectorFactory
+) -> None:
+    """The connections are split into small pools (see POOL_CONNECTIONS): together they never open
+    more than ``max_connections``, and more than one pool serves the load."""
+    connector = await make_connector(receiver.url + "/hook", max_connections=6)
+    receiver.set_latency(0.2)
+    events = [make_event(f"abs-pool-{i}") for i in range(24)]
+
+    await asyncio.gather(*(connector.deliver(make_delivery(e), CallRecorder()) for e in events))
+
+    assert sorted(receiver.state) == sorted(e.absence.id for e in events)
+    assert 4 < receiver.peak_connections <= 6
+
+
 async def test_signature_checks_out_with_the_documented_code(
     receiver: Receiver, make_connector: ConnectorFactory
 ) -> None:
@@ -663,6 +678,7 @@ async def test_connection_for_lucca_is_an_options_call(
         ({"url": "http://h"}, {"signing_secrets": "abc"}, "must start with 'whsec_'"),
         ({"url": "http://h"}, {"signing_secrets": "whsec_c2hvcnQ="}, "at least 24 bytes"),
         ({"url": "http://h", "timeout": "soon"}, {}, "timeout must be positive"),
+        ({"url": "http://h", "max_connections": 0}, {}, "max_connections must be a positive integer"),
     ],
 )
 def test_bad_configuration(settings: dict[str, str], secrets: dict[str, str], fragment: str) -> None:

@@ -172,6 +172,8 @@ class Receiver:
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self.peak_connections = 0
+        """The most connections that were open at once."""
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -231,6 +233,7 @@ class Receiver:
     def _opened(self, conn: socket.socket) -> None:
         with self._lock:
             self._connections.add(conn)
+            self.peak_connections = max(self.peak_connections, len(self._connections))
 
     def _closed(self, conn: socket.socket) -> None:
         with self._lock:
