@@ -5,7 +5,8 @@
 - :class:`Proc`: a subprocess with its log file, RSS (``VmRSS``), peak RSS (``VmHWM``) and CPU time
   read from ``/proc`` while it runs.
 - :func:`start_pipeline`: ``absync run --only ...`` as a subprocess, waited for until its partitions
-  are assigned; :class:`ReceiverProc`: the loopback receiver (``python -m tests.fakes.receiver``) as a
+  are assigned (with ``ABSYNC_BENCH_PROFILE=DIR``, py-spy samples it until it exits and writes a
+  profile to ``DIR/absync-<id>.txt`` (collapsed stacks: speedscope and flamegraph.pl read them): how the hot path was found); :class:`ReceiverProc`: the loopback receiver (``python -m tests.fakes.receiver``) as a
   subprocess, whose arrival times are read back from its debug log (one ``received`` line per
   request, timestamped).
 - :class:`EventFactory`: realistic AbsenceEvents (employees, departments, leave accounts, dates).
@@ -36,10 +37,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import codec_for
@@ -278,8 +279,15 @@ def start_pipeline(run: BenchRun, components: Sequence[str] = ("fanout", "delive
     argv = [PYTHON, "-m", "absync", "run", "--no-create-topics"]
     for component in components:
         argv += ["--only", component]
-    proc = Proc("absync", argv, run.env(**env), run.workdir / f"absync-{uuid.uuid4().hex[:6]}.log")
+    name = f"absync-{uuid.uuid4().hex[:6]}"
+    proc = Proc("absync", argv, run.env(**env), run.workdir / f"{name}.log")
     proc.wait_for_log("partitions assigned", count=len(components))
+    profile_dir = os.environ.get("ABSYNC_BENCH_PROFILE")
+    if profile_dir and shutil.which("py-spy", path=str(Path(PYTHON).parent)):
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--nonblocking", "--threads", "--format", "raw"]
+        spy += ["--pid", str(proc.popen.pid), "-o", str(Path(profile_dir) / f"{name}.txt")]
+        subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # ends with the worker
     return proc
 
 
@@ -362,38 +370,46 @@ class ReceiverProc(Proc):
         return out
 
 
-def failed_attempts(run: BenchRun) -> Counter[str]:
-    """Error texts of the attempts that failed in this run (read from ``delivery-status``)."""
+def read_statuses(run: BenchRun) -> list[dict[str, Any]]:
+    """Every status event of this run (``delivery-status`` read to its end), decoded."""
     codec = codec_for("DeliveryStatus")
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap(),
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,  # the end, whatever transaction markers come last
         }
     )
-    errors: Counter[str] = Counter()
+    statuses: list[dict[str, Any]] = []
     try:
         topic = run.topics.status
         partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
-        remaining = {p for p in partitions if ends[p] > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        remaining = set(partitions)
         deadline = time.monotonic() + 60
         while remaining and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
+            if msg is None:
                 continue
-            status = codec.decode(msg.value())
-            if status["attempt"] > 0 and status["status"] != "SUCCESSFUL" and status.get("error"):
-                errors[status["error"]] += 1
-            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                remaining.discard(msg.partition() or 0)
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(msg.partition() or 0)
+                continue
+            statuses.append(codec.decode(msg.value()))
     finally:
         consumer.close()
-    return errors
+    return statuses
+
+
+def failed_attempts(run: BenchRun) -> Counter[str]:
+    """Error texts of the attempts that failed in this run (read from ``delivery-status``)."""
+    return Counter(
+        s["error"]
+        for s in read_statuses(run)
+        if s["attempt"] > 0 and s["status"] != "SUCCESSFUL" and s.get("error")
+    )
 
 
 def _free_port() -> int:

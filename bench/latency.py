@@ -9,12 +9,17 @@ for ``--seconds``: first at 200 events/s, then at 80% of the maximum throughput 
 as measured by ``bench.pipeline_throughput``; without it a short throughput run measures it).
 Latency = the receiver's answer time minus the publish time, per absence (both clocks are this
 machine's). Prints p50/p99/max per rate, the rate actually achieved and the worker's peak RSS.
+
+Each latency is also cut into hops, from the status events of ``delivery-status``: publish ->
+fan-out (the PENDING status's time), fan-out -> attempt start (the fan-out's transaction commit, the
+worker's fetch and its durable key state), attempt start -> receiver answer (the HTTP call).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from bench.common import (
     BenchRun,
@@ -25,6 +30,7 @@ from bench.common import (
     log,
     percentile,
     print_rows,
+    read_statuses,
     start_pipeline,
 )
 from bench.pipeline_throughput import measure as measure_throughput
@@ -37,8 +43,8 @@ DRAIN_TIMEOUT = 60.0
 
 def steady_load(
     run: BenchRun, receiver: ReceiverProc, factory: EventFactory, rate: float, seconds: float
-) -> tuple[list[float], float, int]:
-    """(latencies in ms, achieved rate, events missing at the receiver) of one steady phase."""
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """(publish time and answer time per absence id, achieved rate) of one steady phase."""
     before = receiver.count()
     sent: dict[str, float] = {}
     total = int(rate * seconds)
@@ -53,10 +59,30 @@ def steady_load(
             publisher.publish(event)
     achieved = total / (time.time() - started)
     receiver.wait_for(before + total, DRAIN_TIMEOUT)
-    latencies = [
-        (a.at - sent[a.absence_id]) * 1000 for a in receiver.arrivals()[before:] if a.absence_id in sent
-    ]
-    return latencies, achieved, total - len(latencies)
+    answered = {a.absence_id: a.at for a in receiver.arrivals()[before:] if a.absence_id in sent}
+    return sent, answered, achieved
+
+
+def hops(
+    statuses: list[dict[str, Any]], sent: dict[str, float], answered: dict[str, float]
+) -> dict[str, list[float]]:
+    """Each answered absence's latency cut at its PENDING status and its successful attempt's start (ms)."""
+    pending: dict[str, float] = {}
+    started: dict[str, float] = {}
+    for status in statuses:
+        absence_id = status["absence_id"]
+        if absence_id not in answered:
+            continue
+        if status["status"] == "PENDING" and status["attempt"] == 0:
+            pending[absence_id] = status["occurred_at"].timestamp()
+        elif status["status"] == "SUCCESSFUL" and status.get("attempt_record"):
+            started[absence_id] = status["attempt_record"]["started_at"].timestamp()
+    cut = [a for a in answered if a in pending and a in started]
+    return {
+        "publish -> fan-out": [(pending[a] - sent[a]) * 1000 for a in cut],
+        "fan-out -> attempt start": [(started[a] - pending[a]) * 1000 for a in cut],
+        "attempt start -> answer": [(answered[a] - started[a]) * 1000 for a in cut],
+    }
 
 
 def main() -> None:
@@ -79,13 +105,20 @@ def main() -> None:
                 steady_load(run, receiver, factory, 20, 2)  # warm-up: connections, caches
                 for label, rate in ((f"{STEADY_RATE:.0f}/s", STEADY_RATE), ("80% of max", 0.8 * max_rate)):
                     log(f"latency at {label}: publishing {rate:.0f} events/s for {args.seconds:g}s")
-                    latencies, achieved, missing = steady_load(run, receiver, factory, rate, args.seconds)
+                    sent, answered, achieved = steady_load(run, receiver, factory, rate, args.seconds)
+                    latencies = [(answered[a] - sent[a]) * 1000 for a in answered]
+                    missing = len(sent) - len(answered)
                     rows += [
                         Row(f"e2e latency p50 at {label}", percentile(latencies, 50), "ms"),
                         Row(f"e2e latency p99 at {label}", percentile(latencies, 99), "ms"),
                         Row(f"e2e latency max at {label}", max(latencies), "ms"),
                         Row(f"published rate at {label}", achieved, "events/s"),
                     ]
+                    for hop, times in hops(read_statuses(run), sent, answered).items():
+                        rows += [
+                            Row(f"  hop {hop} p50 at {label}", percentile(times, 50), "ms"),
+                            Row(f"  hop {hop} p99 at {label}", percentile(times, 99), "ms"),
+                        ]
                     if missing:
                         rows.append(Row(f"events not arrived in time at {label}", missing, "events"))
                 rows.append(Row("peak RSS, latency worker", pipeline.peak_rss_mb(), "MB"))
