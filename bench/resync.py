@@ -12,7 +12,7 @@ loopback receiver are added: ``/d1`` (live) and ``/d2`` (new, empty). Timed: ``a
 
 Prints: the time until the destination holds everything (end to end, through the worker), the rate,
 the resync command's own duration at its rate and, with the worker stopped, without rate limit
-(what the replay costs: two reads, decoding, producing), the extrapolation to 1,000,000 absences when
+(what the replay costs: two reads, producing one request per absence to the fan-out), the extrapolation to 1,000,000 absences when
 fewer were run (linear: the replay reads each partition twice and sends at a constant rate; the
 rate measured end to end is the one extrapolated), and p50/p99 of the live destination.
 """

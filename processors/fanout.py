@@ -20,7 +20,19 @@ deleted destination is forgotten (nothing can reach it any more).
 
 When a destination changes (filters narrowed, ...), the absences it holds are swept: those it should
 no longer hold get a DELETE. The same sweep runs after each partition assignment, which covers changes
-made while the processor was down. New matches are not back-filled (that is a resync's job).
+made while the processor was down. New matches are not back-filled here: that is a resync's job.
+
+The second input, ``resync``, carries those back-fills (:mod:`processors.resync`): one request per
+absence for one destination (header ``absync-resync-destination``), the absence's event as read from
+``absences``, same key, same partition number. Both topics have the same partition count and the
+consumer uses the ``range`` assignor, so partition *p* of both comes to the same worker, with the state
+of partition *p*: the fan-out stays the single writer of which destination holds what, and a
+cancellation after a resync reaches the destination it was resynced to. For a request the fan-out
+takes its latest knowledge of the absence (the stored event when it is newer than the request's, which
+is why the latest event is always stored), and for that destination only: an UPSERT if it should hold
+it (and it now holds it), a DELETE if the absence is removed (cancelled, deleted) and matches the
+destination (:func:`replay_operation`), else nothing. A request is not a change: the version and the
+recent event ids are left as they are. Its deliveries have trigger REPLAY.
 
 Every Delivery goes to ``deliveries`` keyed ``<destination>|<absence>`` with a deterministic id, with a
 PENDING DeliveryStatus to ``delivery-status``; outputs, state and input offsets commit in one
@@ -32,6 +44,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +53,7 @@ from confluent_kafka import Message, TopicPartition
 
 from processors.validation import ErrorKind, InvalidRecord, absence_codec, dead_letter, decode_event
 from schemas.codec import AvroCodec, codec_for
-from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, delivery_id_for, now_utc
+from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, Trigger, delivery_id_for, now_utc
 from schemas.destination import ChangeSelection, Destination
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.destinations import DestinationTable
@@ -53,6 +66,13 @@ log = structlog.get_logger(__name__)
 
 RECENT_EVENT_IDS = 32
 """Event ids remembered per absence to recognise duplicates."""
+RESYNC_DESTINATION_HEADER = "absync-resync-destination"
+"""The header of a ``resync`` record naming the destination it is for."""
+TABLE_LAG = 20.0
+"""Seconds a resync request waits for this process's destinations table to learn of a destination
+the resync found (both read the same topic; this one may be behind on a loaded machine). Waited once
+per unknown id: a destination deleted since costs one pause of the fan-out, well inside the
+transaction timeout (60 s, streams/kafka.py)."""
 
 
 @dataclass(slots=True)
@@ -63,15 +83,16 @@ class AbsenceState:
     held: set[str] = field(default_factory=set)
     recent: list[str] = field(default_factory=list)
     event: bytes | None = None
-    """The latest event as it arrived (Avro) while some destination holds the absence: the sweep
-    decodes it; kept as bytes so that the common path never re-encodes it."""
+    """The latest event as it arrived (Avro): the sweep decodes it, and so does a resync request
+    older than it (a destination added later needs the latest state, held by anyone or not); kept as
+    bytes so that the common path never re-encodes it."""
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {
             "version": self.version,
             "held": sorted(self.held),
             "recent": self.recent,
-            "event": base64.b64encode(self.event).decode() if self.event is not None and self.held else None,
+            "event": base64.b64encode(self.event).decode() if self.event is not None else None,
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -92,12 +113,44 @@ def should_hold(destination: Destination, event: AbsenceEvent) -> bool:
     return destination.changes == ChangeSelection.ALL or status == AbsenceStatus.APPROVED
 
 
+def replay_operation(destination: Destination, event: AbsenceEvent) -> Operation | None:
+    """What a resync sends the destination for this latest state, None for nothing: an UPSERT if it
+    should hold it; a DELETE if the absence is removed and matches the destination (it may have been
+    sent before its removal was missed; every connector treats the DELETE of an unknown absence as
+    done). An absence that stopped matching the filters gets nothing: the sweep handles filter changes."""
+    if should_hold(destination, event):
+        return Operation.UPSERT
+    removed = event.change.removes or event.absence.status == AbsenceStatus.CANCELLED
+    return Operation.DELETE if removed and destination.matches(event) else None
+
+
+def delivery_for(
+    destination: Destination, event: AbsenceEvent, operation: Operation, trigger: Trigger = Trigger.AUTOMATIC
+) -> Delivery:
+    """The delivery of one event to one destination. Its id depends only on (destination, event,
+    operation, trigger): a record handled again, or a resync run twice, yields the same ids."""
+    salt = operation.value if trigger is Trigger.AUTOMATIC else f"{trigger}:{operation}"
+    now = now_utc()
+    return Delivery(
+        delivery_id=delivery_id_for(destination.id, event.event_id, salt),
+        destination_id=destination.id,
+        tenant=event.tenant,
+        absence_id=event.absence.id,
+        version=event.version,
+        operation=operation,
+        event=event,
+        due_at=now,
+        created_at=now,
+        trigger=trigger,
+    )
+
+
 class FanoutProcessor(Processor):
     name = "fanout"
 
     def __init__(self, settings: Settings, table: DestinationTable) -> None:
         topics = Topics(settings)
-        self.topics = [topics.absences]
+        self.topics = [topics.absences, topics.resync]
         self._topics = topics
         self._table = table
         self._codec: AvroCodec = absence_codec(settings)
@@ -105,6 +158,8 @@ class FanoutProcessor(Processor):
         self.stores = [self._state]
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
+        self._unknown: set[str] = set()
+        """Destinations of resync requests that the table did not learn of in TABLE_LAG (deleted)."""
         table.on_change(self._destination_changed)
 
     def open(self) -> None:
@@ -118,7 +173,9 @@ class FanoutProcessor(Processor):
     def handle(self, msg: Message) -> list[Output]:
         event = decode_event(self._codec, msg)
         key = _state_key(event)
-        _, partition, _ = coordinates(msg)
+        topic, partition, _ = coordinates(msg)
+        if topic == self._topics.resync:
+            return self._resync(msg, event, partition, key)
         raw = self._state.get(partition, key)
         state = AbsenceState.from_bytes(raw) if raw is not None else AbsenceState()
         bound = log.bind(event_id=event.event_id, absence_id=event.absence.id, version=event.version)
@@ -174,20 +231,63 @@ class FanoutProcessor(Processor):
         state.held = held
         return outputs
 
-    def _delivery(self, destination: Destination, event: AbsenceEvent, operation: Operation) -> list[Output]:
-        now = now_utc()
-        delivery = Delivery(
-            delivery_id=delivery_id_for(destination.id, event.event_id, operation.value),
-            destination_id=destination.id,
-            tenant=event.tenant,
-            absence_id=event.absence.id,
-            version=event.version,
-            operation=operation,
-            event=event,
-            due_at=now,
-            created_at=now,
+    def _resync(self, msg: Message, request: AbsenceEvent, partition: int, key: str) -> list[Output]:
+        """One resync request (see the module docstring): decides for its destination only."""
+        destination_id = _header(msg, RESYNC_DESTINATION_HEADER)
+        if destination_id is None:
+            raise InvalidRecord(
+                ErrorKind.INVALID,
+                f"resync record without a {RESYNC_DESTINATION_HEADER} header",
+                request.event_id,
+            )
+        bound = log.bind(destination=destination_id, absence_id=request.absence.id, version=request.version)
+        destination = self._resync_destination(destination_id)
+        if destination is None or not destination.enabled or not destination.receives_changes:
+            bound.warning("resync request for an unknown or disabled destination skipped")
+            return []
+        if destination.tenant != request.tenant:
+            bound.warning("resync request of another tenant skipped", tenant=request.tenant)
+            return []
+        raw = self._state.get(partition, key)
+        state = AbsenceState.from_bytes(raw) if raw is not None else AbsenceState()
+        event = request
+        if state.version > request.version and state.event is not None:
+            event = AbsenceEvent.from_avro(self._codec.decode(state.event))
+        operation = replay_operation(destination, event)
+        if operation is None:
+            return []
+        held = (
+            state.held | {destination.id} if operation is Operation.UPSERT else state.held - {destination.id}
         )
-        status = DeliveryStatus.for_delivery(delivery, Status.PENDING, 0, occurred_at=now)
+        if held != state.held:
+            state.held = held
+            self._state.put(partition, key, state.to_bytes())
+        bound.debug("resync request decided", operation=operation.value, sent_version=event.version)
+        return self._delivery(destination, event, operation, Trigger.REPLAY)
+
+    def _resync_destination(self, destination_id: str) -> Destination | None:
+        """The destination of a resync request; waits up to TABLE_LAG for the table to learn of it,
+        once per unknown id."""
+        destination = self._table.get(destination_id)
+        if destination is not None or destination_id in self._unknown:
+            return destination
+        deadline = time.monotonic() + TABLE_LAG
+        while destination is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            destination = self._table.get(destination_id)
+        if destination is None:
+            self._unknown.add(destination_id)
+        return destination
+
+    def _delivery(
+        self,
+        destination: Destination,
+        event: AbsenceEvent,
+        operation: Operation,
+        trigger: Trigger = Trigger.AUTOMATIC,
+    ) -> list[Output]:
+        delivery = delivery_for(destination, event, operation, trigger)
+        status = DeliveryStatus.for_delivery(delivery, Status.PENDING, 0, occurred_at=delivery.created_at)
         return [
             Output(
                 self._topics.deliveries,
@@ -238,6 +338,16 @@ class FanoutProcessor(Processor):
         if outputs:
             log.info("destination change swept", destinations=sorted(dirty), deliveries=len(outputs) // 2)
         return outputs
+
+
+def _header(msg: Message, name: str) -> str | None:
+    """The value of a record header as text, None when absent or empty."""
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw
+    for key, value in pairs:
+        if key == name and value:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
 
 
 def _state_key(event: AbsenceEvent) -> str:

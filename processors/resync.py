@@ -5,24 +5,25 @@ added after the absences were published (the fan-out does not back-fill new matc
 lost its data. ``absences`` is compacted by absence id, so the latest state of every absence is
 always there (older history may be gone). The replay reads the topic from the offsets of ``since``
 (``offsets_for_times``; from the beginning without it) up to the end offsets taken when the resync
-started, and sends each absence once, from its latest state:
+started, and sends each absence once, from its latest state as read, as a *resync request* to the
+``resync`` topic: same key, same partition number, the value exactly as read, and a header naming the
+destination (:data:`processors.fanout.RESYNC_DESTINATION_HEADER`).
 
-- the destination should hold it (:func:`processors.fanout.should_hold`, the fan-out's own rule):
-  an UPSERT;
-- its latest state removes it (cancelled, deleted) and it matches the destination's tenant and
-  filters: a DELETE. The resync cannot know what the destination holds, but such an absence may have
-  been sent before its removal was missed; only removals inside the replayed window are sent (a
-  ``since`` bounds them) and every connector treats the DELETE of an unknown absence as done;
-- anything else (another tenant, filters not matching, pending for an approved-only destination,
-  outside ``entity``) is skipped. An absence that stopped matching the filters gets no DELETE: whether
-  the destination held it is unknowable here (the fan-out's sweep handles filter changes).
+The fan-out decides what the destination gets (:mod:`processors.fanout`): it is the single writer of
+which destination holds which absence, so a cancellation or deletion that comes after the resync
+reaches the destination like any live change. It sends an UPSERT when the destination should hold the
+absence, a DELETE when the absence is removed (cancelled, deleted) and matches the destination, else
+nothing, from its latest knowledge of the absence (a live change newer than the snapshot wins); trigger
+REPLAY, a deterministic id (destination, event id, REPLAY, operation), a PENDING status. Idempotence: a
+second run yields the same ids, which every connector passes on as its idempotency key
+(``webhook-id``...), so the destination sees no second effect. Only removals inside the replayed window
+are sent (a ``since`` bounds them).
 
-Each one is a ``Delivery`` with trigger REPLAY and a deterministic id (destination, event id, REPLAY,
-operation), produced to ``deliveries`` keyed ``<destination>|<absence>``, with a PENDING status.
-Idempotence: a second run yields the same ids, which every connector passes on as its idempotency
-key (``webhook-id``...), so the destination sees no second effect. The delivery carries the latest
-version of the absence: the worker's convergence supersedes only *older* versions, so a replay of the
-version already delivered is still sent (and a live change newer than the snapshot wins).
+Here only a cheap pre-filter runs: absences of another tenant, not matching the destination's
+filters or outside ``entity`` get no request. ``upserts`` and ``deletes`` count what the states as read
+call for (:func:`processors.fanout.replay_operation`); a request for a matching absence that calls for
+nothing (pending, for an approved-only destination) is still sent, in case the fan-out knows a newer
+state.
 
 Two passes per partition keep memory bounded and send every absence once: the scan records the
 offset of the latest record of each key; the send pass re-reads the partition and sends only those.
@@ -30,12 +31,7 @@ Resumable: the send position per partition (and the window) is checkpointed to
 ``<data_dir>/resync/<destination>.json`` after the records before it are acknowledged by Kafka; a
 new run with the same parameters continues from it (a partition interrupted mid-way is re-scanned,
 then sent from its position). The file is removed once the resync completes. Rate-limited: at most
-``rate`` deliveries per second, so the worker keeps room for live deliveries.
-
-Known limit: the fan-out does not learn that the destination now holds what a resync sent (its
-``held`` set lives in its own transactional state). A later change that keeps the absence held is
-sent as usual (UPSERT, and the fan-out then records it as held); but a cancellation or deletion that
-comes straight after the resync is not sent to the destination until it is resynced again.
+``rate`` requests per second, so the fan-out and the worker keep room for live changes.
 
 Replay of failed deliveries (:func:`replay_failed`): one RETRY ``Command`` per delivery in Error.
 The worker then makes one attempt now of the key's *latest* delivery, re-read from its state (so a
@@ -63,31 +59,22 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from processors import ProcessorError
-from processors.fanout import should_hold
+from processors.fanout import RESYNC_DESTINATION_HEADER, replay_operation
 from processors.validation import InvalidRecord, absence_codec, decode_event
 from schemas.codec import AvroCodec, codec_for
-from schemas.delivery import (
-    Command,
-    CommandKind,
-    Delivery,
-    DeliveryStatus,
-    Operation,
-    Status,
-    Trigger,
-    delivery_id_for,
-    now_utc,
-)
+from schemas.delivery import Command, CommandKind, Operation, now_utc
 from schemas.destination import Destination
-from schemas.models import AbsenceEvent, AbsenceStatus
+from schemas.models import AbsenceEvent
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer
+from streams.processor import coordinates
 from streams.settings import Settings
 from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_RATE = 500.0
-"""Deliveries per second a resync sends by default: well under the worker's throughput."""
+"""Requests per second a resync sends by default: well under the worker's throughput."""
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between checkpoints of the send position."""
 POLL_BATCH = 1000
@@ -97,7 +84,8 @@ KAFKA_TIMEOUT = 30.0
 
 
 class ResyncError(ProcessorError):
-    """A resync cannot run (unknown or disabled destination) or Kafka refused its output."""
+    """A resync cannot run (unknown or disabled destination, ``resync`` and ``absences`` partitioned
+    differently) or Kafka refused its output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,38 +223,11 @@ def load_destination(settings: Settings, destination_id: str) -> Destination:
     return destination
 
 
-def replay_delivery(destination: Destination, event: AbsenceEvent, operation: Operation) -> Delivery:
-    """The REPLAY delivery of an absence's latest state; its id depends only on (destination, event,
-    operation), so a second resync sends the same ids."""
-    now = now_utc()
-    return Delivery(
-        delivery_id=delivery_id_for(destination.id, event.event_id, f"{Trigger.REPLAY}:{operation}"),
-        destination_id=destination.id,
-        tenant=event.tenant,
-        absence_id=event.absence.id,
-        version=event.version,
-        operation=operation,
-        event=event,
-        due_at=now,
-        created_at=now,
-        trigger=Trigger.REPLAY,
-    )
-
-
-def replay_operation(destination: Destination, event: AbsenceEvent) -> Operation | None:
-    """What a resync sends for this latest state (see the module docstring), None for nothing."""
-    if should_hold(destination, event):
-        return Operation.UPSERT
-    removed = event.change.removes or event.absence.status == AbsenceStatus.CANCELLED
-    return Operation.DELETE if removed and destination.matches(event) else None
-
-
 class _Output:
-    """The idempotent producer of deliveries and their PENDING statuses; errors surface at flush."""
+    """The idempotent producer of resync requests and commands; errors surface at flush."""
 
     def __init__(self, settings: Settings) -> None:
         self._producer: Producer = make_producer(settings)
-        self._topics = Topics(settings)
         self._errors: list[str] = []
 
     def _acknowledged(self, err: object, _msg: Message) -> None:
@@ -274,25 +235,43 @@ class _Output:
             self._errors.append(str(err))
 
     def produce(self, topic: str, key: str, value: bytes) -> None:
+        """One record, partitioned by its key."""
+        self._produce(topic, key.encode(), value)
+
+    def request(self, topic: str, msg: Message, destination_id: str) -> None:
+        """The resync request of one ``absences`` record: its partition number, key and value."""
+        header = (RESYNC_DESTINATION_HEADER, destination_id.encode())
+        self._produce(topic, msg.key(), msg.value(), partition=coordinates(msg)[1], headers=[header])
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int = -1,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """-1: the partition of the key (librdkafka's partitioner)."""
         while True:
             try:
-                self._producer.produce(topic, key=key.encode(), value=value, on_delivery=self._acknowledged)
+                self._producer.produce(
+                    topic,
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=self._acknowledged,
+                )
                 break
             except BufferError:  # local queue full: let the acknowledgements catch up
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
-    def delivery(self, delivery: Delivery) -> None:
-        status = DeliveryStatus.for_delivery(delivery, Status.PENDING, 0, occurred_at=delivery.created_at)
-        self.produce(self._topics.deliveries, delivery.key, codec_for("Delivery").encode(delivery.to_avro()))
-        self.produce(
-            self._topics.status, delivery.delivery_id, codec_for("DeliveryStatus").encode(status.to_avro())
-        )
-
     def flush(self) -> None:
         """Waits until Kafka acknowledged everything produced; raises if it refused any."""
         if self._producer.flush(KAFKA_TIMEOUT) != 0:
-            raise ResyncError("Kafka did not acknowledge the resync's deliveries in time")
+            raise ResyncError("Kafka did not acknowledge the resync's output in time")
         if self._errors:
             raise ResyncError(f"Kafka refused resync output: {self._errors[0]}")
 
@@ -307,10 +286,14 @@ class _Replay:
     stop: threading.Event
     progress: ProgressCallback
     topic: str = ""
+    """Where the absences are read."""
+    requests: str = ""
+    """Where the resync requests go."""
     state: ResyncProgress = field(default_factory=ResyncProgress)
 
     def run(self) -> ResyncProgress:
-        self.topic = Topics(self.settings).absences
+        topics = Topics(self.settings)
+        self.topic, self.requests = topics.absences, topics.resync
         path = Checkpoint.path_for(self.settings, self.destination.id)
         consumer = make_consumer(
             self.settings,
@@ -319,6 +302,7 @@ class _Replay:
         )
         output = _Output(self.settings)
         try:
+            self._check_partitions(consumer)
             checkpoint = Checkpoint.load(path, self.request)
             self.state.resumed = checkpoint is not None
             if checkpoint is None:
@@ -352,6 +336,17 @@ class _Replay:
         self.state.phase = phase
         self.state.done = sum(checkpoint.position[p] - checkpoint.start[p] for p in checkpoint.start)
         self.progress(self.state)
+
+    def _check_partitions(self, consumer: Consumer) -> None:
+        """A request goes to the partition number of its absence (the fan-out reads both with the
+        state of that partition): the two topics must have the same partition count."""
+        metadata = consumer.list_topics(timeout=KAFKA_TIMEOUT).topics
+        counts = {t: len(metadata[t].partitions) if t in metadata else 0 for t in (self.topic, self.requests)}
+        if counts[self.requests] != counts[self.topic]:
+            raise ResyncError(
+                f"{self.requests} has {counts[self.requests]} partition(s) and {self.topic} "
+                f"{counts[self.topic]}: they must have the same count (see `absync topics create`)"
+            )
 
     def _window(self, consumer: Consumer) -> Checkpoint:
         """Start offsets (of ``since``, else the first), end offsets (now) per partition."""
@@ -436,15 +431,15 @@ class _Replay:
                 break
             offset = msg.offset() or 0
             if msg.value() is not None and latest.get(msg.key() or b"") == offset:
-                decided = self._decide(codec, msg)
-                if decided is not None:
+                event = self._wanted(codec, msg)
+                if event is not None:
                     if not limiter.acquire(self.stop):
                         break  # this record is not sent: the checkpoint stays before it
-                    operation, event = decided
-                    output.delivery(replay_delivery(self.destination, event, operation))
+                    output.request(self.requests, msg, self.destination.id)
+                    operation = replay_operation(self.destination, event)
                     if operation is Operation.UPSERT:
                         self.state.upserts += 1
-                    else:
+                    elif operation is Operation.DELETE:
                         self.state.deletes += 1
             if time.monotonic() - last_save >= CHECKPOINT_INTERVAL:
                 save(offset + 1)
@@ -456,8 +451,8 @@ class _Replay:
         save(end)
         return True
 
-    def _decide(self, codec: AvroCodec, msg: Message) -> tuple[Operation, AbsenceEvent] | None:
-        """What to send for an absence's latest record, None for nothing."""
+    def _wanted(self, codec: AvroCodec, msg: Message) -> AbsenceEvent | None:
+        """The absence of a latest record if it passes the pre-filter (see the module docstring)."""
         try:
             event = decode_event(codec, msg)
         except InvalidRecord as exc:  # dead-lettered by the fan-out already
@@ -465,8 +460,7 @@ class _Replay:
             return None
         if self.request.entity is not None and event.employee.legal_entity_id != self.request.entity:
             return None
-        operation = replay_operation(self.destination, event)
-        return None if operation is None else (operation, event)
+        return event if self.destination.matches(event) else None
 
 
 def run_resync(

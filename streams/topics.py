@@ -3,8 +3,9 @@
 Partitioning rule: ``deliveries``, every retry topic, ``commands`` and ``delivery-state`` share one
 partition count and one key (``<destination_id>|<absence_id>``), so partition *p* of each belongs to
 the same worker (co-partitioning) and one absence's deliveries to one destination stay in order.
-``absences`` and ``fanout-state`` share the absence id as key. ``destinations`` has one partition:
-every worker reads all of it (a global table).
+``absences``, ``resync`` and ``fanout-state`` share the absence id as key and one partition count: the
+fan-out reads partition *p* of ``absences`` and ``resync`` with the state of partition *p*.
+``destinations`` has one partition: every worker reads all of it (a global table).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Topics:
         p = settings.topic_prefix
         self.absences = f"{p}absences"
         self.invalid = f"{p}absences.invalid"
+        self.resync = f"{p}resync"
         self.deliveries = f"{p}deliveries"
         self.retries = [
             f"{p}deliveries.{retry_topic_suffix(i + 1, d)}" for i, d in enumerate(settings.retry_delays)
@@ -86,6 +88,15 @@ class Topics:
                 # resync replays it); a week of full history is kept before compaction.
                 {**compact, "min.compaction.lag.ms": str(7 * DAY_MS)},
                 "Input: Avro AbsenceEvent, key = absence id.",
+            ),
+            TopicSpec(
+                "resync",
+                self.resync,
+                n,
+                rf,
+                keep(7),
+                "Resync requests: an absence's event as read from absences (same key and partition), "
+                "for the fan-out to decide for the destination named in a header.",
             ),
             TopicSpec(
                 "invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."

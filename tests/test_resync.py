@@ -1,5 +1,6 @@
 """Bulk resync and replay of failed deliveries, end to end: real broker, fan-out, delivery worker,
-loopback receivers, and the projection for replay-failed."""
+loopback receivers, and the projection for replay-failed. A resync's deliveries come from the
+fan-out (it decides on the resync's requests), so every resync here runs with a fan-out."""
 
 from __future__ import annotations
 
@@ -75,33 +76,36 @@ def publish(settings: Settings, indexes: range) -> None:
 
 
 def wait_fanned_out(settings: Settings) -> None:
-    """Waits until the fan-out has committed every record of ``absences``."""
-    topic = Topics(settings).absences
+    """Waits until the fan-out has committed every record of ``absences`` and ``resync`` (its
+    outputs commit with its offsets: they are all readable then)."""
+    topics = Topics(settings)
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "tests-reader"})
+    group = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group_id(settings, "fanout")}
+    )
     try:
-        partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
+            (topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for topic in (topics.absences, topics.resync)
+            for p in consumer.list_topics(topic, timeout=30).topics[topic].partitions
         }
-        group = Consumer(
-            {"bootstrap.servers": settings.bootstrap_servers, "group.id": group_id(settings, "fanout")}
-        )
-        try:
-            deadline = time.monotonic() + LIMIT
-            while True:
-                committed = group.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
-                if all(tp.offset >= ends[tp.partition] for tp in committed):
-                    return
-                assert time.monotonic() < deadline, "the fan-out did not consume absences in time"
-                time.sleep(0.2)
-        finally:
-            group.close()
+        written = [TopicPartition(topic, p) for (topic, p), end in ends.items() if end > 0]
+        deadline = time.monotonic() + LIMIT
+        while True:
+            committed = group.committed(written, timeout=30)
+            if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed):
+                return
+            assert time.monotonic() < deadline, "the fan-out did not consume absences and resync in time"
+            time.sleep(0.2)
     finally:
+        group.close()
         consumer.close()
 
 
 def replays(settings: Settings, destination_id: str) -> list[Delivery]:
-    """The deliveries of ``destination_id`` on the deliveries topic (all REPLAY in these tests)."""
+    """The deliveries of ``destination_id`` on the deliveries topic once the fan-out has handled
+    every resync request (all REPLAY in these tests)."""
+    wait_fanned_out(settings)
     return [
         d
         for d in deliveries_of(read_to_end(settings, Topics(settings).deliveries))
@@ -249,10 +253,11 @@ def test_replay_failed_resends_only_deliveries_in_error(settings: Settings) -> N
 def test_the_api_starts_a_resync_in_the_background_and_reports_its_progress(
     settings: Settings, api: Api
 ) -> None:
-    publish(settings, range(10))
-    http_destination(settings, "http://127.0.0.1:9/hook", "dst-api")
-    path = "/api/v1/destinations/dst-api/resync"
-    with api.client("view") as viewer, api.client("configure") as admin:
+    with running_fanout(settings), api.client("view") as viewer, api.client("configure") as admin:
+        publish(settings, range(10))
+        wait_fanned_out(settings)
+        http_destination(settings, "http://127.0.0.1:9/hook", "dst-api")
+        path = "/api/v1/destinations/dst-api/resync"
         assert viewer.post(path).status_code == 403
         assert admin.get(path).status_code == 404  # none started yet
         deadline = time.monotonic() + LIMIT
@@ -263,41 +268,47 @@ def test_the_api_starts_a_resync_in_the_background_and_reports_its_progress(
         while (job := admin.get(path).json())["running"]:
             assert time.monotonic() < deadline, "the resync did not finish in time"
             time.sleep(0.2)
-    assert job["completed"] and job["error"] is None
-    assert (job["upserts"], job["deletes"]) == (6, 4)
-    assert job["done"] == job["total"] > 0
-    assert sorted(d.absence_id for d in replays(settings, "dst-api")) == [f"abs-{i:03d}" for i in range(10)]
+        assert job["completed"] and job["error"] is None
+        assert (job["upserts"], job["deletes"]) == (6, 4)
+        assert job["done"] == job["total"] > 0
+        assert sorted(d.absence_id for d in replays(settings, "dst-api")) == [
+            f"abs-{i:03d}" for i in range(10)
+        ]
 
 
 def test_the_cli_resync_stops_on_sigint_and_continues_where_it_stopped(settings: Settings) -> None:
-    publish(settings, range(20))
-    http_destination(settings, "http://127.0.0.1:9/hook", "dst-cli")
-    assert absync(settings, "resync", "--destination", "nope").returncode == 1
+    with running_fanout(settings):
+        publish(settings, range(20))
+        wait_fanned_out(settings)
+        http_destination(settings, "http://127.0.0.1:9/hook", "dst-cli")
+        assert absync(settings, "resync", "--destination", "nope").returncode == 1
 
-    checkpoint = Checkpoint.path_for(settings, "dst-cli")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "absync", "resync", "--destination", "dst-cli", "--rate", "4"],
-        env=cli_env(settings),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + LIMIT
-        while not checkpoint.is_file():  # written once a second while sending
-            assert first.poll() is None and time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.1)
-        first.send_signal(signal.SIGINT)
-        out, _ = first.communicate(timeout=LIMIT)
-    finally:
-        first.kill()
-    assert first.returncode == 130 and "interrupted" in out
+        checkpoint = Checkpoint.path_for(settings, "dst-cli")
+        first = subprocess.Popen(
+            [sys.executable, "-m", "absync", "resync", "--destination", "dst-cli", "--rate", "4"],
+            env=cli_env(settings),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + LIMIT
+            while not checkpoint.is_file():  # written once a second while sending
+                assert first.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+                time.sleep(0.1)
+            first.send_signal(signal.SIGINT)
+            out, _ = first.communicate(timeout=LIMIT)
+        finally:
+            first.kill()
+        assert first.returncode == 130 and "interrupted" in out
 
-    second = absync(settings, "resync", "--destination", "dst-cli", "--rate", "1000")
-    assert second.returncode == 0, second.stderr
-    assert "complete (resumed from its checkpoint): 12 upsert(s), 8 delete(s)" in second.stdout
-    assert sorted(d.absence_id for d in replays(settings, "dst-cli")) == [f"abs-{i:03d}" for i in range(20)]
+        second = absync(settings, "resync", "--destination", "dst-cli", "--rate", "1000")
+        assert second.returncode == 0, second.stderr
+        assert "complete (resumed from its checkpoint): 12 upsert(s), 8 delete(s)" in second.stdout
+        assert sorted(d.absence_id for d in replays(settings, "dst-cli")) == [
+            f"abs-{i:03d}" for i in range(20)
+        ]
 
     catch_up(settings)  # the view exists (empty): nothing in Error
     replayed = absync(settings, "replay-failed", "--destination", "dst-cli", "--since", "2020-01-01")

@@ -56,7 +56,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--since", type=parse_since, help="replay changes from this date (default: all)")
     parser.add_argument("--entity", help="only absences of this legal entity id")
     parser.add_argument(
-        "--rate", type=positive_rate, default=DEFAULT_RATE, help=f"deliveries/s (default {DEFAULT_RATE:g})"
+        "--rate",
+        type=positive_rate,
+        default=DEFAULT_RATE,
+        help=f"absences sent per second (default {DEFAULT_RATE:g})",
     )
     parser.set_defaults(func=run)
 

@@ -216,13 +216,16 @@ def test_keda_scales_each_worker_on_its_own_consumer_group(monkeypatch: pytest.M
             scaled["spec"]["scaleTargetRef"]["name"]
             == one("Deployment", f"absync-{component}")["metadata"]["name"]
         )
-        [trigger] = scaled["spec"]["triggers"]
-        assert trigger["metadata"]["consumerGroup"] == group_id(settings, component)
-        assert trigger["metadata"]["bootstrapServers"] == settings.bootstrap_servers
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["metadata"]["consumerGroup"] == group_id(settings, component)
+            assert trigger["metadata"]["bootstrapServers"] == settings.bootstrap_servers
         # More pods than partitions would sit idle.
         assert scaled["spec"]["maxReplicaCount"] <= settings.partitions
-    fanout_trigger = one("ScaledObject", "absync-fanout")["spec"]["triggers"][0]
-    assert fanout_trigger["metadata"]["topic"] == Topics(settings).absences
+    topics = Topics(settings)
+    fanout_triggers = one("ScaledObject", "absync-fanout")["spec"]["triggers"]
+    assert sorted(t["metadata"]["topic"] for t in fanout_triggers) == sorted([topics.absences, topics.resync])
+    [delivery_trigger] = one("ScaledObject", "absync-delivery")["spec"]["triggers"]
+    assert "topic" not in delivery_trigger["metadata"]  # every topic the group reads
 
 
 def container(deployment: str) -> Document:
