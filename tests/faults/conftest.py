@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -212,8 +213,33 @@ class Workers:
         self.log_dir = log_dir
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: list[tuple[str, int]] = []
+        self.restarts: list[tuple[str, int]] = []
+        """(worker id, exit code) of each worker that ended by itself and was started again."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._extra_env: dict[str, str] = {}
+
+    def supervise(self, **extra_env: str) -> None:
+        """From now on, a worker that ends by itself is started again, as Kubernetes or systemd would
+        (``restartPolicy: Always``); ``extra_env`` is added to every worker started from now on."""
+        self._extra_env.update(extra_env)
+
+        def watch() -> None:
+            while not self._stop.wait(0.5):
+                with self._lock:
+                    ended = [(w, p.returncode) for w, p in self.running.items() if p.poll() is not None]
+                    for worker_id, code in ended:
+                        del self.running[worker_id]
+                        self.restarts.append((worker_id, code))
+                        self._start(worker_id)
+
+        threading.Thread(target=watch, name="supervisor", daemon=True).start()
 
     def start(self, worker_id: str) -> None:
+        with self._lock:
+            self._start(worker_id)
+
+    def _start(self, worker_id: str) -> None:
         assert worker_id not in self.running, f"{worker_id} runs already"
         s = self.settings
         env = {
@@ -226,6 +252,7 @@ class Workers:
             "ABSYNC_DATA_DIR": str(s.data_dir),
             "ABSYNC_LOG_LEVEL": "INFO",
             "ABSYNC_WORKER_ID": worker_id,
+            **self._extra_env,
         }
         command = [sys.executable, "-m", "absync", "run", "--only", "fanout", "--only", "delivery"]
         with (self.log_dir / f"{worker_id}.log").open("ab") as out:
@@ -235,7 +262,8 @@ class Workers:
 
     def signal(self, worker_id: str, sig: signal.Signals) -> int:
         """Sends ``sig`` and waits for the process to end; returns its exit code."""
-        process = self.running.pop(worker_id)
+        with self._lock:
+            process = self.running.pop(worker_id)
         process.send_signal(sig)
         code = process.wait(90)
         self.exit_codes.append((worker_id, code))
@@ -246,8 +274,10 @@ class Workers:
         return [w for w, p in self.running.items() if p.poll() is None]
 
     def stop_all(self) -> None:
-        for worker_id in list(self.running):
-            process = self.running.pop(worker_id)
+        self._stop.set()
+        with self._lock:
+            processes, self.running = dict(self.running), {}
+        for process in processes.values():
             if process.poll() is None:
                 process.terminate()
                 try:
