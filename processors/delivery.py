@@ -11,7 +11,7 @@ Threads and tasks:
 - the *event loop* runs one ordered lane per key (:class:`KeyLanes`): records of one key are handled
   one after the other, keys run in parallel, bounded by ``settings.delivery_concurrency`` and by a
   per-destination share of it, so a destination hanging until its timeout holds at most its share
-  and never delays the others.
+  and never delays the others; it also serves the producer's acknowledgements (:class:`AsyncProducer`).
 
 Progress: an offset is committed only when every record before it in its partition is done (its
 outputs acknowledged by Kafka): a crash re-delivers only unfinished work. Sending is at-least-once;
