@@ -204,3 +204,14 @@ class Connector(abc.ABC):
         if required and (value is None or value == ""):
             raise ConfigurationError(f"destination {self.destination.id}: setting {name!r} is required")
         return value
+
+    def count_setting(self, name: str, default: int) -> int:
+        """A setting that must be a positive integer (a count: connections, ...)."""
+        from connectors.exceptions import ConfigurationError
+
+        value = self.setting(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigurationError(
+                f"destination {self.destination.id}: {name} must be a positive integer, got {value!r}"
+            )
+        return value

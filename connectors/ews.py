@@ -199,12 +199,7 @@ class EwsConnector(Connector):
             )
         self.build = SERVER_VERSIONS[version]
         self.username = str(self.setting("username", required=True))
-        max_connections = self.setting("max_connections", DEFAULT_MAX_CONNECTIONS)
-        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
-            raise ConfigurationError(
-                f"setting 'max_connections' must be a positive integer, got {max_connections!r}"
-            )
-        self.max_connections = max_connections
+        self.max_connections = self.count_setting("max_connections", DEFAULT_MAX_CONNECTIONS)
         self.test_mailbox: str | None = self.setting("test_mailbox")
         self.calendar = CalendarSettings.from_settings(self.settings)
         self._config: Configuration | None = None

@@ -225,16 +225,8 @@ class HttpConnector(Connector):
         self.auth_headers = self._auth_headers()
         raw_keys = self.secrets.get("signing_secrets")
         self.signing_keys = parse_signing_secrets(raw_keys.get_secret_value()) if raw_keys else []
-        self.max_connections = self._max_connections()
+        self.max_connections = self.count_setting("max_connections", DEFAULT_MAX_CONNECTIONS)
         self._clients: list[httpx.AsyncClient] = []
-
-    def _max_connections(self) -> int:
-        value = self.setting("max_connections", DEFAULT_MAX_CONNECTIONS)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigurationError(
-                f"destination {self.destination.id}: max_connections must be a positive integer, got {value!r}"
-            )
-        return value
 
     def _url(self) -> str:
         url = str(self.setting("url", required=True)).rstrip("/")

@@ -73,9 +73,10 @@ from schemas.delivery import (
 )
 from schemas.destination import Destination
 from schemas.errors import SchemaError
-from streams.delay import DelayGate, Partition, due_at_header, position
+from streams.delay import DelayGate, Partition, due_at_header
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer
+from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
 from streams.state import StateStore
@@ -531,7 +532,7 @@ class DeliveryWorker:
                         continue
                     if not gate.admit(msg):
                         continue
-                    topic, partition, offset = position(msg)
+                    topic, partition, offset = coordinates(msg)
                     rewind.pop((topic, partition), None)  # its head is back: no seek pending
                     self.tracker.started((topic, partition), offset)
                     admitted.append(

@@ -57,7 +57,8 @@ from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, Trigge
 from schemas.destination import ChangeSelection, Destination
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.destinations import DestinationTable
-from streams.processor import Output, Processor, ProcessorComponent, ProcessorRuntime, coordinates
+from streams.processor import Output, Processor, ProcessorComponent, ProcessorRuntime
+from streams.records import coordinates, header
 from streams.settings import Settings
 from streams.state import StateStore
 from streams.topics import Topics
@@ -233,7 +234,8 @@ class FanoutProcessor(Processor):
 
     def _resync(self, msg: Message, request: AbsenceEvent, partition: int, key: str) -> list[Output]:
         """One resync request (see the module docstring): decides for its destination only."""
-        destination_id = _header(msg, RESYNC_DESTINATION_HEADER)
+        raw_id = header(msg, RESYNC_DESTINATION_HEADER)
+        destination_id = raw_id.decode(errors="replace") if raw_id is not None else None
         if destination_id is None:
             raise InvalidRecord(
                 ErrorKind.INVALID,
@@ -338,16 +340,6 @@ class FanoutProcessor(Processor):
         if outputs:
             log.info("destination change swept", destinations=sorted(dirty), deliveries=len(outputs) // 2)
         return outputs
-
-
-def _header(msg: Message, name: str) -> str | None:
-    """The value of a record header as text, None when absent or empty."""
-    raw = msg.headers() or []
-    pairs = list(raw.items()) if isinstance(raw, dict) else raw
-    for key, value in pairs:
-        if key == name and value:
-            return value.decode(errors="replace") if isinstance(value, bytes) else value
-    return None
 
 
 def _state_key(event: AbsenceEvent) -> str:

@@ -67,7 +67,7 @@ from schemas.destination import Destination
 from schemas.models import AbsenceEvent
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer
-from streams.processor import coordinates
+from streams.records import coordinates
 from streams.settings import Settings
 from streams.topics import Topics
 

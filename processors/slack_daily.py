@@ -33,7 +33,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from processors.validation import absence_codec, decode_event
 from schemas.codec import AvroCodec
 from schemas.models import AbsenceEvent, AbsenceStatus
-from streams.processor import Output, Processor, coordinates
+from streams.processor import Output, Processor
+from streams.records import coordinates
 from streams.settings import Settings
 from streams.state import StateStore
 from streams.topics import Topics

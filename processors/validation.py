@@ -21,7 +21,8 @@ from processors import ProcessorError
 from schemas.codec import AvroCodec, SchemaRegistryResolver, codec_for
 from schemas.errors import DecodeError, SchemaNotFoundError, ValidationError
 from schemas.models import AbsenceEvent, validate
-from streams.processor import Output, coordinates
+from streams.processor import Output
+from streams.records import coordinates
 from streams.settings import Settings
 
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import structlog
 from confluent_kafka import Message
 
+from streams.records import coordinates, header
+
 log = structlog.get_logger(__name__)
 
 DUE_AT_HEADER = "absync-due-at"
@@ -44,23 +46,13 @@ def due_at_header(due_at: dt.datetime) -> tuple[str, bytes]:
 
 def header_due_ms(msg: Message) -> int | None:
     """The record's due time (epoch ms) from its header, or None when it has none."""
-    headers = msg.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    for name, value in pairs:
-        if name == DUE_AT_HEADER and value:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def position(msg: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed record (never None for a record without error)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    if topic is None or partition is None or offset is None:
-        raise ValueError("a consumed record without topic, partition or offset")
-    return topic, partition, offset
+    value = header(msg, DUE_AT_HEADER)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def now_ms() -> int:
@@ -98,7 +90,7 @@ class DelayGate:
         Records of a gated partition, and of a rewinding one other than its head, are refused: they
         were fetched before the rewind and will be fetched again after it.
         """
-        topic, number, offset = position(msg)
+        topic, number, offset = coordinates(msg)
         if topic not in self._topics:
             return True
         partition: Partition = (topic, number)

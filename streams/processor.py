@@ -43,6 +43,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.kafka import group_id, make_consumer, make_transactional_producer
+from streams.records import coordinates
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -308,14 +309,6 @@ class ProcessorRuntime:
         for store in self._processor.stores:
             store.drop(numbers)
         self._log.info("partitions revoked", partitions=numbers)
-
-
-def coordinates(msg: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed record (never None for a record without error)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    if topic is None or partition is None or offset is None:
-        raise ValueError("not a consumed record")
-    return topic, partition, offset
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
