@@ -27,6 +27,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 import zlib
@@ -80,9 +81,13 @@ class _Request:
 
 
 def parse_signing_secrets(raw: str) -> list[bytes]:
-    """``whsec_<base64>`` secrets, comma-separated, newest first -> their key bytes."""
+    """``whsec_<base64>`` secrets, newest first -> their key bytes.
+
+    Secrets are separated by commas, spaces or new lines (any mix): base64 holds none of them, and
+    the console, YAML and API all accept the same text.
+    """
     keys: list[bytes] = []
-    for part in (p.strip() for p in raw.split(",")):
+    for part in re.split(r"[,\s]+", raw):
         if not part:
             continue
         if not part.startswith(SECRET_PREFIX):

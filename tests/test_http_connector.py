@@ -288,12 +288,16 @@ async def test_wrong_secret_is_rejected_with_401(
     assert receiver.state == {}
 
 
-async def test_rotation_signs_with_every_secret(make_connector: ConnectorFactory) -> None:
-    """During a rotation, receivers still on the old secret and those already on the new one accept."""
+@pytest.mark.parametrize("separator", [", ", " ", "\n", ","], ids=["comma", "space", "newline", "bare-comma"])
+async def test_rotation_signs_with_every_secret(make_connector: ConnectorFactory, separator: str) -> None:
+    """During a rotation, receivers still on the old secret and those already on the new one accept.
+
+    The console's help says "separated by commas or spaces": every separator an operator may type
+    gives the same two keys."""
     with Receiver(secrets=[OLD_SECRET]) as old_side, Receiver(secrets=[SECRET]) as new_side:
         for side in (old_side, new_side):
             connector = await make_connector(
-                side.url + "/hook", secrets={"signing_secrets": f"{SECRET}, {OLD_SECRET}"}
+                side.url + "/hook", secrets={"signing_secrets": f"{SECRET}{separator}{OLD_SECRET}"}
             )
             await connector.deliver(make_delivery(make_event()), CallRecorder())
             assert list(side.state) == ["abs-1"]

@@ -87,7 +87,12 @@ SETTINGS: dict[str, tuple[FormField, ...]] = {
 
 SECRETS: dict[str, tuple[FormField, ...]] = {
     "http": (
-        FormField("signing_secrets", "Signing secrets", "secret", help="whsec_..., space-separated."),
+        FormField(
+            "signing_secrets",
+            "Signing secrets",
+            "secret",
+            help="whsec_..., newest first; several (separated by commas or spaces) during a rotation.",
+        ),
         FormField("username", "Basic user name", "secret"),
         FormField("password", "Basic password", "secret"),
         FormField("token", "Bearer token", "secret"),
