@@ -27,13 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="absync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"absync.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"absync.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        # A sub-command whose module fails to import stops the CLI with that error, never a
+        # silently shorter list of commands.
+        importlib.import_module(f"absync.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -36,16 +36,11 @@ COMPONENTS: dict[str, str] = {
 }
 
 
-def load_factory(name: str) -> Callable[[Settings], Component] | None:
-    target = COMPONENTS[name]
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            log.warning("component not available", component=name, module=module_name)
-            return None
-        raise
+def load_factory(name: str) -> Callable[[Settings], Component]:
+    """The factory of component ``name``. A module that fails to import stops the service with that
+    error: a service that starts without one of its parts, and says nothing, is worse than none."""
+    module_name, _, attr = COMPONENTS[name].partition(":")
+    module = importlib.import_module(module_name)
     factory: Callable[[Settings], Component] = getattr(module, attr)
     return factory
 
@@ -59,11 +54,8 @@ async def run_components(settings: Settings, only: list[str] | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    components: list[Component] = []
-    for name in names:
-        factory = load_factory(name)
-        if factory is not None:
-            components.append(factory(settings))
+    factories = [load_factory(name) for name in names]  # every import first: fail before any start
+    components = [factory(settings) for factory in factories]
     log.info("absync starting", components=[c.name for c in components])
     tasks = {asyncio.create_task(c.run(stop), name=c.name): c for c in components}
     stopper = asyncio.create_task(stop.wait())
