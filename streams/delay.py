@@ -56,6 +56,7 @@ def header_due_ms(msg: Message) -> int | None:
 
 
 def now_ms() -> int:
+    """The wall clock in epoch milliseconds (the gate's default clock)."""
     return int(time.time() * 1000)
 
 
@@ -69,11 +70,19 @@ class DelayGate:
     consumer's position of a delay partition.
 
     ``fallback_due_ms`` reads the due time from the record body when a record lacks the header.
+    ``clock`` gives the time in epoch milliseconds, the unit of the due times; every decision reads
+    it (the wall clock unless a test injects another).
     """
 
-    def __init__(self, topics: Iterable[str], fallback_due_ms: Callable[[Message], int]) -> None:
+    def __init__(
+        self,
+        topics: Iterable[str],
+        fallback_due_ms: Callable[[Message], int],
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self._topics = frozenset(topics)
         self._fallback = fallback_due_ms
+        self._clock = clock
         self._gated: dict[Partition, tuple[int, int]] = {}
         """partition -> (due time in epoch ms, offset of the head record)"""
         self._rewinding: dict[Partition, tuple[int, int]] = {}
@@ -105,7 +114,7 @@ class DelayGate:
         due = header_due_ms(msg)
         if due is None:
             due = self._fallback(msg)
-        if due <= now_ms():
+        if due <= self._clock():
             return True
         self._gated[partition] = (due, offset)
         log.debug("delay partition gated", topic=topic, partition=number, offset=offset, due_ms=due)
@@ -115,7 +124,7 @@ class DelayGate:
         """Partitions to seek to their head now, with the head's offset: gated ones whose head is due
         (resume them first), and rewinding ones whose head has not come back (the consumer's own
         repositioning on resume may land after our seek, or another record came instead)."""
-        now = now_ms()
+        now = self._clock()
         due = {p: offset for p, (at, offset) in self._gated.items() if at <= now}
         for partition in due:
             del self._gated[partition]
@@ -130,7 +139,7 @@ class DelayGate:
         if not self._gated:
             return default
         first = min(at for at, _ in self._gated.values())
-        return max(0.0, min(default, (first - now_ms()) / 1000))
+        return max(0.0, min(default, (first - self._clock()) / 1000))
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Partitions revoked: their gate is rebuilt from the records by whoever gets them next."""
