@@ -17,8 +17,11 @@ Which status a delivery shows (the rule)
     Whatever the winner, every fact still counts: ``attempt_count`` is the greatest attempt seen,
     its attempt record (if any) is appended (keyed by ``status_id``, so never twice),
     ``created_at``/``updated_at`` are the first/last ``occurred_at`` seen. ``last_error`` is the
-    winner's error; a SUCCESSFUL winner clears it, a PENDING or SUPERSEDED one without an error keeps
-    the previous one (why the delivery is waiting). Nothing depends on the wall clock, so a rebuild
+    error of the latest fact that carried one, unless the row is SUCCESSFUL or a SUCCESSFUL fact
+    happened after that error: so a PENDING or SUPERSEDED winner without an error shows why the
+    delivery is waiting, and a success clears it. The row keeps the latest error and the latest
+    success with their times (``error_seen``, ``error_seen_at``, ``success_at``), so the result does
+    not depend on the order the facts arrive in either. Nothing depends on the wall clock, so a rebuild
     from offset zero yields exactly the live view. ``delivery_counts`` (deliveries per tenant,
     destination and status) moves with the rows.
 
@@ -113,46 +116,79 @@ def _status_wins(fact: DeliveryStatus, row: Row) -> bool:
     return bool(fact.occurred_at >= row["status_at"])
 
 
+def _shown_error(row: Row) -> str | None:
+    """``last_error`` of a row from its status and the latest error and success it has seen."""
+    if row["status"] == Status.SUCCESSFUL or row["error_seen_at"] is None:
+        return None
+    if row["success_at"] is not None and row["success_at"] >= row["error_seen_at"]:
+        return None
+    error: str | None = row["error_seen"]
+    return error
+
+
+def _seen(row: Row | None) -> Row:
+    """The latest error and success a row has seen (rows written before they were kept: the shown
+    error at the status time)."""
+    if row is None:
+        return {"error_seen": None, "error_seen_at": None, "success_at": None}
+    if "error_seen_at" in row and (row["error_seen_at"] is not None or row["last_error"] is None):
+        return {k: row[k] for k in ("error_seen", "error_seen_at", "success_at")}
+    successful = row["status"] == Status.SUCCESSFUL
+    return {
+        "error_seen": row["last_error"],
+        "error_seen_at": row["status_at"] if row["last_error"] is not None else None,
+        "success_at": row.get("success_at") or (row["status_at"] if successful else None),
+    }
+
+
 def merge(row: Row | None, fact: DeliveryStatus) -> Row:
     """The delivery row after ``fact`` (pure: ``row`` is not modified)."""
     error = fact.error or (fact.attempt_record.error if fact.attempt_record else None)
     attempt = max(fact.attempt, fact.attempt_record.number if fact.attempt_record else 0)
+    seen = _seen(row)
+    if error and (seen["error_seen_at"] is None or fact.occurred_at >= seen["error_seen_at"]):
+        seen["error_seen"], seen["error_seen_at"] = error, fact.occurred_at
+    if fact.status == Status.SUCCESSFUL and (
+        seen["success_at"] is None or fact.occurred_at > seen["success_at"]
+    ):
+        seen["success_at"] = fact.occurred_at
     if row is None:
         base: Row = {"attempt_count": 0, "created_at": fact.occurred_at, "updated_at": fact.occurred_at}
-        wins, previous_error = True, None
+        wins = True
     else:
         base = dict(row)
-        wins, previous_error = _status_wins(fact, row), row["last_error"]
+        wins = _status_wins(fact, row)
     merged = {
         **base,
+        **seen,
         "attempt_count": max(base["attempt_count"], attempt),
         "created_at": min(base["created_at"], fact.occurred_at),
         "updated_at": max(base["updated_at"], fact.occurred_at),
     }
-    if not wins:
-        return merged
-    last_error = None if fact.status == Status.SUCCESSFUL else (error or previous_error)
-    return {
-        **merged,
-        "delivery_id": fact.delivery_id,
-        "destination_id": fact.destination_id,
-        "tenant": fact.tenant,
-        "absence_id": fact.absence_id,
-        "version": fact.version,
-        "change": fact.change,
-        "operation": fact.operation,
-        "employee_id": fact.employee_id,
-        "employee_name": fact.employee_name,
-        "employee_email": fact.employee_email,
-        "start_date": dt.date.fromisoformat(fact.start_date),
-        "end_date": dt.date.fromisoformat(fact.end_date),
-        "status": fact.status.value,
-        "manual": fact.manual,
-        "trigger": fact.trigger.lower(),
-        "next_retry_at": fact.next_retry_at,
-        "last_error": last_error,
-        "status_at": fact.occurred_at,
-    }
+    if wins:
+        merged.update(
+            {
+                "delivery_id": fact.delivery_id,
+                "destination_id": fact.destination_id,
+                "tenant": fact.tenant,
+                "absence_id": fact.absence_id,
+                "version": fact.version,
+                "change": fact.change,
+                "operation": fact.operation,
+                "employee_id": fact.employee_id,
+                "employee_name": fact.employee_name,
+                "employee_email": fact.employee_email,
+                "start_date": dt.date.fromisoformat(fact.start_date),
+                "end_date": dt.date.fromisoformat(fact.end_date),
+                "status": fact.status.value,
+                "manual": fact.manual,
+                "trigger": fact.trigger.lower(),
+                "next_retry_at": fact.next_retry_at,
+                "status_at": fact.occurred_at,
+            }
+        )
+    merged["last_error"] = _shown_error(merged)
+    return merged
 
 
 def attempt_row(fact: DeliveryStatus) -> Row | None:
