@@ -8,7 +8,7 @@ This package imports nothing of ours: every other package may import it.
 - :mod:`schemas.models`: typed Python views of the records.
 """
 
-from schemas.codec import AvroCodec, SchemaRegistryResolver, codec_for
+from schemas.codec import AvroCodec, codec_for
 from schemas.errors import DecodeError, SchemaError, SchemaNotFoundError, ValidationError
 from schemas.models import (
     Absence,
@@ -19,6 +19,7 @@ from schemas.models import (
     HalfDay,
     LeaveAccount,
 )
+from schemas.registry import SchemaRegistryResolver
 
 __all__ = [
     "Absence",

@@ -5,17 +5,23 @@ CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body. Any Avr
 with the ``.avsc`` files of this package.
 
 Reading accepts single-object encoding written with any known version of a schema (old versions are
-resolved to the newest one by Avro schema resolution) and, when a :class:`SchemaRegistryResolver` is
-given, the Confluent wire format (``0x00`` + 4-byte schema id + body).
+resolved to the newest one by Avro schema resolution; a schema that embeds another one, like Delivery,
+is known with every version of the embedded one) and, when a :class:`SchemaRegistryResolver` is given,
+the Confluent wire format (``0x00`` + 4-byte big-endian schema id + body), the writer schema fetched
+from the registry by id and resolved to ours. :meth:`AvroCodec.encode_confluent` writes that format
+for an id the registry gave (see :mod:`streams.publisher`).
+
+How the schemas may evolve (and the test that holds them to it): docs/producing.md, "Schemas and
+compatibility"; tests/test_schema_compatibility.py.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ import fastavro
 import fastavro.schema
 
 from schemas.errors import DecodeError, SchemaNotFoundError
+from schemas.registry import SchemaRegistryResolver as SchemaRegistryResolver
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -39,13 +46,60 @@ SCHEMA_FILES: dict[str, list[str]] = {
 }
 # Schemas that reference named types of another schema.
 DEPENDS_ON: dict[str, list[str]] = {"Delivery": ["AbsenceEvent"]}
+# Fingerprints written by earlier releases (see _legacy_fingerprint): the files they stand for.
+LEGACY_WRITERS: dict[str, list[str]] = {"Delivery": ["delivery.v1.avsc", "absence_event.v2.avsc"]}
 
 Record = dict[str, Any]
 
 
-def _load(file: str, named: dict[str, Any]) -> Any:
-    raw = json.loads((AVRO_DIR / file).read_text())
-    return fastavro.parse_schema(raw, named_schemas=named)
+def _raw(file: str) -> Any:
+    return json.loads((AVRO_DIR / file).read_text())
+
+
+def _inline(node: Any, types: dict[str, Any]) -> Any:
+    """``node`` with the first reference to each named type of ``types`` replaced by its definition
+    (popped from ``types``): a standalone schema, as the Avro fingerprint must be computed from."""
+    if isinstance(node, str):
+        return types.pop(node) if node in types else node
+    if isinstance(node, list):
+        return [_inline(item, types) for item in node]
+    if isinstance(node, dict):
+        return {
+            key: _inline(value, types) if key in ("type", "fields", "items", "values") else value
+            for key, value in node.items()
+        }
+    return node
+
+
+def _full_name(raw: Any) -> str:
+    return f"{raw['namespace']}.{raw['name']}" if raw.get("namespace") else str(raw["name"])
+
+
+def _versions(name: str) -> list[Any]:
+    """Every version of ``name`` as a standalone raw schema, oldest first: each file with every
+    combination of the versions of the schemas it embeds (a record written before a dependency got a
+    new version stays readable). The last one is what we write."""
+    dependencies = DEPENDS_ON.get(name, [])
+    versions: list[Any] = []
+    for file in SCHEMA_FILES[name]:
+        for files in itertools.product(*(SCHEMA_FILES[d] for d in dependencies)):
+            types = {_full_name(raw): raw for raw in map(_raw, files)}
+            versions.append(_inline(_raw(file), types))
+    return versions
+
+
+def _legacy_fingerprint(name: str) -> bytes | None:
+    """The fingerprint absync wrote for ``name`` before it inlined embedded schemas (fastavro's
+    canonical form keeps a reference to a named type of another file as a bare name, so Delivery's
+    fingerprint did not cover its AbsenceEvent): still read, as Delivery v1 with AbsenceEvent v2,
+    the only combination written with it."""
+    pinned = LEGACY_WRITERS.get(name)
+    if pinned is None:
+        return None
+    named: dict[str, Any] = {}
+    for file in pinned[1:]:
+        fastavro.parse_schema(_raw(file), named_schemas=named)
+    return _fingerprint(fastavro.parse_schema(_raw(pinned[0]), named_schemas=named))
 
 
 def _fingerprint(parsed: Any) -> bytes:
@@ -54,55 +108,39 @@ def _fingerprint(parsed: Any) -> bytes:
     return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
 
 
-class SchemaRegistryResolver:
-    """Fetches writer schemas by id from a Confluent-compatible schema registry (read side only)."""
-
-    def __init__(self, url: str, fetch: Callable[[str], str] | None = None) -> None:
-        self._url = url.rstrip("/")
-        self._fetch = fetch or self._http_fetch
-        self._cache: dict[int, Any] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _http_fetch(url: str) -> str:
-        import httpx
-
-        response = httpx.get(url, timeout=10.0)
-        response.raise_for_status()
-        return str(response.json()["schema"])
-
-    def schema(self, schema_id: int) -> Any:
-        with self._lock:
-            if schema_id not in self._cache:
-                try:
-                    text = self._fetch(f"{self._url}/schemas/ids/{schema_id}")
-                except Exception as exc:
-                    raise SchemaNotFoundError(f"schema id {schema_id} not found in registry: {exc}") from exc
-                self._cache[schema_id] = fastavro.parse_schema(json.loads(text))
-            return self._cache[schema_id]
-
-
 class AvroCodec:
     """Encodes and decodes one record type; thread-safe, no I/O except registry look-ups."""
 
     def __init__(self, name: str, registry: SchemaRegistryResolver | None = None) -> None:
-        named: dict[str, Any] = {}
-        for dependency in DEPENDS_ON.get(name, []):
-            _load(SCHEMA_FILES[dependency][-1], named)
         self.name = name
         self._writers: dict[bytes, Any] = {}
         parsed: Any = None
-        for file in SCHEMA_FILES[name]:
-            parsed = _load(file, dict(named))
+        for raw in _versions(name):
+            parsed = fastavro.parse_schema(raw)
             self._writers[_fingerprint(parsed)] = parsed
-        self.schema: Any = parsed
+        self.schema: Any = parsed  # the last file with the last versions of its dependencies
         self.fingerprint = _fingerprint(parsed)
+        legacy = _legacy_fingerprint(name)
+        if legacy is not None and legacy not in self._writers:
+            pinned = LEGACY_WRITERS[name]
+            types = {_full_name(raw): raw for raw in map(_raw, pinned[1:])}
+            self._writers[legacy] = fastavro.parse_schema(_inline(_raw(pinned[0]), types))
+        self.text = (AVRO_DIR / SCHEMA_FILES[name][-1]).read_text()
+        """The newest schema as written in its file (what the publisher registers)."""
         self._registry = registry
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buffer = io.BytesIO()
         buffer.write(SINGLE_OBJECT_MAGIC)
         buffer.write(self.fingerprint)
+        fastavro.schemaless_writer(buffer, self.schema, dict(record))
+        return buffer.getvalue()
+
+    def encode_confluent(self, record: Mapping[str, Any], schema_id: int) -> bytes:
+        """The Confluent wire format: ``0x00``, the registry's id of :attr:`text`, the Avro body."""
+        buffer = io.BytesIO()
+        buffer.write(CONFLUENT_MAGIC)
+        buffer.write(struct.pack(">I", schema_id))
         fastavro.schemaless_writer(buffer, self.schema, dict(record))
         return buffer.getvalue()
 

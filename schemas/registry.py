@@ -1,0 +1,177 @@
+"""A Confluent-compatible schema registry, seen from absync: writer schemas by id (read side) and the
+id of our own schema under a subject (write side).
+
+The HTTP client is confluent-kafka's own :class:`confluent_kafka.schema_registry.SchemaRegistryClient`
+(basic auth, TLS, several URLs), with its retries turned off: the caller decides when to try again
+(:mod:`processors.validation` pauses the partition and retries with back-off, then dead-letters).
+
+Guarantees:
+
+- a schema id that was fetched once is never fetched again (parsed schemas are cached by id; ids are
+  immutable in a registry), so a registry outage does not touch records of known ids;
+- a failure is classified: :class:`~schemas.errors.RegistryUnavailableError` (no answer: down, timeout,
+  server error, credentials refused) and :class:`~schemas.errors.UnknownSchemaIdError` (the registry
+  says the id does not exist) are retryable; a schema that is not Avro, has references or does not
+  parse is a permanent :class:`~schemas.errors.DecodeError`;
+- after a registry that did not answer, look-ups of ids not cached fail at once for ``cooldown``
+  seconds instead of waiting for the registry again: a hung registry costs one timeout per cooldown,
+  not one per record;
+- error messages carry neither the password nor the URL's credentials (they end up in dead-letter
+  headers and logs).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import fastavro
+
+from schemas.errors import (
+    DecodeError,
+    RegistryUnavailableError,
+    SchemaError,
+    SchemaNotFoundError,
+    UnknownSchemaIdError,
+)
+
+CACHE_SIZE = 1000
+"""Parsed writer schemas kept (by id). Ids come from records, so the cache is bounded."""
+MAX_SCHEMA_CHARS = 1_000_000
+"""A writer schema longer than this is refused (a registry is trusted, but every input has a bound)."""
+UNKNOWN_ID_ERROR = 40403
+"""The registry's error code for "Schema not found" (with HTTP 404)."""
+
+
+class SchemaRegistryResolver:
+    """Writer schemas by id from a Confluent-compatible registry, cached; registration of ours.
+
+    Thread-safe. ``username``/``password`` are sent as HTTP basic auth; ``ca_location`` is a CA bundle
+    for an HTTPS registry with a private CA. ``timeout`` bounds each HTTP request (seconds).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_location: str | None = None,
+        timeout: float = 5.0,
+        cooldown: float = 5.0,
+    ) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        conf: dict[str, Any] = {"url": url, "timeout": timeout, "max.retries": 0}
+        if username or password:
+            conf["basic.auth.user.info"] = f"{username or ''}:{password or ''}"
+        if ca_location:
+            conf["ssl.ca.location"] = ca_location
+        self._client = SchemaRegistryClient(conf)
+        self._secrets = [s for s in (password, f"{username}:{password}" if password else None) if s]
+        self._cooldown = cooldown
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._lock = threading.Lock()
+
+    def schema(self, schema_id: int) -> Any:
+        """The parsed writer schema of ``schema_id``; raises as the module docstring says."""
+        with self._lock:
+            cached = self._cache.get(schema_id)
+            if cached is not None:
+                return cached
+            if time.monotonic() < self._down_until:
+                raise RegistryUnavailableError(
+                    f"schema id {schema_id}: schema registry unavailable ({self._down_reason})"
+                )
+            text = self._fetch(schema_id)
+            parsed = _parse(schema_id, text)
+            self._cache[schema_id] = parsed
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return parsed
+
+    def register(self, subject: str, schema_text: str, *, auto_register: bool = True) -> int:
+        """The id of ``schema_text`` under ``subject``: registers it (``auto_register``) or looks it up
+        (for registries where producers may not register). Raises
+        :class:`~schemas.errors.RegistryUnavailableError`, :class:`~schemas.errors.SchemaNotFoundError`
+        (not registered, auto-registration off) or :class:`~schemas.errors.SchemaError` (refused)."""
+        from confluent_kafka.schema_registry import Schema, SchemaRegistryError
+
+        schema = Schema(schema_text, "AVRO")
+        try:
+            if auto_register:
+                return int(self._client.register_schema(subject, schema))
+            schema_id = self._client.lookup_schema(subject, schema).schema_id
+            if schema_id is None:
+                raise SchemaNotFoundError(f"the registry gave no id for the schema under {subject!r}")
+            return int(schema_id)
+        except SchemaError:
+            raise
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise SchemaNotFoundError(
+                    f"schema not registered under subject {subject!r} (and auto-registration is off)"
+                ) from None
+            if exc.http_status_code in (409, 422):
+                raise SchemaError(
+                    f"the registry refused the schema under subject {subject!r} "
+                    f"(incompatible with the subject's versions, or invalid): {self._describe(exc)}"
+                ) from None
+            raise RegistryUnavailableError(f"schema registry: {self._describe(exc)}") from None
+        except Exception as exc:
+            raise RegistryUnavailableError(f"schema registry unreachable: {self._describe(exc)}") from None
+
+    def _fetch(self, schema_id: int) -> str:
+        """The schema text of an id (called under the lock)."""
+        from confluent_kafka.schema_registry import SchemaRegistryError
+
+        try:
+            schema = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 and exc.error_code == UNKNOWN_ID_ERROR:
+                raise UnknownSchemaIdError(
+                    f"schema id {schema_id} not found in the schema registry"
+                ) from None
+            raise self._down(schema_id, self._describe(exc)) from None
+        except Exception as exc:  # transport errors: refused, reset, DNS, TLS, timeout
+            raise self._down(schema_id, self._describe(exc)) from None
+        if schema.schema_type not in (None, "AVRO"):
+            raise DecodeError(f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
+        if schema.references:
+            raise DecodeError(f"schema id {schema_id} has schema references: not supported")
+        return str(schema.schema_str)
+
+    def _down(self, schema_id: int, reason: str) -> RegistryUnavailableError:
+        self._down_until = time.monotonic() + self._cooldown
+        self._down_reason = reason
+        return RegistryUnavailableError(f"schema id {schema_id}: schema registry unavailable ({reason})")
+
+    def _describe(self, exc: Exception) -> str:
+        from confluent_kafka.schema_registry import SchemaRegistryError
+
+        if isinstance(exc, SchemaRegistryError):
+            text = f"HTTP {exc.http_status_code}, error {exc.error_code}: {exc.error_message}"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        return self._scrub(text)[:300]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _parse(schema_id: int, text: str) -> Any:
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise DecodeError(
+            f"schema id {schema_id} is {len(text)} characters long (at most {MAX_SCHEMA_CHARS})"
+        )
+    try:
+        return fastavro.parse_schema(json.loads(text))
+    except Exception as exc:  # fastavro raises several kinds on a bad schema
+        raise DecodeError(f"schema id {schema_id} is not a valid Avro schema: {type(exc).__name__}") from None
