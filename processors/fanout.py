@@ -1,7 +1,8 @@
 """Fan-out: one Delivery per absence change and destination, exactly once.
 
 Reads ``absences`` (key = absence id). Each record is decoded and validated
-(:mod:`processors.validation`); a bad one goes to ``absences.invalid``. A good one is checked against
+(:mod:`processors.validation`); a bad one goes to ``absences.invalid``, except one whose writer schema
+the registry may give later: its partition pauses and retries it (bounded), the others go on. A good one is checked against
 the state of its absence, kept in ``fanout-state`` (:class:`streams.state.StateStore`):
 
 - an event id already seen for the absence is a *duplicate* (a producer retry, a file published twice):
@@ -51,7 +52,15 @@ from typing import Any
 import structlog
 from confluent_kafka import Message, TopicPartition
 
-from processors.validation import ErrorKind, InvalidRecord, absence_codec, dead_letter, decode_event
+from processors.validation import (
+    ErrorKind,
+    InvalidRecord,
+    RegistryPatience,
+    SchemaNotYetAvailable,
+    absence_codec,
+    dead_letter,
+    decode_event,
+)
 from schemas.codec import AvroCodec, codec_for
 from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, Trigger, delivery_id_for, now_utc
 from schemas.destination import ChangeSelection, Destination
@@ -155,6 +164,7 @@ class FanoutProcessor(Processor):
         self._topics = topics
         self._table = table
         self._codec: AvroCodec = absence_codec(settings)
+        self._patience = RegistryPatience.of(settings)
         self._state = StateStore(settings, topics.fanout_state)
         self.stores = [self._state]
         self._dirty: set[str] = set()
@@ -172,7 +182,7 @@ class FanoutProcessor(Processor):
 
     # -- records ------------------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Output]:
-        event = decode_event(self._codec, msg)
+        event = decode_event(self._codec, msg, self._patience)
         key = _state_key(event)
         topic, partition, _ = coordinates(msg)
         if topic == self._topics.resync:
@@ -198,7 +208,9 @@ class FanoutProcessor(Processor):
         return outputs
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
-        if isinstance(exc, InvalidRecord):
+        if isinstance(exc, SchemaNotYetAvailable):
+            kind, reason, event_id = exc.kind, exc.final_reason(), None
+        elif isinstance(exc, InvalidRecord):
             kind, reason, event_id = exc.kind, exc.reason, exc.event_id
         else:
             kind, reason, event_id = ErrorKind.PROCESSING, f"{type(exc).__name__}: {exc}", None

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from processors.validation import absence_codec, decode_event
+from processors.validation import RegistryPatience, absence_codec, decode_event
 from schemas.codec import AvroCodec
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.processor import Output, Processor
@@ -70,13 +70,14 @@ class DailyAbsencesProcessor(Processor):
         topics = Topics(settings)
         self.topics = [topics.absences]
         self._codec: AvroCodec = absence_codec(settings)
+        self._patience = RegistryPatience.of(settings)
         self._state = StateStore(settings, topics.daily_absences)
         self.stores = [self._state]
         self._clock = clock
         self._next_sweep = 0.0
 
     def handle(self, msg: Message) -> list[Output]:
-        event = decode_event(self._codec, msg)
+        event = decode_event(self._codec, msg, self._patience)
         _, partition, _ = coordinates(msg)
         key = entry_key(event)
         raw = self._state.get(partition, key)

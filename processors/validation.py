@@ -4,25 +4,43 @@ A bad record is never dropped in silence and never stops the pipeline: it is cop
 topic with its ORIGINAL key, value and headers, plus headers saying why:
 
 - ``absync-error-kind``: ``decode`` (not Avro we can read), ``unknown-schema`` (a schema fingerprint or
-  registry id we do not know), ``invalid`` (a well-formed event breaking a rule: end before start,
+  registry id we do not know; a registry id is first retried, see below), ``invalid`` (a well-formed event breaking a rule: end before start,
   missing email...), ``out-of-order`` (a version not above the latest seen for the absence), or
   ``processing`` (an unexpected error while handling a good record: a bug, kept for replay);
 - ``absync-reason``: the reason in clear text;
 - ``absync-source-topic``, ``absync-source-partition``, ``absync-source-offset``: where it came from.
+
+A record in the Confluent wire format whose writer schema cannot be had *now* is not dead-lettered at
+once: with a :class:`RegistryPatience`, :func:`decode_event` raises :class:`SchemaNotYetAvailable` (a
+:class:`streams.retry.RetryLater`), so the runtime pauses its partition and retries it with back-off, for
+up to ``schema_registry_retry_for`` seconds while the registry does not answer (an outage), or
+``schema_registry_unknown_id_retry_for`` seconds while it answers that the id does not exist (a
+registry replica lagging behind, or a producer on another registry); then the record is dead-lettered
+as ``unknown-schema`` with the last error, the attempts and the time waited. Schemas are cached by id
+(:mod:`schemas.registry`): records of an id seen once never wait for the registry again.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from confluent_kafka import Message
 
 from processors import ProcessorError
-from schemas.codec import AvroCodec, SchemaRegistryResolver, codec_for
-from schemas.errors import DecodeError, SchemaNotFoundError, ValidationError
+from schemas.codec import AvroCodec, codec_for
+from schemas.errors import (
+    DecodeError,
+    SchemaNotFoundError,
+    SchemaUnavailableError,
+    UnknownSchemaIdError,
+    ValidationError,
+)
 from schemas.models import AbsenceEvent, validate
 from streams.processor import Output
 from streams.records import coordinates
+from streams.retry import RetryLater
+from streams.schema_registry import schema_registry
 from streams.settings import Settings
 
 
@@ -44,21 +62,51 @@ class InvalidRecord(ProcessorError):
         self.event_id = event_id
 
 
+class SchemaNotYetAvailable(InvalidRecord, RetryLater):
+    """A record whose writer schema the registry may give later: retried, then dead-lettered."""
+
+    def __init__(self, reason: str, give_up_after: float) -> None:
+        RetryLater.__init__(self, reason, give_up_after=give_up_after)  # sets the message and reason
+        self.kind = ErrorKind.UNKNOWN_SCHEMA
+        self.event_id = None
+
+    def final_reason(self) -> str:
+        """The dead-letter reason once the runtime gave up."""
+        return f"{self.reason} (still after {self.attempts} attempts over {self.waited:.0f}s)"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryPatience:
+    """How long a record waits for its writer schema (seconds), see the module docstring."""
+
+    unavailable: float
+    unknown_id: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> RegistryPatience:
+        return cls(settings.schema_registry_retry_for, settings.schema_registry_unknown_id_retry_for)
+
+
 def absence_codec(settings: Settings) -> AvroCodec:
     """The AbsenceEvent codec; it also reads the Confluent wire format when a registry is set."""
-    if settings.schema_registry_url:
-        return AvroCodec("AbsenceEvent", SchemaRegistryResolver(settings.schema_registry_url))
-    return codec_for("AbsenceEvent")
+    registry = schema_registry(settings)
+    return codec_for("AbsenceEvent") if registry is None else AvroCodec("AbsenceEvent", registry)
 
 
-def decode_event(codec: AvroCodec, msg: Message) -> AbsenceEvent:
-    """Decodes and validates one record of ``absences``; raises :class:`InvalidRecord`.
+def decode_event(codec: AvroCodec, msg: Message, patience: RegistryPatience | None = None) -> AbsenceEvent:
+    """Decodes and validates one record of ``absences``; raises :class:`InvalidRecord` (with
+    ``patience``, :class:`SchemaNotYetAvailable` for a writer schema the registry may give later).
 
     Beyond :func:`schemas.models.validate`, the record key must be the absence id: partitioning (and so
     the order of one absence's changes) depends on it.
     """
     try:
         record = codec.decode(msg.value())
+    except SchemaUnavailableError as exc:
+        if patience is None:
+            raise InvalidRecord(ErrorKind.UNKNOWN_SCHEMA, str(exc)) from exc
+        wait = patience.unknown_id if isinstance(exc, UnknownSchemaIdError) else patience.unavailable
+        raise SchemaNotYetAvailable(str(exc), wait) from exc
     except SchemaNotFoundError as exc:
         raise InvalidRecord(ErrorKind.UNKNOWN_SCHEMA, str(exc)) from exc
     except DecodeError as exc:

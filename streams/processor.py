@@ -6,7 +6,9 @@ One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
    consumer (no auto-commit, ``range`` assignor: see :mod:`streams.kafka`);
 2. call ``processor.handle(msg)`` for each record and produce its outputs at once, inside a Kafka
    transaction; an exception from one record never stops the loop: its state changes are rolled back
-   and ``processor.dead_letter(msg, exc)`` says what to produce instead;
+   and ``processor.dead_letter(msg, exc)`` says what to produce instead; a record that cannot be
+   handled *yet* (``handle`` raised :class:`streams.retry.RetryLater`) pauses its partition and is
+   retried with back-off, then dead-lettered (see :mod:`streams.retry`), the other partitions going on;
 3. still in the transaction: ``processor.punctuate()`` outputs (work no record triggers), the state
    stores' changelog writes and the input offsets (``send_offsets_to_transaction`` with the consumer
    group metadata); commit.
@@ -44,6 +46,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.kafka import group_id, make_consumer, make_transactional_producer
 from streams.records import coordinates
+from streams.retry import PartitionRetries, RetryLater
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -187,6 +190,7 @@ class ProcessorRuntime:
         self._batch_timeout = batch_timeout
         self._retry_backoff = retry_backoff
         self._log = log.bind(processor=processor.name, transactional_id=self._transactional_id)
+        self._retries = PartitionRetries()
 
     def run(self, stop: threading.Event) -> None:
         processor = self._processor
@@ -198,6 +202,7 @@ class ProcessorRuntime:
             consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self._log.info("processor started", topics=list(processor.topics))
             while not stop.is_set():
+                self._retries.resume_due(consumer)
                 # Wait for one record, then take what is already there: consume(n, timeout) would
                 # wait the whole timeout for n records and add that wait to every event's latency.
                 first = consumer.consume(1, self._batch_timeout)
@@ -221,6 +226,9 @@ class ProcessorRuntime:
         Returns False when the transaction was aborted (the batch will be polled again).
         """
         in_transaction = False
+        handled: list[Message] = []
+        blocked: dict[tuple[str, int], int] = {}
+        """Partitions with a record to retry later -> its offset (nothing after it is handled)."""
 
         def emit(outputs: list[Output]) -> None:
             nonlocal in_transaction
@@ -232,17 +240,26 @@ class ProcessorRuntime:
 
         try:
             for msg in batch:
-                emit(self._handle_one(msg))
+                topic, partition, offset = coordinates(msg)
+                if (topic, partition) in blocked:
+                    continue
+                outputs = self._handle_one(msg)
+                if outputs is None:
+                    blocked[(topic, partition)] = offset
+                    continue
+                handled.append(msg)
+                emit(outputs)
             emit(self._processor.punctuate())
             for store in self._processor.stores:
                 emit(store.take_writes())
             if not in_transaction:
-                if not batch:
+                if not handled:
+                    self._retries.pause(consumer, blocked)
                     return True
                 producer.begin_transaction()  # records without any output: their offsets still commit
-            if batch:
+            if handled:
                 producer.send_offsets_to_transaction(
-                    _next_offsets(batch), consumer.consumer_group_metadata(), 30
+                    _next_offsets(handled), consumer.consumer_group_metadata(), 30
                 )
             producer.commit_transaction(30)
         except KafkaException as exc:
@@ -258,16 +275,30 @@ class ProcessorRuntime:
             return False
         for store in self._processor.stores:
             store.commit()
+        self._retries.pause(consumer, blocked)
         return True
 
-    def _handle_one(self, msg: Message) -> list[Output]:
+    def _handle_one(self, msg: Message) -> list[Output] | None:
+        """The record's outputs (its dead-letter outputs if it failed), None to retry it later."""
         savepoints = [store.savepoint() for store in self._processor.stores]
         try:
-            return self._processor.handle(msg)
+            outputs = self._processor.handle(msg)
         except Exception as exc:
             for store, savepoint in zip(self._processor.stores, savepoints, strict=True):
                 store.rollback(savepoint)
-            return self._processor.dead_letter(msg, exc)
+            if isinstance(exc, RetryLater) and self._retries.should_retry(msg, exc):
+                self._log.info(
+                    "record not handled yet, its partition retries later",
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    reason=exc.reason,
+                    attempt=exc.attempts,
+                )
+                return None
+            outputs = self._processor.dead_letter(msg, exc)
+        self._retries.done(msg)
+        return outputs
 
     @staticmethod
     def _produce(producer: Producer, out: Output) -> None:
@@ -298,6 +329,7 @@ class ProcessorRuntime:
     # -- rebalance ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions})
+        self._retries.forget(partitions)
         for store in self._processor.stores:
             store.restore(numbers)
         self._processor.on_assign(partitions)
@@ -305,6 +337,7 @@ class ProcessorRuntime:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions})
+        self._retries.forget(partitions)
         self._processor.on_revoke(partitions)
         for store in self._processor.stores:
             store.drop(numbers)

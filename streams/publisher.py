@@ -8,7 +8,11 @@
         publisher.publish(event)                     # validates, encodes, sends (asynchronously)
 
 Idempotent producer with ``acks=all`` (no duplicate or reordering on retries), key = absence id (one
-absence's changes stay in order), Avro single-object encoding. An event that breaks a rule raises
+absence's changes stay in order), Avro single-object encoding; or, with ``confluent_wire_format=True``
+and ``ABSYNC_SCHEMA_REGISTRY_URL``, the Confluent wire format: the schema is registered under the
+subject ``<absences topic>-value`` (TopicNameStrategy; or only looked up with ``auto_register=False``)
+once, when the publisher is built, which fails there and then with a clear
+:class:`~schemas.errors.SchemaError` if the registry refuses it or cannot be reached. An event that breaks a rule raises
 :class:`schemas.errors.ValidationError` at once; a record Kafka did not acknowledge raises
 :class:`PublishError` from the next ``publish`` or from ``flush``: never swallowed.
 """
@@ -22,6 +26,7 @@ from confluent_kafka import KafkaError, Message
 from schemas.codec import codec_for
 from schemas.models import AbsenceEvent, validate
 from streams.kafka import make_producer
+from streams.schema_registry import schema_registry
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -31,10 +36,24 @@ class PublishError(Exception):
 
 
 class AbsencePublisher:
-    def __init__(self, settings: Settings, *, flush_timeout: float = 30.0) -> None:
-        self._producer = make_producer(settings)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        flush_timeout: float = 30.0,
+        confluent_wire_format: bool = False,
+        auto_register: bool = True,
+    ) -> None:
         self._topic = Topics(settings).absences
         self._codec = codec_for("AbsenceEvent")
+        self._schema_id: int | None = None
+        if confluent_wire_format:
+            registry = schema_registry(settings)
+            if registry is None:
+                raise ValueError("the Confluent wire format needs ABSYNC_SCHEMA_REGISTRY_URL")
+            subject = f"{self._topic}-value"
+            self._schema_id = registry.register(subject, self._codec.text, auto_register=auto_register)
+        self._producer = make_producer(settings)
         self._flush_timeout = flush_timeout
         self._failures: list[str] = []
 
@@ -42,7 +61,10 @@ class AbsencePublisher:
         """Validates and sends one event; raises earlier delivery failures."""
         validate(event)
         self._raise_failures()
-        value = self._codec.encode(event.to_avro())
+        if self._schema_id is None:
+            value = self._codec.encode(event.to_avro())
+        else:
+            value = self._codec.encode_confluent(event.to_avro(), self._schema_id)
         while True:
             try:
                 self._producer.produce(

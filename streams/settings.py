@@ -44,7 +44,19 @@ class Settings(BaseSettings):
     replication_factor: int = 1
     min_insync_replicas: int = 1
     group_prefix: str = "absync"
+    # Schema registry (Confluent-compatible; see docs/producing.md "Schemas and compatibility")
     schema_registry_url: str | None = None
+    """Reads the Confluent wire format when set (comma-separated URLs; no credentials in it)."""
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    """HTTP basic auth of the registry (API key and secret on Confluent Cloud); never logged."""
+    schema_registry_ca_location: str | None = None
+    """CA bundle of an HTTPS registry with a private CA."""
+    schema_registry_timeout: float = Field(default=5.0, gt=0, le=60)
+    schema_registry_retry_for: float = Field(default=300.0, ge=0, le=86400)
+    """Seconds a record waits for a registry that does not answer before it is dead-lettered."""
+    schema_registry_unknown_id_retry_for: float = Field(default=30.0, ge=0, le=86400)
+    """Seconds a record waits for a schema id the registry says it does not have."""
 
     # Retries: exactly 5m/15m/1h/24h by default.
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (300.0, 900.0, 3600.0, 86400.0)
@@ -76,6 +88,16 @@ class Settings(BaseSettings):
         if not delays or any(d <= 0 for d in delays):
             raise ValueError("retry_delays needs at least one positive delay")
         return delays
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url_without_credentials(cls, value: str | None) -> str | None:
+        if value and re.search(r"://[^/@,]*@", value):
+            raise ValueError(
+                "put the schema registry's credentials in ABSYNC_SCHEMA_REGISTRY_USERNAME and "
+                "ABSYNC_SCHEMA_REGISTRY_PASSWORD, not in the URL (a URL gets logged)"
+            )
+        return value or None
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -165,7 +165,9 @@ def test_a_duplicate_event_is_skipped_silently(settings: Settings) -> None:
 
 
 def test_confluent_wire_format_is_read_when_a_registry_is_set(bootstrap: str, tmp_path: Path) -> None:
-    """With ABSYNC_SCHEMA_REGISTRY_URL, a Confluent-framed v1 event is fanned out; an unknown id is not."""
+    """With ABSYNC_SCHEMA_REGISTRY_URL, a Confluent-framed v1 event is fanned out; an id the registry
+    does not have is asked again (back-off), then dead-lettered with the reason, and the event after it
+    in the same partition follows."""
     v1_text = (AVRO_DIR / "absence_event.v1.avsc").read_text()
     v1 = fastavro.parse_schema(json.loads(v1_text))
     event = make_event(department=None)
@@ -177,7 +179,9 @@ def test_confluent_wire_format_is_read_when_a_registry_is_set(bootstrap: str, tm
     fastavro.schemaless_writer(body, v1, record)
     key = event.absence.id.encode()
     with running_registry({42: v1_text}) as registry:
-        settings = make_settings(bootstrap, tmp_path, schema_registry_url=registry.url)
+        settings = make_settings(
+            bootstrap, tmp_path, schema_registry_url=registry.url, schema_registry_unknown_id_retry_for=2.0
+        )
         create_topics(settings)
         add_destination(settings, "dst-all")
         with running_fanout(settings):
@@ -192,4 +196,7 @@ def test_confluent_wire_format_is_read_when_a_registry_is_set(bootstrap: str, tm
             invalid = read_committed(settings, Topics(settings).invalid, at_least(1))
     assert [d.event for d in deliveries_of(deliveries)] == [event]
     assert headers_of(invalid[0])["absync-error-kind"] == b"unknown-schema"
-    assert b"schema id 99" in headers_of(invalid[0])["absync-reason"]
+    reason = headers_of(invalid[0])["absync-reason"].decode()
+    assert "schema id 99 not found" in reason and "attempts" in reason
+    assert registry.requests.count("/schemas/ids/99") >= 2  # retried before being dead-lettered
+    assert registry.requests.count("/schemas/ids/42") == 1  # cached

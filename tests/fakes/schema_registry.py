@@ -1,8 +1,10 @@
 """A Confluent-compatible schema registry on loopback: ``GET /schemas/ids/{id}`` as the real one
-answers it (200 ``{"schema": "..."}``, 404 with error code 40403)."""
+answers it (200 ``{"schema": "..."}``, plus ``"schemaType"`` for a non-Avro schema; 404 with error code
+40403), and, with ``password`` set, HTTP basic auth as the real one checks it (401, error code 401)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -16,7 +18,11 @@ class SchemaRegistry(ThreadingHTTPServer):
     def __init__(self, schemas: dict[int, str]) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.schemas = schemas
+        self.schema_types: dict[int, str] = {}
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []
+        self.username = "absync"
+        self.password: str | None = None
 
     @property
     def url(self) -> str:
@@ -28,12 +34,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
+        authorization = self.headers.get("Authorization")
+        self.server.authorizations.append(authorization)
         match = re.fullmatch(r"/schemas/ids/(\d+)", self.path)
-        text = self.server.schemas.get(int(match.group(1))) if match else None
-        if text is None:
+        schema_id = int(match.group(1)) if match else -1
+        text = self.server.schemas.get(schema_id)
+        expected = f"{self.server.username}:{self.server.password}"
+        body: dict[str, Any]
+        if (
+            self.server.password is not None
+            and authorization != "Basic " + base64.b64encode(expected.encode()).decode()
+        ):
+            status, body = 401, {"error_code": 401, "message": "Unauthorized"}
+        elif text is None:
             status, body = 404, {"error_code": 40403, "message": "Schema not found"}
         else:
             status, body = 200, {"schema": text}
+            if schema_id in self.server.schema_types:
+                body["schemaType"] = self.server.schema_types[schema_id]
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
