@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts what the tests need (a Kafka broker on the test port, PostgreSQL) unless the environment
+# Starts what the tests need (a Kafka broker on the test port, PostgreSQL; builds the schema registry) unless the environment
 # already points at them, then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +12,11 @@ fi
 if [ -z "${ABSYNC_TEST_DATABASE_URL:-}" ] && [ -f deploy/local/postgres.sh ]; then
   bash deploy/local/postgres.sh start
   export ABSYNC_TEST_DATABASE_URL="$(bash deploy/local/postgres.sh url)"
+fi
+if [ -z "${ABSYNC_TEST_SCHEMA_REGISTRY_URL:-}" ]; then
+  # Built once from Maven Central (minutes the first time): outside any test's time limit. The
+  # tests/registry fixture starts and stops it.
+  bash deploy/local/registry.sh fetch
 fi
 start=$(date +%s)
 set +e
