@@ -209,7 +209,7 @@ class FanoutProcessor(Processor):
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
         if isinstance(exc, SchemaNotYetAvailable):
-            kind, reason, event_id = exc.kind, exc.final_reason(), None
+            kind, reason, event_id = exc.kind, exc.give_up(), None
         elif isinstance(exc, InvalidRecord):
             kind, reason, event_id = exc.kind, exc.reason, exc.event_id
         else:

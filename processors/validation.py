@@ -16,13 +16,16 @@ once: with a :class:`RegistryPatience`, :func:`decode_event` raises :class:`Sche
 up to ``schema_registry_retry_for`` seconds while the registry does not answer (an outage), or
 ``schema_registry_unknown_id_retry_for`` seconds while it answers that the id does not exist (a
 registry replica lagging behind, or a producer on another registry); then the record is dead-lettered
-as ``unknown-schema`` with the last error, the attempts and the time waited. Schemas are cached by id
+as ``unknown-schema`` with the last error, the attempts and the time waited. An id given up on that
+way is given up at once for the next hour while the registry still says it does not exist (a producer
+pointed at another registry must not cost every one of its records the whole wait). Schemas are cached by id
 (:mod:`schemas.registry`): records of an id seen once never wait for the registry again.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -65,13 +68,18 @@ class InvalidRecord(ProcessorError):
 class SchemaNotYetAvailable(InvalidRecord, RetryLater):
     """A record whose writer schema the registry may give later: retried, then dead-lettered."""
 
-    def __init__(self, reason: str, give_up_after: float) -> None:
+    def __init__(
+        self, reason: str, give_up_after: float, on_give_up: Callable[[], None] | None = None
+    ) -> None:
         RetryLater.__init__(self, reason, give_up_after=give_up_after)  # sets the message and reason
         self.kind = ErrorKind.UNKNOWN_SCHEMA
         self.event_id = None
+        self._on_give_up = on_give_up
 
-    def final_reason(self) -> str:
-        """The dead-letter reason once the runtime gave up."""
+    def give_up(self) -> str:
+        """Called when the runtime gave up on the record; returns the dead-letter reason."""
+        if self._on_give_up is not None:
+            self._on_give_up()
         return f"{self.reason} (still after {self.attempts} attempts over {self.waited:.0f}s)"
 
 
@@ -102,11 +110,19 @@ def decode_event(codec: AvroCodec, msg: Message, patience: RegistryPatience | No
     """
     try:
         record = codec.decode(msg.value())
+    except UnknownSchemaIdError as exc:
+        if patience is None or exc.given_up:
+            reason = (
+                f"{exc} (a record of this id waited its whole budget lately)" if exc.given_up else str(exc)
+            )
+            raise InvalidRecord(ErrorKind.UNKNOWN_SCHEMA, reason) from exc
+        registry, schema_id = codec.registry, exc.schema_id
+        on_give_up = (lambda: registry.give_up(schema_id)) if registry is not None else None
+        raise SchemaNotYetAvailable(str(exc), patience.unknown_id, on_give_up) from exc
     except SchemaUnavailableError as exc:
         if patience is None:
             raise InvalidRecord(ErrorKind.UNKNOWN_SCHEMA, str(exc)) from exc
-        wait = patience.unknown_id if isinstance(exc, UnknownSchemaIdError) else patience.unavailable
-        raise SchemaNotYetAvailable(str(exc), wait) from exc
+        raise SchemaNotYetAvailable(str(exc), patience.unavailable) from exc
     except SchemaNotFoundError as exc:
         raise InvalidRecord(ErrorKind.UNKNOWN_SCHEMA, str(exc)) from exc
     except DecodeError as exc:

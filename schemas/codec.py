@@ -92,7 +92,8 @@ def _legacy_fingerprint(name: str) -> bytes | None:
     """The fingerprint absync wrote for ``name`` before it inlined embedded schemas (fastavro's
     canonical form keeps a reference to a named type of another file as a bare name, so Delivery's
     fingerprint did not cover its AbsenceEvent): still read, as Delivery v1 with AbsenceEvent v2,
-    the only combination written with it."""
+    the only combination written with it, and still written while that is the newest one (see
+    AvroCodec)."""
     pinned = LEGACY_WRITERS.get(name)
     if pinned is None:
         return None
@@ -125,9 +126,16 @@ class AvroCodec:
             pinned = LEGACY_WRITERS[name]
             types = {_full_name(raw): raw for raw in map(_raw, pinned[1:])}
             self._writers[legacy] = fastavro.parse_schema(_inline(_raw(pinned[0]), types))
+            newest = [SCHEMA_FILES[name][-1], *(SCHEMA_FILES[d][-1] for d in DEPENDS_ON.get(name, []))]
+            if pinned == newest:
+                # Workers of the release before this one know only the legacy fingerprint: it stays
+                # the one written until the schema (or one it embeds) gets a new version, so a rolling
+                # upgrade never hands an old worker a fingerprint it cannot read.
+                self.fingerprint = legacy
         self.text = (AVRO_DIR / SCHEMA_FILES[name][-1]).read_text()
         """The newest schema as written in its file (what the publisher registers)."""
-        self._registry = registry
+        self.registry = registry
+        """The registry the Confluent wire format is read through, if any."""
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buffer = io.BytesIO()
@@ -154,11 +162,11 @@ class AvroCodec:
             if writer is None:
                 raise SchemaNotFoundError(f"unknown schema fingerprint {data[2:10].hex()} for {self.name}")
             body = data[10:]
-        elif data[:1] == CONFLUENT_MAGIC and self._registry is not None:
+        elif data[:1] == CONFLUENT_MAGIC and self.registry is not None:
             if len(data) < 5:
                 raise DecodeError("truncated Confluent wire-format header")
             (schema_id,) = struct.unpack(">I", data[1:5])
-            writer = self._registry.schema(schema_id)
+            writer = self.registry.schema(schema_id)
             body = data[5:]
         else:
             hint = " (Confluent wire format needs ABSYNC_SCHEMA_REGISTRY_URL)" if data[:1] == b"\x00" else ""

@@ -35,7 +35,13 @@ class RegistryUnavailableError(SchemaUnavailableError):
 
 class UnknownSchemaIdError(SchemaUnavailableError):
     """The schema registry answered that it has no schema with this id (yet: a registry replica may
-    lag behind the one the producer registered with)."""
+    lag behind the one the producer registered with). ``given_up``: a record of this id was already
+    retried for its whole budget lately, and the registry still says no (do not wait again)."""
+
+    def __init__(self, message: str, schema_id: int, *, given_up: bool = False) -> None:
+        super().__init__(message)
+        self.schema_id = schema_id
+        self.given_up = given_up
 
 
 class ValidationError(SchemaError):

@@ -13,6 +13,10 @@ Guarantees:
   server error, credentials refused) and :class:`~schemas.errors.UnknownSchemaIdError` (the registry
   says the id does not exist) are retryable; a schema that is not Avro, has references or does not
   parse is a permanent :class:`~schemas.errors.DecodeError`;
+- an id given up on (:meth:`SchemaRegistryResolver.give_up`: a record of it waited its whole budget
+  and the registry still said "no such id") is still asked for, but a "no" is then marked
+  ``given_up`` for ``GIVE_UP_MEMORY`` seconds, so that the records after it (a producer pointed at
+  another registry) are dead-lettered at once instead of each waiting the budget again;
 - after a registry that did not answer, look-ups of ids not cached fail at once for ``cooldown``
   seconds instead of waiting for the registry again: a hung registry costs one timeout per cooldown,
   not one per record;
@@ -42,6 +46,8 @@ CACHE_SIZE = 1000
 """Parsed writer schemas kept (by id). Ids come from records, so the cache is bounded."""
 MAX_SCHEMA_CHARS = 1_000_000
 """A writer schema longer than this is refused (a registry is trusted, but every input has a bound)."""
+GIVE_UP_MEMORY = 3600.0
+"""Seconds an id given up on stays given up (see the module docstring)."""
 UNKNOWN_ID_ERROR = 40403
 """The registry's error code for "Schema not found" (with HTTP 404)."""
 
@@ -76,6 +82,7 @@ class SchemaRegistryResolver:
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._down_until = 0.0
         self._down_reason = ""
+        self._given_up: OrderedDict[int, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def schema(self, schema_id: int) -> Any:
@@ -94,6 +101,14 @@ class SchemaRegistryResolver:
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
             return parsed
+
+    def give_up(self, schema_id: int) -> None:
+        """A record of ``schema_id`` waited its whole budget: the next "no such id" is final."""
+        with self._lock:
+            self._given_up[schema_id] = time.monotonic() + GIVE_UP_MEMORY
+            self._given_up.move_to_end(schema_id)
+            if len(self._given_up) > CACHE_SIZE:
+                self._given_up.popitem(last=False)
 
     def register(self, subject: str, schema_text: str, *, auto_register: bool = True) -> int:
         """The id of ``schema_text`` under ``subject``: registers it (``auto_register``) or looks it up
@@ -134,8 +149,9 @@ class SchemaRegistryResolver:
             schema = self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404 and exc.error_code == UNKNOWN_ID_ERROR:
+                given_up = self._given_up.get(schema_id, 0.0) > time.monotonic()
                 raise UnknownSchemaIdError(
-                    f"schema id {schema_id} not found in the schema registry"
+                    f"schema id {schema_id} not found in the schema registry", schema_id, given_up=given_up
                 ) from None
             raise self._down(schema_id, self._describe(exc)) from None
         except Exception as exc:  # transport errors: refused, reset, DNS, TLS, timeout

@@ -166,8 +166,9 @@ def test_a_duplicate_event_is_skipped_silently(settings: Settings) -> None:
 
 def test_confluent_wire_format_is_read_when_a_registry_is_set(bootstrap: str, tmp_path: Path) -> None:
     """With ABSYNC_SCHEMA_REGISTRY_URL, a Confluent-framed v1 event is fanned out; an id the registry
-    does not have is asked again (back-off), then dead-lettered with the reason, and the event after it
-    in the same partition follows."""
+    does not have is asked again (back-off), then dead-lettered with the reason; the next record of that
+    id, the registry still saying no, is dead-lettered at once; and the event after them in the same
+    partition follows."""
     v1_text = (AVRO_DIR / "absence_event.v1.avsc").read_text()
     v1 = fastavro.parse_schema(json.loads(v1_text))
     event = make_event(department=None)
@@ -189,14 +190,19 @@ def test_confluent_wire_format_is_read_when_a_registry_is_set(bootstrap: str, tm
                 settings,
                 [
                     (key, b"\x00" + struct.pack(">I", 99) + body.getvalue(), None),
+                    (key, b"\x00" + struct.pack(">I", 99) + body.getvalue(), None),
                     (key, b"\x00" + struct.pack(">I", 42) + body.getvalue(), None),
                 ],
             )
             deliveries = read_committed(settings, Topics(settings).deliveries, at_least(1))
-            invalid = read_committed(settings, Topics(settings).invalid, at_least(1))
+            invalid = read_committed(settings, Topics(settings).invalid, at_least(2))
     assert [d.event for d in deliveries_of(deliveries)] == [event]
     assert headers_of(invalid[0])["absync-error-kind"] == b"unknown-schema"
     reason = headers_of(invalid[0])["absync-reason"].decode()
     assert "schema id 99 not found" in reason and "attempts" in reason
-    assert registry.requests.count("/schemas/ids/99") >= 2  # retried before being dead-lettered
+    asked = registry.requests.count("/schemas/ids/99")
+    assert asked >= 3  # the first record retried before being dead-lettered, the second asked once
+    again = headers_of(invalid[1])["absync-reason"].decode()
+    assert "schema id 99 not found" in again and "waited its whole budget lately" in again
+    assert [headers_of(m)["absync-source-offset"] for m in invalid] == [b"0", b"1"]
     assert registry.requests.count("/schemas/ids/42") == 1  # cached

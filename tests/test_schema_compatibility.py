@@ -220,3 +220,13 @@ def test_the_check_refuses_a_changed_type() -> None:
     next(f for f in broken["fields"] if f["name"] == "version")["type"] = "string"
     with pytest.raises(fastavro.read.SchemaResolutionError):
         check_reads(writer=_event_v2(), reader=broken)
+
+
+def test_delivery_keeps_writing_its_legacy_fingerprint_until_a_new_version() -> None:
+    """The spec fingerprint of Delivery (its AbsenceEvent inlined) is read from now on; the legacy one
+    stays the one written while it describes the newest versions, so workers of the previous release
+    can still read what this one writes during a rolling upgrade."""
+    spec = _fingerprint(fastavro.parse_schema(_versions("Delivery")[-1]))
+    assert _legacy_fingerprint("Delivery") != spec
+    assert LEGACY_WRITERS["Delivery"] == [SCHEMA_FILES["Delivery"][-1], SCHEMA_FILES["AbsenceEvent"][-1]]
+    assert codec_for("Delivery").fingerprint == _legacy_fingerprint("Delivery")
