@@ -133,3 +133,17 @@ def test_a_delivery_status_is_written_with_every_field_it_has() -> None:
     assert DeliveryStatus.from_avro(decoded) == status
     bare = dataclasses.replace(status, attempt_record=None, next_retry_at=None, error=None)
     assert bare.to_avro() == dataclasses.asdict(bare) | {"status": "ERROR"}
+
+
+def test_a_newer_writer_schema_is_read_through_the_registry() -> None:
+    """FORWARD in practice: a producer that moved to a newer AbsenceEvent (here v2 plus an optional
+    field absync does not know yet) is read by this absync, the unknown field dropped."""
+    newer = json.loads((AVRO_DIR / "absence_event.v2.avsc").read_text())
+    newer["fields"].append({"name": "source_system", "type": ["null", "string"], "default": None})
+    event = make_event()
+    record = event.to_avro() | {"source_system": "hr-suite"}
+    data = b"\x00" + struct.pack(">I", 3) + avro_body(fastavro.parse_schema(newer), record)
+    with running_registry({3: json.dumps(newer)}) as registry:
+        decoded = AvroCodec("AbsenceEvent", SchemaRegistryResolver(registry.url)).decode(data)
+    assert "source_system" not in decoded
+    assert AbsenceEvent.from_avro(decoded) == event
