@@ -60,12 +60,10 @@ def v1_record(event: AbsenceEvent) -> dict[str, object]:
 
 
 def produce_to(settings: Settings, records: list[tuple[int, AbsenceEvent, bytes]]) -> None:
-    """(partition, event, value) to ``absences``, keyed by the absence id, acknowledged."""
+    """(partition, event, value) to ``absences``, keyed as the publisher keys it, acknowledged."""
     producer = make_producer(settings)
     for partition, event, value in records:
-        producer.produce(
-            Topics(settings).absences, key=event.absence.id.encode(), value=value, partition=partition
-        )
+        producer.produce(Topics(settings).absences, key=event.key.encode(), value=value, partition=partition)
     assert producer.flush(30) == 0
 
 
@@ -111,13 +109,13 @@ def test_the_publisher_registers_its_schema_and_the_fanout_reads_it(
     finally:
         delete_topics(settings)
 
-    ours = next(m for m in published if m.key() == event.absence.id.encode())
+    ours = next(m for m in published if m.key() == event.key.encode())
     assert ours.value()[:5] == b"\x00" + struct.pack(">I", int(latest["id"]))
     assert {d.event.event_id: d.event for d in deliveries_of(deliveries)} == {
         event.event_id: event,
         old.event_id: old,  # read from v1 through the registry, v2's fields at their defaults
     }
-    assert [m.key() for m in invalid] == [stray.absence.id.encode()]
+    assert [m.key() for m in invalid] == [stray.key.encode()]
     reason = headers_of(invalid[0])["absync-reason"].decode()
     assert headers_of(invalid[0])["absync-error-kind"] == b"unknown-schema"
     assert f"schema id {2**31 - 7} not found" in reason and "attempts" in reason
