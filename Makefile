@@ -69,4 +69,5 @@ clean:
 	-@ABSYNC_BROKER_PORT=$(TEST_BROKER_PORT) bash deploy/local/broker.sh stop
 	-@bash deploy/local/postgres.sh stop
 	-@bash deploy/local/cluster.sh stop
+	-@bash deploy/local/registry.sh stop
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
