@@ -159,6 +159,7 @@ class BenchRun:
             "ABSYNC_PARTITIONS": str(partitions),
             "ABSYNC_DATA_DIR": str(self.workdir / "data"),
             "ABSYNC_WORKER_ID": f"bench-{uuid.uuid4().hex[:8]}",
+            "ABSYNC_ENV": "development",  # the embedded secret key; the receiver is on loopback
         }
         if retry_delays is not None:
             self._env["ABSYNC_RETRY_DELAYS"] = retry_delays
@@ -167,6 +168,7 @@ class BenchRun:
             "topic_prefix": self.prefix,
             "partitions": partitions,
             "data_dir": self.workdir / "data",
+            "env": "development",
         }
         if retry_delays is not None:
             values["retry_delays"] = retry_delays

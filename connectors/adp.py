@@ -46,6 +46,7 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
+from connectors.egress_clients import guarded_client
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -211,7 +212,8 @@ class AdpConnector(Connector):
         return {str(k): str(v) for k, v in value.items()}
 
     async def setup(self) -> None:
-        self._client = httpx.AsyncClient(
+        self._client = guarded_client(
+            self.options.egress,
             timeout=httpx.Timeout(self.options.timeout),
             verify=self._ssl_context(),
             headers={"User-Agent": self.options.user_agent, "Accept": "application/json"},

@@ -22,6 +22,7 @@ import abc
 import datetime as dt
 import json
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,6 +30,8 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
+from connectors.egress import DEFAULT_POLICY, EgressPolicy
+from connectors.redact import Redactor, guard_methods, header_forms, secret_forms
 from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery
 from schemas.destination import Destination
 from streams.logging import MASK, is_secret_name
@@ -40,6 +43,13 @@ class ConnectorOptions:
 
     timeout: float = 10.0
     user_agent: str = "absync/0.1"
+    egress: EgressPolicy = DEFAULT_POLICY
+    """Which addresses the connector may connect to (production's policy unless told otherwise)."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ConnectorOptions:
+        """Timeout and egress policy from a :class:`streams.settings.Settings`."""
+        return cls(timeout=settings.connector_timeout, egress=EgressPolicy.from_settings(settings))
 
 
 @dataclass
@@ -77,6 +87,27 @@ def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+async def read_body(response: httpx.Response, limit: int = RESPONSE_BODY_LIMIT) -> bytes:
+    """At most ``limit`` bytes of a *streamed* response's body, decoded (gzip/deflate), and not one
+    raw chunk more than needed: a huge (or decompression-bomb) answer costs ``limit``, not its size.
+    The caller closes the response (its connection is then dropped, not reused, if unread data remains).
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    wbits = {"gzip": 47, "x-gzip": 47, "deflate": 15}.get(encoding)
+    inflater = zlib.decompressobj(wbits) if wbits is not None else None
+    out = bytearray()
+    async for chunk in response.aiter_raw():
+        if inflater is not None:
+            try:
+                chunk = inflater.decompress(chunk, limit + 1 - len(out))
+            except zlib.error:
+                break
+        out += chunk
+        if len(out) > limit:
+            break
+    return bytes(out[: limit + 1])
+
+
 def cut(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -88,23 +119,30 @@ class CallRecorder:
 
     def __init__(self, secrets: Mapping[str, SecretStr] | None = None) -> None:
         self.calls: list[RecordedCall] = []
-        self._secret_values = [s.get_secret_value() for s in (secrets or {}).values() if s.get_secret_value()]
+        self._redactor = Redactor(secret_forms(secrets or {}))
 
     def scrub(self, text: str) -> str:
-        for value in self._secret_values:
-            if len(value) >= 4:
-                text = text.replace(value, MASK)
-        return text
+        """``text`` with every form of the secrets masked, and every secret header value sent so far
+        (see :mod:`connectors.redact`)."""
+        return self._redactor.scrub(text)
+
+    def learn(self, value: str) -> None:
+        """Masks ``value`` (a token obtained at run time...) from now on."""
+        self._redactor.add(header_forms(value))
 
     def start(
         self, method: str, url: str, headers: Mapping[str, str], body: str | bytes | None
     ) -> RecordedCall:
         if isinstance(body, bytes):
             body = body.decode("utf-8", errors="replace")
+        masked = mask_headers(headers)
+        for name, value in headers.items():
+            if masked.get(name) == MASK and value != MASK:
+                self.learn(value)  # what was sent in a secret header is masked in the answer too
         call = RecordedCall(
             method=method,
             url=self.scrub(url),
-            request_headers=mask_headers(headers),
+            request_headers=masked,
             request_body=self.scrub(body or ""),
             started_at=dt.datetime.now(dt.UTC),
         )
@@ -164,6 +202,12 @@ class Connector(abc.ABC):
 
     kind: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every connector's ``setup``/``deliver``/``test_connection``/``publish`` lets no error out
+        with a secret in it, and answers a refused address with one uniform error (connectors.redact)."""
+        super().__init_subclass__(**kwargs)
+        guard_methods(cls)
+
     def __init__(
         self,
         destination: Destination,
@@ -174,6 +218,8 @@ class Connector(abc.ABC):
         self.secrets = dict(secrets)
         self.options = options or ConnectorOptions()
         self.settings: dict[str, Any] = dict(destination.settings)
+        self.redactor = Redactor(secret_forms(self.secrets))
+        """Masks this destination's secrets (and tokens the connector adds) in any text it produces."""
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Opens clients. Called once, before the first delivery."""

@@ -46,6 +46,7 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.egress_clients import GuardedAdapter, bind_policy, unbind_policy
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -118,8 +119,11 @@ _current_recorder: contextvars.ContextVar[CallRecorder | None] = contextvars.Con
 )
 
 
-class RecordingAdapter(requests.adapters.HTTPAdapter):  # type: ignore[misc]
+class RecordingAdapter(GuardedAdapter):
     """exchangelib's HTTP adapter, recording each exchange in the current delivery's recorder.
+
+    exchangelib builds it itself (no argument for our policy): its connections obey the egress
+    policy bound to the calling context by :meth:`EwsConnector._in_thread` (production's if none).
 
     Headers are masked by the recorder (Authorization never recorded) and bodies scrubbed of the
     destination's secrets; outside a delivery (no recorder) it is a plain adapter.
@@ -247,11 +251,13 @@ class EwsConnector(Connector):
     ) -> DeliveryOutcome:
         """Runs ``func`` in a thread with ``recorder`` receiving its calls; translates its errors."""
         token = _current_recorder.set(recorder)
+        policy = bind_policy(self.options.egress)
         try:
             return await asyncio.to_thread(func, *args)
         except (ews_errors.EWSError, requests.exceptions.RequestException) as exc:
             raise self._translate(exc, recorder, mailbox) from exc
         finally:
+            unbind_policy(policy)
             _current_recorder.reset(token)
 
     def _account(self, email: str) -> Account:

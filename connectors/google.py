@@ -28,6 +28,8 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import CalendarEvent, CalendarSettings, google_event_id, wanted_event
+from connectors.egress import EgressPolicy
+from connectors.egress_clients import httplib2_connection_type
 from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
 from connectors.registry import register
 from schemas.delivery import Delivery
@@ -51,17 +53,20 @@ GONE_STATUSES = (404, 410)
 
 
 class _RecordingHttp(httplib2.Http):  # type: ignore[misc]
-    """httplib2 that records each exchange; the token call's assertion and token are masked."""
+    """httplib2 that records each exchange; the token call's assertion and token are masked. Every
+    connection (token calls and redirects included) is opened through the egress policy."""
 
-    def __init__(self, recorder: CallRecorder, token_uri: str, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+    def __init__(self, recorder: CallRecorder, token_uri: str, timeout: float, egress: EgressPolicy) -> None:
+        super().__init__(timeout=timeout, proxy_info=None)
         self.recorder = recorder
         self.token_uri = token_uri
+        self.egress = egress
 
     def request(
         self, uri: str, method: str = "GET", body: Any = None, headers: Any = None, **kwargs: Any
     ) -> Any:  # type: ignore[override]
         is_token = uri == self.token_uri
+        kwargs["connection_type"] = httplib2_connection_type(self.egress, uri)
         call = self.recorder.start(
             method, uri, headers or {}, "<JWT assertion, masked>" if is_token else body
         )
@@ -186,7 +191,7 @@ class GoogleCalendarConnector(Connector):
         return self._delegated[email]
 
     def _http(self, recorder: CallRecorder) -> _RecordingHttp:
-        return _RecordingHttp(recorder, self.token_uri, self.options.timeout)
+        return _RecordingHttp(recorder, self.token_uri, self.options.timeout, self.options.egress)
 
     async def _run(self, call: Any, email: str, tolerate: tuple[int, ...] = ()) -> int:
         """Runs one sync Google call in a thread; returns its status, maps failures to our errors."""

@@ -31,6 +31,8 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
 from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.egress import EgressPolicy
+from connectors.egress_clients import GuardedAdapter, guarded_client
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -66,9 +68,12 @@ def transaction_id(destination_id: str, tag: str, version: int) -> str:
 class _TokenSession(requests.Session):
     """msal's HTTP client: a timeout on every call, token calls recorded with their bodies masked."""
 
-    def __init__(self, timeout: float, ca_bundle: str | None) -> None:
+    def __init__(self, timeout: float, ca_bundle: str | None, egress: EgressPolicy) -> None:
         super().__init__()
         self.timeout = timeout
+        # Every connection (OpenID discovery, token calls, redirects) goes through the egress policy.
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, GuardedAdapter(egress))
         if ca_bundle:
             # requests prefers REQUESTS_CA_BUNDLE from the environment over ``verify`` unless told not
             # to read the environment: the configured bundle must win.
@@ -122,7 +127,8 @@ class GraphConnector(Connector):
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
         )
-        self._client = httpx.AsyncClient(
+        self._client = guarded_client(
+            self.options.egress,
             timeout=httpx.Timeout(self.options.timeout),
             verify=verify,
             headers={"User-Agent": self.options.user_agent},
@@ -270,7 +276,7 @@ class GraphConnector(Connector):
                 client_credential=self.secret("client_secret"),
                 authority=self.authority,
                 instance_discovery=self.authority.startswith(DEFAULT_AUTHORITY_HOST),
-                http_client=_TokenSession(self.options.timeout, self.ca_bundle),
+                http_client=_TokenSession(self.options.timeout, self.ca_bundle, self.options.egress),
             )
         except ValueError as exc:
             raise ConfigurationError(f"authority {self.authority} is not usable: {exc}") from exc

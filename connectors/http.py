@@ -40,7 +40,15 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, RecordedCall
+from connectors.base import (
+    CallRecorder,
+    Connector,
+    ConnectorOptions,
+    DeliveryOutcome,
+    RecordedCall,
+    read_body,
+)
+from connectors.egress_clients import guarded_client
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -48,7 +56,7 @@ from connectors.exceptions import (
     RetryableError,
 )
 from connectors.registry import register
-from schemas.delivery import Delivery, Operation
+from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery, Operation
 from schemas.destination import Destination
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.logging import MASK
@@ -67,6 +75,15 @@ DEFAULT_MAX_CONNECTIONS = 32
 POOL_CONNECTIONS = 4
 """Connections per httpx client: measured on the worker, 1.8 ms of CPU per delivered event with pools
 of 4 connections, 2.0 ms with 8 and 4.5 ms with one pool of 32 (its cost grows with its size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What the receiver answered: status, headers, and the first RESPONSE_BODY_LIMIT bytes only."""
+
+    status_code: int
+    headers: httpx.Headers
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +302,8 @@ class HttpConnector(Connector):
         sizes = [POOL_CONNECTIONS] * pools + ([rest] if rest else [])
         tls = httpx.create_ssl_context()  # what each client would load by itself (CA bundle: ~30 ms each)
         self._clients = [
-            httpx.AsyncClient(
+            guarded_client(
+                self.options.egress,
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
                 limits=httpx.Limits(
@@ -350,8 +368,9 @@ class HttpConnector(Connector):
             for doc in lucca_bodies(delivery.event)
         ]
 
-    async def _send(self, request: _Request, recorder: CallRecorder) -> httpx.Response:
-        """Sends one request (signed with a fresh timestamp) and records it, secrets masked."""
+    async def _send(self, request: _Request, recorder: CallRecorder) -> _Answer:
+        """Sends one request (signed with a fresh timestamp) and records it, secrets masked. The
+        answer's body is read up to RESPONSE_BODY_LIMIT bytes and no further."""
         if not self._clients:
             raise RuntimeError("HttpConnector.setup() was not awaited")
         client = self._clients[zlib.crc32(request.url.encode()) % len(self._clients)]
@@ -373,7 +392,11 @@ class HttpConnector(Connector):
             await on_request(http_request)
         self._mask_recorded(http_request)
         try:
-            response = await client.send(http_request)
+            response = await client.send(http_request, stream=True)
+            try:
+                body = await read_body(response, RESPONSE_BODY_LIMIT)
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             message = (
                 f"{request.method} {request.url}: no answer within {self.timeout:g} s ({type(exc).__name__})"
@@ -384,9 +407,12 @@ class HttpConnector(Connector):
             message = f"{request.method} {request.url}: {type(exc).__name__}: {exc}"
             recorder.fail_open_calls(message)
             raise RetryableError(message) from exc
-        for on_response in hooks["response"]:
-            await on_response(response)
-        return response
+        text = body.decode("utf-8", errors="replace")
+        call = http_request.extensions.get("absync_call")
+        if isinstance(call, RecordedCall):
+            shown = text if len(body) <= RESPONSE_BODY_LIMIT else text + " [not read further]"
+            recorder.finish(call, response.status_code, response.headers, shown)
+        return _Answer(response.status_code, response.headers, text)
 
     def _mask_recorded(self, request: httpx.Request) -> None:
         """Masks every header we derived from a secret, whatever its name (custom auth headers too)."""
@@ -399,7 +425,7 @@ class HttpConnector(Connector):
                 call.request_headers[name] = MASK
 
     @staticmethod
-    def _raise_for_status(request: _Request, response: httpx.Response, *, deleting: bool) -> None:
+    def _raise_for_status(request: _Request, response: _Answer, *, deleting: bool) -> None:
         """Maps the answer to the connector exceptions (rules in docs/http-sync.md, "Outcomes")."""
         status = response.status_code
         if 200 <= status < 300:

@@ -34,6 +34,8 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.slack_response import SlackResponse
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.egress import EgressPolicy
+from connectors.egress_clients import urllib_opener
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -62,6 +64,25 @@ BAD_TOKEN = (
     "missing_scope",
 )
 TEMPORARY = ("internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited")
+
+
+class GuardedWebClient(WebClient):  # type: ignore[misc]
+    """slack-sdk's ``WebClient`` whose HTTP goes through the egress policy (no proxy, bodies capped).
+
+    slack-sdk offers no argument for its urllib opener: the one method that opens URLs is replaced.
+    """
+
+    def __init__(self, *, egress: EgressPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._opener = urllib_opener(egress, self.ssl)
+
+    def _perform_urllib_http_request_internal(self, url: str, req: Any) -> dict[str, Any]:
+        if not url.lower().startswith(("https://", "http://")):
+            raise SlackRequestError(f"Invalid URL detected: {url}")
+        resp = self._opener.open(req, timeout=self.timeout)
+        charset = resp.headers.get_content_charset() or "utf-8"
+        body = resp.read().decode(charset, errors="replace")
+        return {"status": resp.code, "headers": resp.headers, "body": body}
 
 
 @dataclass(frozen=True)
@@ -172,7 +193,8 @@ class SlackConnector(Connector):
     # -- Web API ------------------------------------------------------------------------------
     def _web(self) -> WebClient:
         if self._client is None:
-            self._client = WebClient(
+            self._client = GuardedWebClient(
+                egress=self.options.egress,
                 token=self.secret("bot_token"),
                 base_url=self.base_url,
                 timeout=max(1, int(self.options.timeout)),

@@ -416,7 +416,7 @@ class DeliveryWorker:
         self.store = StateStore(settings, self.topics.delivery_state)
         self.destinations = DestinationTable(settings)
         self.connectors = ConnectorCache(
-            SecretBox.from_settings(settings), ConnectorOptions(timeout=settings.connector_timeout)
+            SecretBox.from_settings(settings), ConnectorOptions.from_settings(settings)
         )
         concurrency = max(1, settings.delivery_concurrency)
         self.lanes: KeyLanes | None = None

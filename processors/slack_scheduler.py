@@ -134,7 +134,7 @@ class SlackScheduler(Processor):
         self._tick = tick
         self._retry_delay = settings.retry_delays[0]
         self._box = SecretBox.from_settings(settings)
-        self._options = ConnectorOptions(timeout=settings.connector_timeout)
+        self._options = ConnectorOptions.from_settings(settings)
         self._connectors: dict[str, tuple[int, DailyPoster]] = {}
         self._paused: dict[tuple[str, int], float] = {}
         """(destination id, revision) -> monotonic time before which it is not tried (a fix resumes it)."""

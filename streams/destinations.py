@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,59 @@ log = structlog.get_logger(__name__)
 
 class DestinationError(ValueError):
     """A destination definition is invalid (the message says which field)."""
+
+
+ENDPOINT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "http": ("url",),
+    "graph": ("authority_host", "tenant_id", "graph_base_url", "ca_bundle"),
+    "google": ("token_uri", "api_root"),
+    "slack": ("base_url",),
+    "adp": ("token_url", "api_base_url", "endpoints", "ca_bundle"),
+    "ews": ("server_url",),
+}
+"""Per kind, the settings that decide where the secrets are sent (or whom TLS trusts to receive
+them): changing one of these requires entering the secrets again (see :func:`merge_secrets`)."""
+
+
+def _where(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value.strip().rstrip("/")
+    if isinstance(value, dict):
+        return {str(k): _where(v) for k, v in value.items()}
+    return value
+
+
+def endpoint_changes(previous: Destination, kind: str, settings: Mapping[str, Any]) -> list[str]:
+    """The settings (or ``kind``) whose change sends the secrets somewhere else than before."""
+    if kind != previous.kind:
+        return ["kind"]
+    return [
+        name
+        for name in ENDPOINT_SETTINGS.get(kind, ())
+        if _where(settings.get(name)) != _where(previous.settings.get(name))
+    ]
+
+
+def merge_secrets(
+    previous: Destination | None, kind: str, settings: Mapping[str, Any], entered: Mapping[str, bytes]
+) -> dict[str, bytes]:
+    """The secrets of a write: ``entered`` (encrypted) over the previous ones, which are kept as long
+    as they go where they went before. Secrets are bound to their endpoint: when a setting of
+    :data:`ENDPOINT_SETTINGS` changes, every previous secret must be entered again in the same write,
+    else :class:`DestinationError` names the changed settings and the secrets to re-enter (so a
+    configure operator cannot redirect a stored token to a host of their own)."""
+    if previous is None:
+        return dict(entered)
+    kept = {name: token for name, token in previous.secrets.items() if name not in entered}
+    moved = endpoint_changes(previous, kind, settings)
+    if moved and kept:
+        raise DestinationError(
+            f"{', '.join(moved)} changed, so the secrets would be sent somewhere new: enter them again "
+            f"in the same change: {', '.join(sorted(kept))}"
+        )
+    return {**kept, **entered}
 
 
 def publish_destination(settings: Settings, destination: Destination) -> None:
@@ -179,7 +232,8 @@ def destination_from_dict(
 ) -> Destination:
     """Builds a Destination from its YAML/JSON form; clear-text secrets are encrypted here.
 
-    A secret left out keeps its previous encrypted value (secrets are write-only).
+    A secret left out keeps its previous encrypted value (secrets are write-only), unless the write
+    changes where secrets are sent (:func:`merge_secrets`).
     """
     for required in ("id", "tenant", "name", "kind"):
         if not isinstance(data.get(required), str) or not data[required]:
@@ -202,11 +256,12 @@ def destination_from_dict(
     secrets_in = data.get("secrets") or {}
     if not isinstance(settings, dict) or not isinstance(secrets_in, dict):
         raise DestinationError("settings and secrets must be mappings")
-    secrets = dict(previous.secrets) if previous else {}
-    for name, value in secrets_in.items():
-        if value is None or value == "":
-            continue
-        secrets[str(name)] = box.encrypt(str(value))
+    entered = {
+        str(name): box.encrypt(str(value))
+        for name, value in secrets_in.items()
+        if value is not None and value != ""
+    }
+    secrets = merge_secrets(previous, data["kind"], settings, entered)
     try:
         changes = ChangeSelection(str(data.get("changes", "ALL")).upper())
     except ValueError:

@@ -5,10 +5,11 @@ Every default runs the service on one machine (``make run``); production overrid
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -75,6 +76,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     log_level: str = "INFO"
+    env: Literal["production", "development"] = "production"
+    """ABSYNC_ENV. Production unless told otherwise: development conveniences (the embedded secret key,
+    loopback destinations) are opt-in with ``ABSYNC_ENV=development``."""
+    allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    """ABSYNC_ALLOWED_NETWORKS: comma-separated CIDRs that destinations may reach although the egress
+    policy refuses them by default (private, loopback... see connectors/egress.py)."""
 
     @field_validator("retry_delays", mode="before")
     @classmethod
@@ -99,12 +106,56 @@ class Settings(BaseSettings):
             )
         return value or None
 
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> tuple[str, ...]:
+        parts = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+        networks = []
+        for part in (str(p).strip() for p in parts):
+            if not part:
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(part, strict=False)))
+            except ValueError:
+                raise ValueError(f"not a network (CIDR): {part!r}") from None
+        return tuple(networks)
+
+    @property
+    def development(self) -> bool:
+        """True with ``ABSYNC_ENV=development`` (never by default)."""
+        return self.env == "development"
+
+    @property
+    def uses_dev_secret_key(self) -> bool:
+        """True when the key that encrypts (the first, newest one) is the embedded development key;
+        the development key may stay listed after it, to decrypt secrets written before a rotation."""
+        return self.secret_key.get_secret_value().split(",")[0].strip() == DEV_SECRET_KEY
+
     @property
     def sqlalchemy_url(self) -> str:
         """The projection database: ABSYNC_DATABASE_URL, else a SQLite file under data_dir."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'absync.db'}"
+
+
+class InsecureSettings(RuntimeError):
+    """The settings are fit for development only and the environment is production."""
+
+
+def require_production_ready(settings: Settings) -> None:
+    """Refuses the embedded development key outside ``ABSYNC_ENV=development``.
+
+    The key encrypts destination secrets in Kafka; the embedded one is public (it is in this file),
+    so secrets encrypted with it are as good as clear text.
+    """
+    if settings.uses_dev_secret_key and not settings.development:
+        raise InsecureSettings(
+            "ABSYNC_SECRET_KEY is not set: the embedded development key is refused in production. "
+            "Set ABSYNC_SECRET_KEY to a key of your own (a Fernet key: "
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`), "
+            "or ABSYNC_ENV=development for a local run."
+        )
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "ABSYNC_RETRY_DELAYS": "1s,2s,3s,4s",
         "ABSYNC_DATA_DIR": str(settings.data_dir),
         "ABSYNC_LOG_LEVEL": "WARNING",
+        "ABSYNC_ENV": "development",  # the embedded secret key; loopback receivers
         **extra,
     }
 

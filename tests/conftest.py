@@ -39,6 +39,7 @@ def make_settings(bootstrap: str, tmp_path: Path, **overrides: object) -> Settin
         "retry_delays": "1s,2s,3s,4s",
         "connector_timeout": 2.0,
         "data_dir": tmp_path / "data",
+        "allowed_networks": "127.0.0.0/8,::1/128",  # the fakes and receivers listen on loopback
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

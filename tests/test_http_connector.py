@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import CallRecorder, ConnectorOptions
+from connectors.base import CallRecorder
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -39,6 +39,7 @@ from schemas.models import (
     LeaveAccount,
 )
 from streams.logging import MASK
+from tests.fakes.loopback import loopback_options
 from tests.fakes.receiver import Receiver, verify_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"new-secret-0123456789abcdef-0123").decode()
@@ -145,7 +146,7 @@ async def make_connector() -> AsyncIterator[ConnectorFactory]:
         connector = HttpConnector(
             make_destination(url, **settings),
             secrets_of(**({"signing_secrets": SECRET} if secrets is None else secrets)),
-            ConnectorOptions(timeout=timeout),
+            loopback_options(timeout),
         )
         await connector.setup()
         opened.append(connector)

@@ -19,10 +19,11 @@ from streams.destinations import (
     DestinationTable,
     delete_destination,
     load_yaml,
+    merge_secrets,
     publish_destination,
 )
 from streams.secrets import SecretBox
-from streams.settings import Settings, get_settings
+from streams.settings import InsecureSettings, Settings, get_settings, require_production_ready
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,19 +54,28 @@ def _table(settings: Settings) -> DestinationTable:
 def run_apply(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
+        require_production_ready(settings)  # secrets encrypted with a public key are in clear
+    except InsecureSettings as exc:
+        sys.stderr.write(f"absync destinations apply: {exc}\n")
+        return 2
+    try:
         loaded = load_yaml(args.file, SecretBox.from_settings(settings))
     except (OSError, DestinationError) as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
     table = _table(settings)
-    for destination in loaded:
+    merged: list[tuple[Destination, Destination | None]] = []
+    for destination in loaded:  # every document checked before any is written
         previous = table.get(destination.id)
         if previous is not None:
-            destination = dataclasses.replace(
-                destination,
-                secrets={**previous.secrets, **destination.secrets},
-                revision=previous.revision + 1,
-            )
+            try:
+                secrets = merge_secrets(previous, destination.kind, destination.settings, destination.secrets)
+            except DestinationError as exc:
+                sys.stderr.write(f"{args.file}: destination {destination.id}: {exc}\n")
+                return 1
+            destination = dataclasses.replace(destination, secrets=secrets, revision=previous.revision + 1)
+        merged.append((destination, previous))
+    for destination, previous in merged:
         publish_destination(settings, destination)
         verb = "updated" if previous else "created"
         sys.stdout.write(

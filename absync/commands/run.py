@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from absync.service import COMPONENTS, run_components
-from streams.settings import get_settings
+from streams.settings import InsecureSettings, get_settings, require_production_ready
 from streams.topics import create_topics
 
 
@@ -21,6 +22,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    try:
+        require_production_ready(settings)
+    except InsecureSettings as exc:
+        sys.stderr.write(f"absync run: {exc}\n")
+        return 2
     if not args.no_create_topics:
         create_topics(settings)
     asyncio.run(run_components(settings, args.only))

@@ -692,7 +692,7 @@ async def test_destination(
         secrets = state.box.decrypt_all(destination.secrets)
         recorder = CallRecorder(secrets)
         connector = connector_class(destination.kind)(
-            destination, secrets, ConnectorOptions(timeout=state.settings.connector_timeout)
+            destination, secrets, ConnectorOptions.from_settings(state.settings)
         )
         try:
             await connector.setup()

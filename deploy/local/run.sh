@@ -3,6 +3,9 @@
 # a demo HTTP receiver with the example destination, then the whole service in the foreground.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# A local run: the embedded secret key and the loopback demo receiver are development conveniences
+# that production (the default environment) refuses.
+export ABSYNC_ENV="${ABSYNC_ENV:-development}"
 mkdir -p .data
 if [ ! -s .data/admin-token ]; then
   .venv/bin/absync tokens create --name admin --right configure | tail -n 1 > .data/admin-token

@@ -23,7 +23,7 @@ from schemas.delivery import Delivery
 from schemas.models import AbsenceStatus, ChangeKind, HalfDay
 from tests.connectors.deliveries import make_delivery, make_destination
 from tests.fakes.adp import FakeAdp, validation_error
-from tests.fakes.loopback import Response
+from tests.fakes.loopback import Response, loopback_options
 
 AOID = "G3ABCDEF0123456789"
 MAPPING = {
@@ -62,7 +62,7 @@ async def open_connector(
     fake: FakeAdp, secrets: dict[str, SecretStr] | None = None, **settings: Any
 ) -> AdpConnector:
     destination = make_destination("adp", fake.settings(**{**MAPPING, **settings}), dest_id="dst-adp")
-    connector = AdpConnector(destination, secrets or secrets_of(fake))
+    connector = AdpConnector(destination, secrets or secrets_of(fake), loopback_options())
     await connector.setup()
     return connector
 

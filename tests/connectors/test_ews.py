@@ -36,6 +36,7 @@ from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
 from tests.delivery.harness import RunningWorker, StatusLog
 from tests.fakes.ews import FakeExchange, M, StoredItem
+from tests.fakes.loopback import loopback_options
 from tests.streams_helpers import make_event, next_change, produce_events, running_fanout
 
 JANE = "jane@acme.com"
@@ -58,7 +59,7 @@ def make_connector(exchange: FakeExchange, password: str | None = None, **settin
         **settings,
     }
     secrets = {"password": SecretStr(password or exchange.password)}
-    return EwsConnector(make_destination("ews", values), secrets, ConnectorOptions(timeout=5))
+    return EwsConnector(make_destination("ews", values), secrets, loopback_options(5))
 
 
 @pytest.fixture

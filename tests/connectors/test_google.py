@@ -27,6 +27,7 @@ from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
 from tests.delivery.harness import RunningWorker, StatusLog
 from tests.fakes.google import FakeGoogle
+from tests.fakes.loopback import loopback_options
 from tests.streams_helpers import make_event, next_change, produce_events, running_fanout
 
 EMAIL = "jane@acme.com"
@@ -43,7 +44,9 @@ def fake() -> Iterator[FakeGoogle]:
 async def open_connector(fake: FakeGoogle, **settings: Any) -> GoogleCalendarConnector:
     secret = SecretStr(json.dumps(fake.service_account_info()))
     connector = GoogleCalendarConnector(
-        make_destination("google", fake.settings(**settings)), {"service_account_json": secret}
+        make_destination("google", fake.settings(**settings)),
+        {"service_account_json": secret},
+        loopback_options(),
     )
     await connector.setup()
     return connector

@@ -26,6 +26,7 @@ from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
 from tests.delivery.harness import RunningWorker, StatusLog
 from tests.fakes.graph import FakeGraph
+from tests.fakes.loopback import loopback_options
 from tests.streams_helpers import make_event, next_change, produce_events, running_fanout
 
 EMAIL = "jane@acme.com"
@@ -40,7 +41,9 @@ def fake() -> Iterator[FakeGraph]:
 
 async def open_connector(fake: FakeGraph, secret: str | None = None, **settings: Any) -> GraphConnector:
     destination = make_destination("graph", fake.settings(**settings))
-    connector = GraphConnector(destination, {"client_secret": SecretStr(secret or fake.client_secret)})
+    connector = GraphConnector(
+        destination, {"client_secret": SecretStr(secret or fake.client_secret)}, loopback_options()
+    )
     await connector.setup()
     return connector
 

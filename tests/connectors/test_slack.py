@@ -28,6 +28,7 @@ from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.connectors.deliveries import make_delivery
+from tests.fakes.loopback import loopback_options
 from tests.fakes.slack import FakeSlack
 from tests.streams_helpers import READ_LIMIT, produce_events
 
@@ -168,7 +169,7 @@ def slack_connector(fake: FakeSlack, channel: str = CHANNEL, **settings: Any) ->
         kind="slack",
         settings={"channel": channel, "base_url": fake.api_url(), **settings},
     )
-    return SlackConnector(destination, {"bot_token": SecretStr(fake.token)})
+    return SlackConnector(destination, {"bot_token": SecretStr(fake.token)}, loopback_options())
 
 
 def test_registered_under_slack() -> None:

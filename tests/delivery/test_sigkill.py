@@ -53,6 +53,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         "ABSYNC_CONNECTOR_TIMEOUT": str(settings.connector_timeout),
         "ABSYNC_DATA_DIR": str(settings.data_dir),
         "ABSYNC_LOG_LEVEL": "WARNING",
+        "ABSYNC_ENV": "development",  # the embedded secret key; the receiver is on loopback
     }
     command = [
         sys.executable,

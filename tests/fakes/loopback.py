@@ -15,6 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from connectors.base import ConnectorOptions
+from connectors.egress import EgressPolicy
+
+LOOPBACK_EGRESS = EgressPolicy.build(["127.0.0.0/8", "::1/128"])
+"""The fakes listen on loopback, which production's egress policy refuses: tests allow it explicitly
+(as ABSYNC_ALLOWED_NETWORKS=127.0.0.0/8 would)."""
+
+
+def loopback_options(timeout: float = 10.0) -> ConnectorOptions:
+    """Connector options for talking to a fake on 127.0.0.1."""
+    return ConnectorOptions(timeout=timeout, egress=LOOPBACK_EGRESS)
+
 
 @dataclass
 class Request:

@@ -252,6 +252,7 @@ class Workers:
             "ABSYNC_DATA_DIR": str(s.data_dir),
             "ABSYNC_LOG_LEVEL": "INFO",
             "ABSYNC_WORKER_ID": worker_id,
+            "ABSYNC_ENV": "development",  # the embedded secret key; the receiver is on loopback
             **self._extra_env,
         }
         command = [sys.executable, "-m", "absync", "run", "--only", "fanout", "--only", "delivery"]

@@ -95,6 +95,7 @@ def cli_env(settings: Settings, database_url: str) -> dict[str, str]:
         "ABSYNC_DATA_DIR": str(settings.data_dir),
         "ABSYNC_DATABASE_URL": database_url,
         "ABSYNC_LOG_LEVEL": "WARNING",
+        "ABSYNC_ENV": "development",  # the embedded secret key
     }
 
 

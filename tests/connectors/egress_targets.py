@@ -1,0 +1,141 @@
+"""Targets for the egress tests: a TCP listener that counts the connections it gets, and one
+destination of each kind pointed at a host and port (every URL a connector has goes there)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+
+from connectors.base import Connector, ConnectorOptions
+from connectors.registry import connector_class
+from tests.connectors.deliveries import make_destination
+
+KINDS = ("http", "graph", "google", "slack", "adp", "ews")
+BEARER = "tok-7f3a9c1e5b2d8f4a6c0e"
+
+
+class Listener:
+    """A TCP server on ``address`` that accepts connections, counts them and closes each at once
+    (or, with ``hold``, keeps them open without answering: a hung service)."""
+
+    def __init__(self, address: str = "127.0.0.1", port: int = 0, *, hold: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.hold = hold
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.hold:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the serving thread
+        self.sock.close()
+        self._thread.join(5)
+        for conn in self._held:
+            conn.close()
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _service_account() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "p",
+            "private_key_id": "k1",
+            "private_key": pem,
+            "client_email": "absync@p.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+    )
+
+
+SERVICE_ACCOUNT = _service_account()
+
+
+def target(kind: str, host: str, port: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Settings and secrets of a ``kind`` destination whose every endpoint is ``host:port``."""
+    base = f"{host}:{port}"
+    settings: dict[str, Callable[[], tuple[dict[str, Any], dict[str, str]]]] = {
+        "http": lambda: ({"url": f"http://{base}/hook", "auth": "bearer"}, {"token": BEARER}),
+        "graph": lambda: (
+            {
+                "tenant_id": "t1",
+                "client_id": "c1",
+                "authority_host": f"https://{base}",
+                "graph_base_url": f"https://{base}/v1.0",
+            },
+            {"client_secret": "graph-secret-6d1e0a"},
+        ),
+        "google": lambda: (
+            {"token_uri": f"http://{base}/token", "api_root": f"http://{base}/"},
+            {"service_account_json": SERVICE_ACCOUNT},
+        ),
+        "slack": lambda: (
+            {"channel": "C1", "base_url": f"http://{base}/api/"},
+            {"bot_token": "xoxb-1-2-3abc"},
+        ),
+        "adp": lambda: (
+            {
+                "client_id": "c1",
+                "token_url": f"https://{base}/auth/oauth/v2/token",
+                "api_base_url": f"https://{base}",
+                "mutual_tls": False,
+            },
+            {"client_secret": "adp-secret-0b9f2c"},
+        ),
+        "ews": lambda: (
+            {
+                "server_url": f"http://{base}/EWS/Exchange.asmx",
+                "username": "svc@acme.com",
+                "auth_type": "basic",
+                "test_mailbox": "jane@acme.com",
+            },
+            {"password": "ews-pass-4c8e1a"},
+        ),
+    }
+    return settings[kind]()
+
+
+async def open_target(kind: str, host: str, port: int, options: ConnectorOptions) -> Connector:
+    values, secrets = target(kind, host, port)
+    connector = connector_class(kind)(
+        make_destination(kind, values), {k: SecretStr(v) for k, v in secrets.items()}, options
+    )
+    await connector.setup()
+    return connector
