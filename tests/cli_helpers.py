@@ -25,9 +25,15 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def absync(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """``absync ARGS...``; returns the finished process (exit code, stdout, stderr)."""
+    return absync_in(settings, {}, *args)
+
+
+def absync_in(settings: Settings, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``absync ARGS...`` with ``env`` over the test's environment (an empty value unsets a variable)."""
+    environment = {k: v for k, v in {**cli_env(settings), **env}.items() if v != ""}
     return subprocess.run(
         [sys.executable, "-m", "absync", *args],
-        env=cli_env(settings),
+        env=environment,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

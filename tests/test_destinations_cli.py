@@ -7,7 +7,7 @@ from pathlib import Path
 from streams.destinations import DestinationTable
 from streams.secrets import SecretBox
 from streams.settings import REPO_ROOT, Settings
-from tests.cli_helpers import absync
+from tests.cli_helpers import absync, absync_in
 
 EXAMPLE = REPO_ROOT / "examples" / "destinations" / "http.yaml"
 DEMO_SECRET = "whsec_YWJzeW5jLWRlbW8tc2lnbmluZy1rZXktZG8tbm90LXVzZSEh"
@@ -60,3 +60,36 @@ def test_apply_list_disable_delete(settings: Settings, tmp_path: Path) -> None:
     assert table(settings).get("acme-http-demo") is None
     missing = absync(settings, "destinations", "disable", "acme-http-demo")
     assert missing.returncode == 1 and "no destination" in missing.stderr
+
+
+def test_apply_refuses_to_move_a_destination_without_its_secrets(settings: Settings, tmp_path: Path) -> None:
+    assert absync(settings, "destinations", "apply", str(EXAMPLE)).returncode == 0
+    created = table(settings).get("acme-http-demo")
+    assert created is not None
+    moved = tmp_path / "moved.yaml"
+    url = created.settings["url"]
+    text = (
+        EXAMPLE.read_text()
+        .replace(f"signing_secrets: {DEMO_SECRET}", "")
+        .replace(url, "https://elsewhere.example/hook")
+    )
+    moved.write_text(text)
+    refused = absync(settings, "destinations", "apply", str(moved))
+    assert refused.returncode == 1
+    assert "url changed" in refused.stderr and "signing_secrets" in refused.stderr
+    assert table(settings).get("acme-http-demo") == created  # nothing written
+
+    moved.write_text(EXAMPLE.read_text().replace(url, "https://elsewhere.example/hook"))
+    assert absync(settings, "destinations", "apply", str(moved)).returncode == 0
+    updated = table(settings).get("acme-http-demo")
+    assert (
+        updated is not None
+        and updated.revision == 2
+        and updated.settings["url"] == "https://elsewhere.example/hook"
+    )
+
+
+def test_apply_refuses_the_embedded_key_in_production(settings: Settings) -> None:
+    refused = absync_in(settings, {"ABSYNC_ENV": "production"}, "destinations", "apply", str(EXAMPLE))
+    assert refused.returncode == 2 and "ABSYNC_SECRET_KEY" in refused.stderr
+    assert table(settings).get("acme-http-demo") is None
