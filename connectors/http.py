@@ -71,6 +71,7 @@ SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets are 24 to 64 random bytes
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 EXCERPT_CHARS = 300
+NOT_READ = "... [cut: the rest of the answer was not read]"
 DEFAULT_MAX_CONNECTIONS = 32
 POOL_CONNECTIONS = 4
 """Connections per httpx client: measured on the worker, 1.8 ms of CPU per delivered event with pools
@@ -410,7 +411,11 @@ class HttpConnector(Connector):
         text = body.decode("utf-8", errors="replace")
         call = http_request.extensions.get("absync_call")
         if isinstance(call, RecordedCall):
-            shown = text if len(body) <= RESPONSE_BODY_LIMIT else text + " [not read further]"
+            shown = text
+            if len(body) > RESPONSE_BODY_LIMIT:
+                shown = (
+                    body[: RESPONSE_BODY_LIMIT - len(NOT_READ)].decode("utf-8", errors="replace") + NOT_READ
+                )
             recorder.finish(call, response.status_code, response.headers, shown)
         return _Answer(response.status_code, response.headers, text)
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
@@ -132,10 +136,74 @@ def target(kind: str, host: str, port: int) -> tuple[dict[str, Any], dict[str, s
     return settings[kind]()
 
 
-async def open_target(kind: str, host: str, port: int, options: ConnectorOptions) -> Connector:
+async def open_target(kind: str, host: str, port: int, options: ConnectorOptions, **extra: Any) -> Connector:
     values, secrets = target(kind, host, port)
+    values.update(extra)
     connector = connector_class(kind)(
         make_destination(kind, values), {k: SecretStr(v) for k, v in secrets.items()}, options
     )
     await connector.setup()
     return connector
+
+
+class HugeAnswer:
+    """An HTTP(S) server on 127.0.0.1 answering every request with ``status`` and a body announced
+    (and sent, as long as the client reads) of ``size`` bytes; ``sent`` counts what it wrote."""
+
+    CHUNK = b"x" * 65536
+
+    def __init__(self, size: int, status: int = 400, *, tls: bool = False) -> None:
+        self.size, self.status, self.sent = size, status, 0
+        self.ca_file: str | None = None
+        self._context: ssl.SSLContext | None = None
+        if tls:
+            ca = trustme.CA()
+            self._dir = tempfile.TemporaryDirectory()
+            self.ca_file = str(Path(self._dir.name) / "ca.pem")
+            ca.cert_pem.write_to_path(self.ca_file)
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._context)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            if self._context is not None:
+                conn = self._context.wrap_socket(conn, server_side=True)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                request += data
+            head = (
+                f"HTTP/1.1 {self.status} Answer\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {self.size}\r\n\r\n"
+            ).encode()
+            conn.sendall(head)
+            left = self.size
+            while left > 0:
+                chunk = self.CHUNK[: min(left, len(self.CHUNK))]
+                conn.sendall(chunk)
+                self.sent += len(chunk)
+                left -= len(chunk)
+        except OSError:
+            return  # the client stopped reading and closed: what we want
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
