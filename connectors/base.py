@@ -137,8 +137,10 @@ class CallRecorder:
             body = body.decode("utf-8", errors="replace")
         masked = mask_headers(headers)
         for name, value in headers.items():
-            if masked.get(name) == MASK and value != MASK:
-                self.learn(value)  # what was sent in a secret header is masked in the answer too
+            if masked.get(name) == MASK and value != MASK and "signature" not in name.lower():
+                # What was sent as a credential is masked in the answer too (a signature is no
+                # credential, and a new one per request: not learned).
+                self.learn(value)
         call = RecordedCall(
             method=method,
             url=self.scrub(url),

@@ -111,7 +111,7 @@ class GoogleCalendarConnector(Connector):
             build,
             "calendar",
             "v3",
-            http=httplib2.Http(timeout=self.options.timeout),
+            http=self._http(CallRecorder()),  # unused (each call brings its own): guarded all the same
             static_discovery=True,
             cache_discovery=False,
             # api_endpoint replaces the discovery document's rootUrl *and* servicePath.
