@@ -14,7 +14,7 @@ from connectors.base import CallRecorder, ConnectorOptions
 from connectors.egress import NOT_ALLOWED, AddressNotAllowed, EgressPolicy
 from connectors.exceptions import ConfigurationError, ConnectorError
 from tests.connectors.deliveries import make_delivery
-from tests.connectors.egress_targets import KINDS, Listener, closed_port, open_target
+from tests.connectors.egress_targets import KINDS, Listener, Redirector, closed_port, open_target
 
 PRODUCTION = ConnectorOptions(timeout=3)
 LOOPBACK = ConnectorOptions(timeout=3, egress=EgressPolicy.build(["127.0.0.0/8"]))
@@ -193,3 +193,17 @@ async def test_a_name_rebound_to_loopback_after_the_check_is_not_reached(
     assert allowed.accepted >= 1
     assert refused.accepted == 0
     assert message == NOT_ALLOWED  # the second test: the name now resolves to a refused address
+
+
+@pytest.mark.parametrize("kind", ["http", "google", "slack", "ews"])
+async def test_a_redirect_to_a_refused_address_is_not_followed_there(kind: str, listener: Listener) -> None:
+    """An allowed server (127.0.0.2 here) redirecting to a refused one (127.0.0.1): the libraries that
+    follow redirects (urllib, httplib2, requests) connect through the policy again and are refused."""
+    redirector = Redirector("127.0.0.2", f"http://127.0.0.1:{listener.port}/internal")
+    options = ConnectorOptions(timeout=3, egress=EgressPolicy.build(["127.0.0.2/32"]))
+    try:
+        await _test_connection(kind, "127.0.0.2", redirector.port, options)
+    finally:
+        redirector.close()
+    assert redirector.answered >= 1
+    assert listener.accepted == 0
