@@ -33,7 +33,7 @@ import urllib3
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from connectors.egress import DEFAULT_POLICY, EgressPolicy
+from connectors.egress import DEFAULT_POLICY, EgressPolicy, parse_address
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """What an API response (Graph, ADP, Slack JSON...) may weigh before it is no longer read."""
@@ -83,13 +83,16 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await anyio.to_thread.run_sync(
-                    self.policy.resolve, host, port, abandon_on_cancel=True
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"name resolution took over {timeout} s") from None
+        if parse_address(host) is not None:
+            addresses = self.policy.resolve(host, port)  # a literal: checked without DNS, no thread
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    addresses = await anyio.to_thread.run_sync(
+                        self.policy.resolve, host, port, abandon_on_cancel=True
+                    )
+            except TimeoutError:
+                raise httpcore.ConnectTimeout(f"name resolution took over {timeout} s") from None
         last: Exception | None = None
         for address in addresses:
             try:
