@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 from pydantic import SecretStr
@@ -15,6 +16,7 @@ from connectors.base import CallRecorder
 from connectors.exceptions import ConnectorError
 from connectors.graph import GraphConnector
 from connectors.http import HttpConnector
+from connectors.redact import Redactor, secret_forms
 from connectors.slack import SlackConnector
 from schemas.delivery import Status
 from schemas.destination import Destination
@@ -191,3 +193,47 @@ def test_delivery_status_records_carry_no_echoed_token(
     assert "answered 400" in (final.error or "")
     text = json.dumps([repr(e) for e in events])
     assert [form for form in forms_of_every_secret() if form in text] == []
+
+
+def test_every_wire_form_of_a_secret_is_masked() -> None:
+    """The forms connectors send secrets in, as a hostile answer could echo them back."""
+    client_secret = 'Zx8~q+Pw/7=r&s t"u\\v'
+    key = base64.b64encode(KEY).decode()
+    pem_line = base64.b64encode(bytes(range(48))).decode()
+    pem = f"-----BEGIN PRIVATE KEY-----\n{pem_line}\n{pem_line[::-1]}\n-----END PRIVATE KEY-----\n"
+    service_account = json.dumps(
+        {"type": "service_account", "private_key": pem, "private_key_id": "abcdef0123456789"}
+    )
+    redactor = Redactor(
+        secret_forms(
+            {
+                "client_secret": SecretStr(client_secret),
+                "signing_secrets": SecretStr(f"{SIGNING}, whsec_{base64.b64encode(b'x' * 32).decode()}"),
+                "username": SecretStr(USER),
+                "password": SecretStr(PASSWORD),
+                "service_account_json": SecretStr(service_account),
+                "client_key_pem": SecretStr(pem),
+            }
+        )
+    )
+    echoed = [
+        urlencode({"grant_type": "client_credentials", "client_secret": client_secret}),  # OAuth form body
+        quote(client_secret, safe=""),
+        json.dumps({"client_secret": client_secret}),  # JSON-escaped
+        "Authorization: Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+        SIGNING,
+        key,
+        key.rstrip("="),
+        base64.urlsafe_b64encode(KEY).decode(),
+        KEY.hex(),
+        KEY.hex().upper(),
+        pem_line,  # one line of a PEM key
+        json.dumps({"private_key": pem}),  # the key inside a JSON document (\n escaped)
+        "abcdef0123456789",
+    ]
+    for text in echoed:
+        scrubbed = redactor.scrub(f"answer: {text} end")
+        assert scrubbed.startswith("answer: ") and scrubbed.endswith(" end")
+        for secret in (client_secret, PASSWORD, KEY.hex(), pem_line, "abcdef0123456789", key.rstrip("=")):
+            assert secret not in scrubbed, (text, scrubbed)
+    assert redactor.scrub("nothing secret here") == "nothing secret here"
