@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import SecretStr
@@ -35,6 +35,9 @@ from connectors.redact import Redactor, guard_methods, header_forms, secret_form
 from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery
 from schemas.destination import Destination
 from streams.logging import MASK, is_secret_name
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ConnectorOptions:
     """Which addresses the connector may connect to (production's policy unless told otherwise)."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ConnectorOptions:
+    def from_settings(cls, settings: Settings) -> ConnectorOptions:
         """Timeout and egress policy from a :class:`streams.settings.Settings`."""
         return cls(timeout=settings.connector_timeout, egress=EgressPolicy.from_settings(settings))
 

@@ -28,7 +28,10 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -136,7 +139,7 @@ class EgressPolicy:
     allow_loopback: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EgressPolicy:
+    def from_settings(cls, settings: Settings) -> EgressPolicy:
         """From ``ABSYNC_ALLOWED_NETWORKS`` and ``ABSYNC_ENV`` (a :class:`streams.settings.Settings`)."""
         return cls.build(settings.allowed_networks, allow_loopback=settings.development)
 
@@ -212,24 +215,18 @@ DEFAULT_POLICY = EgressPolicy()
 
 
 def refused(exc: BaseException) -> bool:
-    """True when ``exc`` is, or was caused by, an :class:`AddressNotAllowed` (libraries wrap errors)."""
+    """True when ``exc`` is, or was caused by, an :class:`AddressNotAllowed`. Libraries wrap errors
+    in their own ways (``__cause__``, ``__context__``, urllib3's and urllib's ``reason``, an ``args``
+    item): all are followed, up to a bound."""
+    pending: list[BaseException] = [exc]
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    while pending and len(seen) < 64:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         if isinstance(current, AddressNotAllowed):
             return True
-        seen.add(id(current))
-        reason = getattr(current, "reason", None)  # urllib3's MaxRetryError, urllib's URLError
-        if isinstance(reason, BaseException) and refused_shallow(reason):
-            return True
-        args_errors = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
-        if any(refused_shallow(a) for a in args_errors):
-            return True
-        current = current.__cause__ or current.__context__
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
     return False
-
-
-def refused_shallow(exc: BaseException) -> bool:
-    return isinstance(exc, AddressNotAllowed) or (
-        exc.__cause__ is not None and isinstance(exc.__cause__, AddressNotAllowed)
-    )
