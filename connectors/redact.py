@@ -14,8 +14,10 @@ the console. So every secret is masked there in each form a connector sends it:
   at run time (Graph, Google, ADP access tokens) are masked too.
 
 :func:`guard_methods` applies this to every connector class (``Connector.__init_subclass__``): an
-error leaving ``deliver``/``test_connection``/``publish``/``setup`` is scrubbed, and a refusal of the
-egress policy anywhere in its chain becomes the one uniform "address not allowed" error.
+error leaving ``deliver``/``test_connection``/``publish``/``setup`` is scrubbed (a connector error
+keeps its type; any other exception becomes a :class:`RetryableError`, as the delivery worker would
+make it, with its text scrubbed and its chain dropped), and a refusal of the egress policy anywhere
+in its chain becomes the one uniform "address not allowed" :class:`ConfigurationError`.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def _scrubbers(
     return [a.scrub for a in found] + ([own.scrub] if own is not None else [])
 
 
-def _translate(exc: Exception, scrubbers: list[Callable[[str], str]], method: str) -> Exception | None:
+def _translate(exc: Exception, scrubbers: list[Callable[[str], str]]) -> Exception | None:
     """The error to raise instead of ``exc`` (None: re-raise ``exc`` itself, already scrubbed)."""
 
     def scrub(text: str) -> str:
@@ -163,12 +165,10 @@ def _translate(exc: Exception, scrubbers: list[Callable[[str], str]], method: st
         exc.message = scrub(exc.message)
         exc.args = (exc.message,)
         return None
-    if method == "setup":
-        return None
-    return RetryableError(scrub(f"{type(exc).__name__}: {exc}"))
+    return RetryableError(scrub(f"{type(exc).__name__}: {exc}"))  # what the worker made of it, scrubbed
 
 
-def guard(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+def guard(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` whose errors leave scrubbed, with egress refusals made uniform (see module doc)."""
     if inspect.iscoroutinefunction(method):
 
@@ -177,7 +177,7 @@ def guard(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             try:
                 return await method(self, *args, **kwargs)
             except Exception as exc:
-                replacement = _translate(exc, _scrubbers(self, args, kwargs), name)
+                replacement = _translate(exc, _scrubbers(self, args, kwargs))
                 if replacement is None:
                     raise
                 raise replacement from None
@@ -190,7 +190,7 @@ def guard(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             return method(self, *args, **kwargs)
         except Exception as exc:
-            replacement = _translate(exc, _scrubbers(self, args, kwargs), name)
+            replacement = _translate(exc, _scrubbers(self, args, kwargs))
             if replacement is None:
                 raise
             raise replacement from None
@@ -204,4 +204,4 @@ def guard_methods(cls: type) -> None:
     for name in GUARDED_METHODS:
         method = cls.__dict__.get(name)
         if callable(method) and not getattr(method, "__absync_guarded__", False):
-            setattr(cls, name, guard(method, name))
+            setattr(cls, name, guard(method))
