@@ -47,6 +47,7 @@ from schemas.codec import codec_for
 from schemas.destination import Destination
 from schemas.models import Absence, AbsenceEvent, AbsenceStatus, ChangeKind, Employee, HalfDay, LeaveAccount
 from streams.destinations import publish_destination
+from streams.kafka import connection_config
 from streams.publisher import AbsencePublisher
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -62,6 +63,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def bootstrap() -> str:
     """The broker under test: ``KAFKA_BOOTSTRAP_SERVERS``, else the local default."""
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+def kafka_config() -> dict[str, Any]:
+    """The broker under test's client configuration (bootstrap servers and ``KAFKA_*`` security)."""
+    return connection_config(Settings(KAFKA_BOOTSTRAP_SERVERS=bootstrap()))  # type: ignore[call-arg]
 
 
 def log(message: str) -> None:
@@ -186,7 +192,7 @@ class BenchRun:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap()})
+        admin = AdminClient(kafka_config())
         with contextlib.suppress(Exception):  # best effort: a leftover topic only costs disk
             names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(self.prefix)]
             if names:
@@ -377,7 +383,7 @@ def read_statuses(run: BenchRun) -> list[dict[str, Any]]:
     codec = codec_for("DeliveryStatus")
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap(),
+            **kafka_config(),
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,  # the end, whatever transaction markers come last

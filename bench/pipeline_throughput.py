@@ -29,9 +29,9 @@ from bench.common import (
     Proc,
     ReceiverProc,
     Row,
-    bootstrap,
     failed_attempts,
     http_destinations,
+    kafka_config,
     log,
     print_rows,
     publish_events,
@@ -89,16 +89,14 @@ def baseline_worker(topic: str, status_topic: str, urls: list[str], expect: int)
     """The hand-written loop: consume, PUT to every URL (keep-alive), produce a status event."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap(),
+            **kafka_config(),
             "group.id": f"bench-baseline-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
         }
     )
-    producer = Producer(
-        {"bootstrap.servers": bootstrap(), "acks": "all", "enable.idempotence": True, "linger.ms": 5}
-    )
+    producer = Producer({**kafka_config(), "acks": "all", "enable.idempotence": True, "linger.ms": 5})
     codec = codec_for("AbsenceEvent")
     consumer.subscribe([topic])
     done = 0

@@ -16,9 +16,10 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import BenchRun, EventFactory, Row, bootstrap, log, print_rows
+from bench.common import BenchRun, EventFactory, Row, kafka_config, log, print_rows
 from schemas.codec import codec_for
 from schemas.models import AbsenceEvent
+from streams.kafka import produce
 from streams.publisher import AbsencePublisher
 
 
@@ -26,7 +27,7 @@ def consume_all(topic: str, partitions: int, expected: int, decode: bool) -> flo
     """Seconds to read ``expected`` records from the start of ``topic``."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap(),
+            **kafka_config(),
             "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
@@ -65,16 +66,11 @@ def main() -> None:
         log(f"published {n} events in {absync_produce:.2f}s")
 
         raw = [(e.key.encode(), codec.encode(e.to_avro())) for e in events]
-        producer = Producer({"bootstrap.servers": bootstrap(), "enable.idempotence": True, "acks": "all"})
+        producer = Producer({**kafka_config(), "enable.idempotence": True, "acks": "all"})
         baseline_topic = run.topics.invalid  # same partitions, unused by this run
         started = time.perf_counter()
         for key, value in raw:
-            while True:
-                try:
-                    producer.produce(baseline_topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, baseline_topic, key, value, wait=0.05)
         producer.flush(120)
         baseline_produce = time.perf_counter() - started
 

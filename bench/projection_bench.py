@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Engine
 
 from projections import queries
@@ -37,7 +36,7 @@ from projections.db import deliveries, engine_from_url, migrate
 from projections.runner import catch_up
 from schemas.codec import codec_for
 from schemas.delivery import Attempt, DeliveryStatus, Status
-from streams.kafka import make_producer
+from streams.kafka import make_admin, make_producer
 from streams.logging import configure_logging
 from streams.settings import Settings
 from streams.topics import Topics, create_topics
@@ -136,9 +135,7 @@ def bench_catch_up(backend: str, events: int, bootstrap: str, workdir: Path) -> 
         migrate(engine)
         applied, seconds = catch_up(settings.model_copy(update={"database_url": url}), engine)
         engine.dispose()
-    AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-        [spec.name for spec in Topics(settings).specs()]
-    )
+    make_admin(settings).delete_topics([spec.name for spec in Topics(settings).specs()])
     print(
         f"{backend:10s} catch-up: {applied} status events in {seconds:.1f}s = {applied / seconds:,.0f} events/s"
     )

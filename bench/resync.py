@@ -39,7 +39,7 @@ from bench.common import (
     publish_events,
     start_pipeline,
 )
-from streams.kafka import group_id
+from streams.kafka import connection_config, group_id
 from streams.publisher import AbsencePublisher
 
 TARGET = 1_000_000
@@ -49,9 +49,7 @@ TARGET = 1_000_000
 def wait_fanned_out(run: BenchRun, timeout: float) -> None:
     """Waits until the fan-out has committed every record of ``absences``."""
     topic = run.topics.absences
-    consumer = Consumer(
-        {"bootstrap.servers": run.settings.bootstrap_servers, "group.id": group_id(run.settings, "fanout")}
-    )
+    consumer = Consumer({**connection_config(run.settings), "group.id": group_id(run.settings, "fanout")})
     try:
         partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         ends = {

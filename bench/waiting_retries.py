@@ -26,8 +26,8 @@ from bench.common import (
     EventFactory,
     ReceiverProc,
     Row,
-    bootstrap,
     http_destinations,
+    kafka_config,
     log,
     print_rows,
     start_pipeline,
@@ -35,7 +35,7 @@ from bench.common import (
 from schemas.codec import codec_for
 from schemas.delivery import Delivery, Operation, delivery_id_for
 from streams.delay import due_at_header
-from streams.kafka import group_id, make_producer
+from streams.kafka import group_id, make_producer, produce
 from streams.topics import Topics
 
 WARM_UP = 10.0
@@ -66,12 +66,7 @@ def produce_waiting(run: BenchRun, records: int) -> str:
             stage=len(run.topics.retries),
         )
         value = codec.encode(delivery.to_avro())
-        while True:
-            try:
-                producer.produce(topic, key=delivery.key.encode(), value=value, headers=[due_at_header(due)])
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce(producer, topic, delivery.key.encode(), value, headers=[due_at_header(due)])
         producer.poll(0)
     if producer.flush(120) != 0:
         raise RuntimeError("the waiting records were not all acknowledged")
@@ -79,7 +74,7 @@ def produce_waiting(run: BenchRun, records: int) -> str:
 
 
 def high_watermarks(topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
+    consumer = Consumer({**kafka_config(), "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         return sum(
@@ -91,7 +86,7 @@ def high_watermarks(topic: str) -> int:
 
 def committed_past_start(run: BenchRun, topic: str) -> int:
     """Records of ``topic`` the delivery group committed as processed."""
-    consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": group_id(run.settings, "delivery")})
+    consumer = Consumer({**kafka_config(), "group.id": group_id(run.settings, "delivery")})
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)

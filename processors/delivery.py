@@ -75,7 +75,7 @@ from schemas.destination import Destination
 from schemas.errors import SchemaError
 from streams.delay import DelayGate, Partition, due_at_header
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer
+from streams.kafka import group_id, make_consumer, make_producer, try_produce
 from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
@@ -244,20 +244,17 @@ class AsyncProducer:
             else:
                 done.set_exception(DeliveryWorkerError(f"Kafka did not accept a record: {err}"))
 
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    key=key.encode(),
-                    value=value,
-                    partition=-1 if partition is None else partition,
-                    headers=list(headers or []),
-                    on_delivery=acknowledged,
-                )
-                break
-            except BufferError:  # local queue full: let the callbacks catch up
-                self._producer.poll(0)
-                await asyncio.sleep(0.05)
+        while not try_produce(
+            self._producer,
+            topic,
+            key.encode(),
+            value,
+            partition=partition,
+            headers=list(headers or []),
+            on_delivery=acknowledged,
+        ):  # local queue full: let the callbacks catch up
+            self._producer.poll(0)
+            await asyncio.sleep(0.05)
         self._pending += 1
         self._awaited.set()
         await done

@@ -66,7 +66,7 @@ from schemas.delivery import Command, CommandKind, Operation, now_utc
 from schemas.destination import Destination
 from schemas.models import AbsenceEvent
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer
+from streams.kafka import group_id, make_consumer, make_producer, produce
 from streams.records import coordinates
 from streams.settings import Settings
 from streams.topics import Topics
@@ -253,19 +253,16 @@ class _Output:
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """-1: the partition of the key (librdkafka's partitioner)."""
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    key=key,
-                    value=value,
-                    partition=partition,
-                    headers=headers,
-                    on_delivery=self._acknowledged,
-                )
-                break
-            except BufferError:  # local queue full: let the acknowledgements catch up
-                self._producer.poll(0.05)
+        produce(
+            self._producer,
+            topic,
+            key,
+            value,
+            wait=0.05,
+            partition=partition,
+            headers=headers,
+            on_delivery=self._acknowledged,
+        )
         self._producer.poll(0)
 
     def flush(self) -> None:

@@ -28,11 +28,12 @@ import time
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 
 from processors.validation import RegistryPatience, absence_codec, decode_event
 from schemas.codec import AvroCodec
 from schemas.models import AbsenceEvent, AbsenceStatus
+from streams.kafka import read_compacted
 from streams.processor import Output, Processor
 from streams.records import coordinates
 from streams.settings import Settings
@@ -148,38 +149,9 @@ class DailyAbsenceTable:
                 held.pop(absence_id, None)
 
     def _run(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.bootstrap_servers,
-                "group.id": "absync-daily-absences-table-unused",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        try:
-            partitions = list(consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions)
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
-            marks = {
-                p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)
-                for p in partitions
-            }
-            pending = {p for p, (low, high) in marks.items() if high > low}
-            while not self._stop.is_set():
-                if pending:
-                    positions = consumer.position([TopicPartition(self._topic, p) for p in pending])
-                    pending -= {tp.partition for tp in positions if tp.offset >= marks[tp.partition][1]}
-                else:
-                    self._ready.set()
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("daily absences read error", error=str(error))
-                    continue
-                key = (msg.key() or b"").decode()
-                if key.startswith(PREFIX):
-                    self._apply(key, msg.value())
-        finally:
-            consumer.close()
+        def apply(msg: Message) -> None:
+            key = (msg.key() or b"").decode()
+            if key.startswith(PREFIX):
+                self._apply(key, msg.value())
+
+        read_compacted(self._settings, self._topic, apply, follow=self._stop, on_caught_up=self._ready.set)

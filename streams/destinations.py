@@ -17,12 +17,12 @@ from typing import Any
 
 import structlog
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message
 
 from schemas.codec import AvroCodec, codec_for
 from schemas.destination import KINDS, ChangeSelection, Destination, Filters
 from schemas.errors import SchemaError
-from streams.kafka import make_producer
+from streams.kafka import make_producer, read_compacted
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics
@@ -162,43 +162,12 @@ class DestinationTable:
                 self._stop.wait(1.0)
 
     def _read_topic(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.bootstrap_servers,
-                "group.id": "absync-destinations-table-unused",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        try:
-            metadata = consumer.list_topics(self._topic, timeout=30)
-            topic = metadata.topics.get(self._topic)
-            if topic is None or topic.error is not None:
-                raise KafkaException(
-                    f"topic {self._topic} not available: {topic.error if topic else 'missing'}"
-                )
-            partitions = list(topic.partitions)
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=30)[1]
-                for p in partitions
-            }
-            positions = dict.fromkeys(partitions, 0)
-            codec = codec_for("Destination")
-            while not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is not None:
-                    error = msg.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("destinations table read error", error=str(error))
-                        continue
-                    positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                    self._apply(codec, (msg.key() or b"").decode(), msg.value(), msg.offset())
-                if not self._ready.is_set() and all(positions[p] >= ends[p] for p in partitions):
-                    self._ready.set()
-        finally:
-            consumer.close()
+        codec = codec_for("Destination")
+
+        def apply(msg: Message) -> None:
+            self._apply(codec, (msg.key() or b"").decode(), msg.value(), msg.offset())
+
+        read_compacted(self._settings, self._topic, apply, follow=self._stop, on_caught_up=self._ready.set)
 
     def _apply(self, codec: AvroCodec, key: str, raw: bytes | None, offset: int | None) -> None:
         value: Destination | None = None

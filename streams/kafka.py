@@ -1,59 +1,169 @@
-"""confluent-kafka client factories with absync's defaults (one place to tune them)."""
+"""Every Kafka client absync builds, from one configuration (one place to tune and secure them).
+
+- :func:`connection_config`: ``bootstrap.servers`` plus the ``KAFKA_*`` connection properties
+  (TLS, SASL: :mod:`streams.kafka_env`) and an ``error_cb`` that names access errors. Producers,
+  consumers, admin clients, table readers, the publisher, the CLI and the benches all start from it.
+- :func:`make_producer`, :func:`make_transactional_producer`, :func:`make_consumer`,
+  :func:`make_admin`, :func:`make_reader` (a group-less consumer for reading a topic by offsets).
+- :func:`produce`: one record, waiting while librdkafka's local queue is full (:func:`try_produce`
+  for callers that wait their own way, e.g. on an event loop).
+- :func:`read_compacted`: a compacted topic read from its start to its end (and optionally on).
+- :func:`check_access`: the start-up probe. A wrong password, an unknown CA or a missing ACL raises
+  :class:`KafkaAccessError` with a message saying what to check, within ``timeout`` seconds: never a
+  silent hang.
+
+Secret property values are never logged (librdkafka's own error strings do not contain them).
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_SSL_CODES = {KafkaError._SSL}
+_CREDENTIAL_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+_ACL_CODES = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+
+
+class KafkaAccessError(Exception):
+    """Kafka refused absync's certificate, credentials or permissions; the message says which and
+    what to check. Not transient: the process should end and be reconfigured."""
+
+
+def explain(error: KafkaError, settings: Settings | None = None) -> str | None:
+    """A message for an access error (TLS, SASL, ACL), None for any other error."""
+    code, reason = error.code(), error.str()
+    who = _principal(settings) if settings is not None else "absync's principal"
+    if code in _CREDENTIAL_CODES:
+        return (
+            f"Kafka refused the credentials of {who} ({error.name()}: {reason}); "
+            "check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        )
+    if code in _SSL_CODES or (code == KafkaError._TRANSPORT and "SSL" in reason):
+        return (
+            f"the TLS handshake with Kafka failed ({error.name()}: {reason}); check KAFKA_SSL_CA_LOCATION "
+            "(the CA that signed the brokers' certificates), KAFKA_SECURITY_PROTOCOL and, for mutual "
+            "TLS, KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION"
+        )
+    if code in _ACL_CODES:
+        return f"Kafka's ACLs refuse {who} ({error.name()}: {reason}); grant the ACLs of docs/deployment.md"
+    return None
+
+
+def _principal(settings: Settings) -> str:
+    props = dict(settings.kafka_properties)
+    user = props.get("sasl.username")
+    if user is not None:
+        return f"user {user.get_secret_value()!r}"
+    if "ssl.certificate.location" in props:
+        return f"the client certificate {props['ssl.certificate.location'].get_secret_value()}"
+    return "absync's principal"
+
+
+def log_kafka_error(error: KafkaError) -> None:
+    """librdkafka's error_cb: access errors at error level, named; others (a broker restarting,
+    reconnections that librdkafka retries by itself) at debug."""
+    message = explain(error)
+    if message is not None:
+        log.error("kafka access refused", code=error.name(), reason=message)
+    else:
+        log.debug("kafka client error", code=error.name(), reason=error.str())
+
+
+def connection_config(settings: Settings) -> dict[str, Any]:
+    """``bootstrap.servers``, the ``KAFKA_*`` connection properties and the error callback."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "error_cb": log_kafka_error,
+        **{name: value.get_secret_value() for name, value in settings.kafka_properties},
+    }
+
+
+def _build(factory: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
+    """Builds a client; librdkafka's refusal of a property (a bad name, value or certificate file)
+    becomes a :class:`KafkaAccessError` that names the variable."""
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        raise KafkaAccessError(
+            f"librdkafka refused the Kafka client configuration: {exc.args[0].str() if exc.args else exc}; "
+            "check the KAFKA_* variables (KAFKA_<PROPERTY>, dots as underscores)"
+        ) from None
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 1,  # 5 (librdkafka's default) added ~10 ms to e2e p50; 0 cost ~10% more CPU per event
         "compression.type": "lz4",
         "client.id": f"{settings.group_prefix}-producer",
+        **connection_config(settings),
         **overrides,
     }
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Producer:
     """Idempotent producer, acks=all."""
-    return Producer(producer_config(settings, **overrides))
+    producer: Producer = _build(Producer, producer_config(settings, **overrides))
+    return producer
 
 
 def make_transactional_producer(settings: Settings, transactional_id: str, **overrides: Any) -> Producer:
-    producer = Producer(
-        producer_config(
-            settings,
-            **{
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": 60_000,
-                # A transaction begun right after a commit is refused CONCURRENT_TRANSACTIONS until the
-                # coordinator has written the markers; at librdkafka's default backoff (100 ms) one fan-out
-                # batch in twenty waited 100+ ms (bench.latency: e2e p50 96 ms -> 20 ms with 10 ms).
-                "retry.backoff.ms": 10,
-                **overrides,
-            },
-        )
+    producer = make_producer(
+        settings,
+        **{
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 60_000,
+            # A transaction begun right after a commit is refused CONCURRENT_TRANSACTIONS until the
+            # coordinator has written the markers; at librdkafka's default backoff (100 ms) one fan-out
+            # batch in twenty waited 100+ ms (bench.latency: e2e p50 96 ms -> 20 ms with 10 ms).
+            "retry.backoff.ms": 10,
+            **overrides,
+        },
     )
-    producer.init_transactions(30)
+    try:
+        producer.init_transactions(30)
+    except KafkaException as exc:
+        message = explain(exc.args[0], settings) if exc.args else None
+        if message is not None:
+            raise KafkaAccessError(f"transactional id {transactional_id}: {message}") from None
+        raise
     return producer
 
 
 def group_id(settings: Settings, name: str) -> str:
-    """Consumer group of one processor; the topic prefix keeps tenants and tests apart."""
+    """Consumer group of one processor; the topic prefix keeps tenants and tests apart. Transactional
+    ids start the same way, so one prefixed ACL covers a deployment's groups and transactions."""
     return f"{settings.group_prefix}-{settings.topic_prefix}{name}"
 
 
 def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -63,9 +173,178 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "heartbeat.interval.ms": 2_000,
         "max.poll.interval.ms": 300_000,
         "client.id": f"{group}-{uuid.uuid4().hex[:6]}",
+        **connection_config(settings),
         **overrides,
     }
 
 
 def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
-    return Consumer(consumer_config(settings, group, **overrides))
+    consumer: Consumer = _build(Consumer, consumer_config(settings, group, **overrides))
+    return consumer
+
+
+def make_reader(settings: Settings, **overrides: Any) -> Consumer:
+    """A consumer that reads by offsets (``assign``), commits nothing, reads committed records only.
+    Its group id (required by librdkafka, never joined) is under the deployment's group prefix."""
+    return make_consumer(
+        settings,
+        group_id(settings, f"reader-{uuid.uuid4().hex[:8]}"),
+        **{"enable.auto.offset.store": False, **overrides},
+    )
+
+
+def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
+    admin: AdminClient = _build(AdminClient, {**connection_config(settings), **overrides})
+    return admin
+
+
+# -- producing ------------------------------------------------------------------------------------
+
+
+def try_produce(
+    producer: Producer, topic: str, key: bytes | str | None, value: bytes | None, **kwargs: Any
+) -> bool:
+    """Queues one record; False when librdkafka's local queue is full (nothing queued)."""
+    try:
+        producer.produce(topic, key=key, value=value, **{k: v for k, v in kwargs.items() if v is not None})
+    except BufferError:
+        return False
+    return True
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | str | None,
+    value: bytes | None,
+    *,
+    wait: float = 0.1,
+    **kwargs: Any,
+) -> None:
+    """Queues one record, waiting while the local queue is full (serving delivery reports ``wait``
+    seconds at a time, so it drains). ``kwargs``: ``partition``, ``headers``, ``on_delivery``
+    (None means librdkafka's default)."""
+    while not try_produce(producer, topic, key, value, **kwargs):
+        producer.poll(wait)
+
+
+# -- reading a compacted topic --------------------------------------------------------------------
+
+
+def read_compacted(
+    settings: Settings,
+    topic: str,
+    on_record: Callable[[Message], None],
+    *,
+    partitions: Iterable[int] | None = None,
+    follow: threading.Event | None = None,
+    on_caught_up: Callable[[], None] | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Reads ``topic`` (or some of its partitions) from the start, committed records only, calling
+    ``on_record`` for each record in offset order per partition.
+
+    "The end" is the high watermark of each partition when reading began; ``on_caught_up`` is called
+    once every partition's position reaches it. Without ``follow``, returns then; with it, keeps
+    reading new records, and returns as soon as the event is set. Raises :class:`KafkaException` when the topic is not
+    available, and :class:`TimeoutError` when the end is not reached within ``timeout`` seconds.
+    """
+    consumer = make_reader(settings)
+    try:
+        if partitions is None:
+            metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                raise KafkaException(
+                    f"topic {topic} not available: {metadata.error if metadata else 'missing'}"
+                )
+            partitions = list(metadata.partitions)
+        numbers = sorted(partitions)
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in numbers}
+        ends = {p: high for p, (_, high) in marks.items()}
+        pending = {p for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        caught_up = False
+        while True:
+            if pending:
+                done = consumer.position([TopicPartition(topic, p) for p in pending])
+                pending -= {tp.partition for tp in done if tp.offset >= ends[tp.partition]}
+            if not pending and not caught_up:
+                caught_up = True
+                if on_caught_up is not None:
+                    on_caught_up()
+            if (caught_up and follow is None) or (follow is not None and follow.is_set()):
+                return
+            if not caught_up and deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} {sorted(pending)} not read to its end in {timeout:g} s")
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("compacted topic read error", topic=topic, error=str(error))
+                continue
+            on_record(msg)
+    finally:
+        consumer.close()
+
+
+# -- the start-up probe ---------------------------------------------------------------------------
+
+
+def check_access(
+    settings: Settings,
+    *,
+    topics: Iterable[str] = (),
+    groups: Iterable[str] = (),
+    timeout: float = 15.0,
+) -> None:
+    """Connects with the configured TLS/SASL settings and checks that the principal may see each of
+    ``topics`` and ``groups``. Raises :class:`KafkaAccessError` naming the cause (credentials, TLS,
+    ACL, or no answer at all) within about ``timeout`` seconds; returns when everything is reachable.
+    A topic that does not exist (yet) is not an error."""
+    errors: list[KafkaError] = []
+
+    def collect(error: KafkaError) -> None:
+        errors.append(error)
+        log_kafka_error(error)
+
+    admin = make_admin(settings, error_cb=collect)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        admin.poll(0)  # serves error_cb
+        for error in errors:
+            message = explain(error, settings)
+            if message is not None:
+                raise KafkaAccessError(message)
+        if time.monotonic() > deadline:
+            reason = last or (errors[-1].str() if errors else "no answer")
+            raise KafkaAccessError(
+                f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g} s ({reason}); "
+                "check KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL (a TLS listener needs SSL or SASL_SSL)"
+            )
+        try:
+            admin.list_topics(timeout=1.0)
+            break
+        except KafkaException as exc:
+            last = exc
+    for topic in topics:
+        metadata = admin.list_topics(topic, timeout=max(deadline - time.monotonic(), 5.0)).topics.get(topic)
+        refused = metadata.error if metadata is not None else None
+        if refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaAccessError(f"topic {topic}: {explain(refused, settings)}")
+    wanted = list(groups)
+    if wanted:
+        futures = admin.describe_consumer_groups(
+            wanted, request_timeout=max(deadline - time.monotonic(), 5.0)
+        )
+        for group, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                message = explain(exc.args[0], settings) if exc.args else None
+                if message is not None:
+                    raise KafkaAccessError(f"consumer group {group}: {message}") from None
+                raise

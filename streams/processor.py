@@ -44,7 +44,7 @@ from typing import Protocol
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.kafka import group_id, make_consumer, make_transactional_producer
+from streams.kafka import group_id, make_consumer, make_transactional_producer, produce
 from streams.records import coordinates
 from streams.retry import PartitionRetries, RetryLater
 from streams.settings import Settings
@@ -302,21 +302,7 @@ class ProcessorRuntime:
 
     @staticmethod
     def _produce(producer: Producer, out: Output) -> None:
-        while True:
-            try:
-                if out.partition is None:
-                    producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers))
-                else:
-                    producer.produce(
-                        out.topic,
-                        key=out.key,
-                        value=out.value,
-                        headers=list(out.headers),
-                        partition=out.partition,
-                    )
-                return
-            except BufferError:  # local queue full: let librdkafka send, then try again
-                producer.poll(0.1)
+        produce(producer, out.topic, out.key, out.value, headers=list(out.headers), partition=out.partition)
 
     def _usable(self, msg: Message) -> bool:
         error = msg.error()

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, Message
 
 from schemas.codec import codec_for
 from schemas.models import AbsenceEvent, validate
-from streams.kafka import make_producer
+from streams.kafka import make_producer, produce
 from streams.schema_registry import schema_registry
 from streams.settings import Settings
 from streams.topics import Topics
@@ -65,14 +65,7 @@ class AbsencePublisher:
             value = self._codec.encode(event.to_avro())
         else:
             value = self._codec.encode_confluent(event.to_avro(), self._schema_id)
-        while True:
-            try:
-                self._producer.produce(
-                    self._topic, key=event.key.encode(), value=value, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:  # local queue full: let the producer send, then try again
-                self._producer.poll(0.1)
+        produce(self._producer, self._topic, event.key.encode(), value, on_delivery=self._on_delivery)
         self._producer.poll(0)
 
     def flush(self) -> None:

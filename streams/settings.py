@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from streams import kafka_env
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -39,6 +41,10 @@ class Settings(BaseSettings):
         default="127.0.0.1:9092",
         validation_alias="KAFKA_BOOTSTRAP_SERVERS",
         description="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    kafka_properties: tuple[tuple[str, SecretStr], ...] = Field(
+        default_factory=lambda: tuple((k, SecretStr(v)) for k, v in kafka_env.from_environ().items()),
+        description="librdkafka connection properties (env KAFKA_<PROPERTY>, see streams/kafka_env.py).",
     )
     topic_prefix: str = ""
     partitions: int = 6
@@ -82,6 +88,14 @@ class Settings(BaseSettings):
     allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
     """ABSYNC_ALLOWED_NETWORKS: comma-separated CIDRs that destinations may reach although the egress
     policy refuses them by default (private, loopback... see connectors/egress.py)."""
+
+    @field_validator("kafka_properties", mode="before")
+    @classmethod
+    def _parse_kafka_properties(cls, value: object) -> object:
+        """A mapping (tests, code) becomes sorted pairs; every value is held as a secret."""
+        if isinstance(value, dict):
+            return tuple(sorted(value.items()))
+        return value
 
     @field_validator("retry_delays", mode="before")
     @classmethod

@@ -17,12 +17,12 @@ Values are small bytes (JSON is fine); keys are strings.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message
 
+from streams.kafka import read_compacted
 from streams.processor import Output
 from streams.settings import Settings
 
@@ -139,42 +139,20 @@ class StateStore:
                 time.sleep(1.0)
 
     def _read(self, partition: int) -> dict[str, bytes]:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.bootstrap_servers,
-                "group.id": f"absync-restore-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
         data: dict[str, bytes] = {}
+
+        def apply(msg: Message) -> None:
+            key = (msg.key() or b"").decode()
+            value = msg.value()
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+
         try:
-            tp = TopicPartition(self.topic, partition)
-            low, high = consumer.get_watermark_offsets(tp, timeout=30)
-            if high <= low:
-                return data
-            consumer.assign([TopicPartition(self.topic, partition, low)])
-            deadline = time.monotonic() + self._restore_timeout
-            while True:
-                position = consumer.position([tp])[0].offset
-                if position >= high:
-                    return data
-                if time.monotonic() > deadline:
-                    raise StateRestoreError(f"{self.topic}[{partition}] not read to offset {high} in time")
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("changelog read error", topic=self.topic, error=str(error))
-                    continue
-                key = (msg.key() or b"").decode()
-                value = msg.value()
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
-        finally:
-            consumer.close()
+            read_compacted(
+                self._settings, self.topic, apply, partitions=[partition], timeout=self._restore_timeout
+            )
+        except TimeoutError as exc:
+            raise StateRestoreError(str(exc)) from None
+        return data

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from streams.kafka import make_admin
 from streams.settings import Settings
 
 DAY_MS = 86_400_000
@@ -159,7 +160,7 @@ class Topics:
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Creates every missing topic (idempotent). Returns the names it created."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [spec for spec in Topics(settings).specs() if spec.name not in existing]
     if not missing:

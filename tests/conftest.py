@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
+from streams.kafka import make_admin
 from streams.logging import configure_logging
 from streams.settings import Settings
 from streams.topics import create_topics
@@ -56,7 +56,7 @@ def settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
 
 def delete_topics(settings: Settings) -> None:
     """Deletes the test's topics, so a long suite does not fill the broker's heap with partitions."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():

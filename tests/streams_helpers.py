@@ -19,7 +19,7 @@ from schemas.delivery import Delivery, DeliveryStatus
 from schemas.destination import Destination, Filters
 from schemas.models import Absence, AbsenceEvent, AbsenceStatus, ChangeKind, Employee, HalfDay, LeaveAccount
 from streams.destinations import DestinationTable, publish_destination
-from streams.kafka import make_producer
+from streams.kafka import connection_config, make_producer
 from streams.processor import ProcessorRuntime
 from streams.settings import Settings
 from streams.topics import Topics
@@ -118,7 +118,7 @@ def read_committed(
     """Every committed record of ``topic`` from the start, read until ``done(records)`` or the limit."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **connection_config(settings),
             "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -189,7 +189,7 @@ def read_to_end(settings: Settings, topic: str) -> list[Message]:
     """Every committed record of ``topic`` up to its current end (all partitions)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **connection_config(settings),
             "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

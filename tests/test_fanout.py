@@ -15,6 +15,7 @@ from schemas.delivery import Operation, Status, delivery_id_for
 from schemas.destination import ChangeSelection
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 from streams.destinations import delete_destination
+from streams.kafka import connection_config
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import Topics
 from tests.cli_helpers import cli_env
@@ -223,7 +224,7 @@ def test_sigkill_mid_stream_makes_no_duplicate_delivery(settings: Settings, tmp_
 
 def offsets_in(settings: Settings, topic: str) -> int:
     """Offsets used in the topic: committed, aborted and open records plus transaction markers."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "offsets-probe"})
+    consumer = Consumer({**connection_config(settings), "group.id": "offsets-probe"})
     try:
         return sum(
             high - low

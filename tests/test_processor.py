@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from confluent_kafka import Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streams.kafka import make_producer
+from streams.kafka import make_admin, make_producer
 from streams.processor import Output, Processor, ProcessorRuntime
 from streams.settings import Settings
 from streams.state import StateStore
@@ -58,7 +57,7 @@ def create(settings: Settings) -> None:
     topics = [NewTopic(f"{p}{name}", n, 1) for name in ("in", "out", "dead")]
     topics.append(NewTopic(f"{p}counts", n, 1, config={"cleanup.policy": "compact"}))
     topics.append(NewTopic(f"{p}small", 1, 1, config={"max.message.bytes": "2000"}))
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     for future in admin.create_topics(topics).values():
         future.result()
 

@@ -21,7 +21,7 @@ from processors.resync import Checkpoint, ResyncProgress, ResyncRequest, replay_
 from projections.runner import catch_up
 from schemas.delivery import Delivery, Status, Trigger
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
-from streams.kafka import group_id
+from streams.kafka import connection_config, group_id
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import Topics
 from tests.cli_helpers import absync, cli_env
@@ -79,10 +79,8 @@ def wait_fanned_out(settings: Settings) -> None:
     """Waits until the fan-out has committed every record of ``absences`` and ``resync`` (its
     outputs commit with its offsets: they are all readable then)."""
     topics = Topics(settings)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "tests-reader"})
-    group = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group_id(settings, "fanout")}
-    )
+    consumer = Consumer({**connection_config(settings), "group.id": "tests-reader"})
+    group = Consumer({**connection_config(settings), "group.id": group_id(settings, "fanout")})
     try:
         ends = {
             (topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]

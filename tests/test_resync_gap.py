@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[attr-defined]
+from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
 from processors.fanout import RESYNC_DESTINATION_HEADER
 from processors.resync import ResyncError, ResyncRequest, run_resync
 from schemas.delivery import Operation, Status, Trigger, delivery_id_for
 from schemas.destination import ChangeSelection
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
-from streams.kafka import make_producer
+from streams.kafka import make_admin, make_producer
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.delivery.harness import http_destination
@@ -154,7 +154,7 @@ def test_a_resync_refuses_to_run_when_resync_and_absences_are_partitioned_differ
     settings: Settings,
 ) -> None:
     topics = Topics(settings)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     for future in admin.create_partitions([NewPartitions(topics.resync, settings.partitions + 1)]).values():
         future.result(30)
     add_destination(settings, "dst-late")

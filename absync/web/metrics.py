@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import structlog
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from projections.db import attempts, consumer_offsets, deliveries
+from streams.kafka import make_admin
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -51,7 +52,7 @@ class KafkaLagReader:
         self._engine = engine
         self._topics = Topics(settings)
         self._ttl = ttl
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        self._admin = make_admin(settings)
         self._lock = threading.Lock()
         self._cached: tuple[float, KafkaFigures] | None = None
 

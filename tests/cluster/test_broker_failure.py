@@ -23,6 +23,7 @@ from schemas.codec import codec_for
 from schemas.destination import Destination
 from schemas.models import AbsenceEvent
 from streams.destinations import publish_destination
+from streams.kafka import make_admin
 from streams.publisher import AbsencePublisher
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -121,7 +122,7 @@ def publish_through_failure(settings: Settings, events: list[AbsenceEvent], vict
 
 
 def test_topics_are_replicated_three_times_with_two_in_sync(cluster_settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster_settings.bootstrap_servers})
+    admin = make_admin(cluster_settings)
     topic = Topics(cluster_settings).absences
     partitions = admin.list_topics(topic, timeout=30).topics[topic].partitions.values()
     assert {len(p.replicas) for p in partitions} == {3}
@@ -129,7 +130,7 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster_settings: Se
 
 
 def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster_settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster_settings.bootstrap_servers})
+    admin = make_admin(cluster_settings)
     topic = Topics(cluster_settings).absences
     victim = busiest_leader(admin, topic)
     events = [make_event(f"abs-{i:05d}") for i in range(EVENTS)]
@@ -147,7 +148,7 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster_settings: 
 
 def test_the_pipeline_delivers_every_absence_through_a_broker_failure(cluster_settings: Settings) -> None:
     """Fan-out and delivery workers run against the cluster while a broker dies and comes back."""
-    admin = AdminClient({"bootstrap.servers": cluster_settings.bootstrap_servers})
+    admin = make_admin(cluster_settings)
     events = [make_event(f"abs-{i:05d}") for i in range(PIPELINE_EVENTS)]
     victim = busiest_leader(admin, Topics(cluster_settings).deliveries)
     with Receiver(secrets=[SIGNING_SECRET]) as receiver:

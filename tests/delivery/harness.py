@@ -15,7 +15,6 @@ from pathlib import Path
 from types import TracebackType
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from processors.delivery import DeliveryWorker
 from schemas.codec import codec_for
@@ -24,7 +23,7 @@ from schemas.destination import ChangeSelection, Destination
 from schemas.models import AbsenceStatus, ChangeKind
 from streams.delay import due_at_header
 from streams.destinations import publish_destination
-from streams.kafka import group_id, make_producer
+from streams.kafka import connection_config, group_id, make_admin, make_producer
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics, create_topics
@@ -166,7 +165,7 @@ class StatusLog:
     def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **connection_config(settings),
                 "group.id": f"tests-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
             }
@@ -222,9 +221,7 @@ def requests_for(receiver: Receiver, absence_id: str) -> list[ReceivedRequest]:
 
 def wait_consumed(settings: Settings, topic: str, timeout: float = 60.0) -> None:
     """Waits until the delivery worker has committed every record of ``topic`` (all handled)."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group_id(settings, "delivery")}
-    )
+    consumer = Consumer({**connection_config(settings), "group.id": group_id(settings, "delivery")})
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         ends = {
@@ -243,7 +240,7 @@ def wait_consumed(settings: Settings, topic: str, timeout: float = 60.0) -> None
 
 def drop_topics(settings: Settings) -> None:
     """Deletes the topics of a test (the shared broker's memory grows with every topic kept)."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(settings.topic_prefix)]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():

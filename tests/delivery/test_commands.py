@@ -7,6 +7,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from schemas.delivery import CommandKind, Status
 from schemas.models import ChangeKind
+from streams.kafka import connection_config
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.delivery.harness import (
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.kafka
 
 def retry_records(settings: Settings) -> int:
     """How many records the retry topics hold (all partitions)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "tests-watermarks"})
+    consumer = Consumer({**connection_config(settings), "group.id": "tests-watermarks"})
     try:
         return sum(
             consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from schemas.delivery import Delivery
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
-from streams.kafka import group_id
+from streams.kafka import group_id, make_admin
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.connectors.deliveries import make_delivery
@@ -76,7 +75,7 @@ def waiting_deliveries(start: dt.datetime) -> list[Delivery]:
 
 def delivery_members(settings: Settings) -> dict[str, set[int]]:
     """Member id -> partitions of the first retry topic it holds, from the broker's view of the group."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = make_admin(settings)
     group = group_id(settings, "delivery")
     description = admin.describe_consumer_groups([group])[group].result(30)
     retry_topic = Topics(settings).retries[0]

@@ -31,7 +31,7 @@ from projections.db import engine_for, engine_from_url
 from projections.runner import catch_up
 from schemas.codec import codec_for
 from schemas.delivery import Attempt, DeliveryStatus, Status
-from streams.kafka import make_producer
+from streams.kafka import connection_config, make_producer
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -100,7 +100,7 @@ def produce_statuses(settings: Settings, facts: tuple[DeliveryStatus, ...] | lis
 def wait_for_leaders(settings: Settings) -> None:
     """Topics just created may have no partition leader yet; the API's destinations table reads at
     once at start-up (streams.destinations gives up on NOT_LEADER_FOR_PARTITION)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "absync-test-leaders"})
+    consumer = Consumer({**connection_config(settings), "group.id": "absync-test-leaders"})
     try:
         for _ in range(100):
             try:

@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 
 from schemas.codec import codec_for
 from schemas.delivery import Command, CommandKind, Status, delivery_key
+from streams.kafka import connection_config
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.web.conftest import Api, attempt, fact, then
@@ -21,7 +22,7 @@ def read_commands(settings: Settings, count: int) -> list[tuple[str, Command]]:
     """The first ``count`` records of the commands topic: (key, command)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **connection_config(settings),
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",

@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from schemas.codec import codec_for
 from schemas.destination import Destination
+from streams.kafka import connection_config
 from streams.secrets import SecretBox
 from streams.topics import Topics
 from tests.fakes.receiver import Receiver
@@ -23,7 +24,7 @@ def destination_records(api: Api) -> list[tuple[bytes, Destination]]:
     """Every record of the destinations topic so far: (raw value, decoded)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": api.settings.bootstrap_servers,
+            **connection_config(api.settings),
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from projections.projector import CONSUMER
 from schemas.delivery import Status
-from streams.kafka import group_id, make_producer
+from streams.kafka import connection_config, group_id, make_producer
 from streams.topics import Topics
 from tests.web.conftest import Api, attempt, fact, produce_statuses
 
@@ -34,7 +34,7 @@ def test_metrics_from_the_view_and_the_broker(api: Api) -> None:
         producer.produce(topics.retries[0], key=b"dst-1|abs-1", value=b"waiting", partition=0)
     assert producer.flush(30) == 0
     delivery_group = group_id(api.settings, "delivery")
-    worker = Consumer({"bootstrap.servers": api.settings.bootstrap_servers, "group.id": delivery_group})
+    worker = Consumer({**connection_config(api.settings), "group.id": delivery_group})
     worker.commit(offsets=[TopicPartition(topics.retries[0], 0, 1)], asynchronous=False)  # read one of three
     worker.close()
 
