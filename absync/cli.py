@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from streams.kafka_env import KafkaConfigError
 from streams.logging import configure_logging
 from streams.settings import get_settings
 
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging(get_settings().log_level)
+    try:
+        settings = get_settings()
+    except KafkaConfigError as exc:  # a KAFKA_* variable that is no connection property
+        sys.stderr.write(f"absync: {exc}\n")
+        return 78
+    configure_logging(settings.log_level)
     args = build_parser().parse_args(argv)
     result = args.func(args)
     return int(result or 0)

@@ -34,7 +34,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from pydantic import SecretStr
 
+from streams.kafka_env import KafkaConfigError
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,12 +77,11 @@ def explain(error: KafkaError, settings: Settings | None = None) -> str | None:
 
 
 def _principal(settings: Settings) -> str:
-    props = dict(settings.kafka_properties)
-    user = props.get("sasl.username")
-    if user is not None:
-        return f"user {user.get_secret_value()!r}"
+    props = kafka_properties(settings)
+    if "sasl.username" in props:
+        return f"user {props['sasl.username']!r}"
     if "ssl.certificate.location" in props:
-        return f"the client certificate {props['ssl.certificate.location'].get_secret_value()}"
+        return f"the client certificate {props['ssl.certificate.location']}"
     return "absync's principal"
 
 
@@ -99,17 +100,25 @@ def connection_config(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "error_cb": log_kafka_error,
-        **{name: value.get_secret_value() for name, value in settings.kafka_properties},
+        **kafka_properties(settings),
+    }
+
+
+def kafka_properties(settings: Settings) -> dict[str, str]:
+    """The ``KAFKA_*`` connection properties in clear (for building clients only, never for logs)."""
+    return {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for name, value in settings.kafka_properties
     }
 
 
 def _build(factory: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
     """Builds a client; librdkafka's refusal of a property (a bad name, value or certificate file)
-    becomes a :class:`KafkaAccessError` that names the variable."""
+    becomes a :class:`KafkaConfigError` that names it."""
     try:
         return factory(config)
     except KafkaException as exc:
-        raise KafkaAccessError(
+        raise KafkaConfigError(
             f"librdkafka refused the Kafka client configuration: {exc.args[0].str() if exc.args else exc}; "
             "check the KAFKA_* variables (KAFKA_<PROPERTY>, dots as underscores)"
         ) from None
@@ -335,16 +344,16 @@ def check_access(
         refused = metadata.error if metadata is not None else None
         if refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise KafkaAccessError(f"topic {topic}: {explain(refused, settings)}")
-    wanted = list(groups)
-    if wanted:
-        futures = admin.describe_consumer_groups(
-            wanted, request_timeout=max(deadline - time.monotonic(), 5.0)
-        )
-        for group, future in futures.items():
+    for group in groups:
+        while True:  # a coordinator still loading answers COORDINATOR_LOAD_IN_PROGRESS: ask again
+            future = admin.describe_consumer_groups([group], request_timeout=5.0)[group]
             try:
                 future.result()
+                break
             except KafkaException as exc:
                 message = explain(exc.args[0], settings) if exc.args else None
                 if message is not None:
                     raise KafkaAccessError(f"consumer group {group}: {message}") from None
-                raise
+                if time.monotonic() > deadline:
+                    raise KafkaAccessError(f"consumer group {group} could not be described: {exc}") from None
+                time.sleep(0.5)

@@ -130,3 +130,22 @@ def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 def describe(properties: Mapping[str, str]) -> dict[str, str]:
     """The properties for a log line: secret values masked."""
     return {name: "***" if is_secret(name) else value for name, value in sorted(properties.items())}
+
+
+def to_environ(properties: Mapping[str, str]) -> dict[str, str]:
+    """The inverse of :func:`from_environ`: ``sasl.username`` -> ``KAFKA_SASL_USERNAME`` (to hand a
+    client configuration to a child process)."""
+    return {ENV_PREFIX + name.upper().replace(".", "_"): value for name, value in properties.items()}
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of an env file (as deploy/local/broker.sh writes them); comments and
+    blank lines skipped, no shell expansion."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    return values

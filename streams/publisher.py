@@ -14,18 +14,21 @@ subject ``<absences topic>-value`` (TopicNameStrategy; or only looked up with ``
 once, when the publisher is built, which fails there and then with a clear
 :class:`~schemas.errors.SchemaError` if the registry refuses it or cannot be reached. An event that breaks a rule raises
 :class:`schemas.errors.ValidationError` at once; a record Kafka did not acknowledge raises
-:class:`PublishError` from the next ``publish`` or from ``flush``: never swallowed.
+:class:`PublishError` from the next ``publish`` or from ``flush``: never swallowed. A wrong
+password, an unknown CA or a missing ACL raises :class:`PublishError` naming it from ``flush``
+within about a second, not after the flush timeout.
 """
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from confluent_kafka import KafkaError, Message
 
 from schemas.codec import codec_for
 from schemas.models import AbsenceEvent, validate
-from streams.kafka import make_producer, produce
+from streams.kafka import explain, log_kafka_error, make_producer, produce
 from streams.schema_registry import schema_registry
 from streams.settings import Settings
 from streams.topics import Topics
@@ -53,9 +56,10 @@ class AbsencePublisher:
                 raise ValueError("the Confluent wire format needs ABSYNC_SCHEMA_REGISTRY_URL")
             subject = f"{self._topic}-value"
             self._schema_id = registry.register(subject, self._codec.text, auto_register=auto_register)
-        self._producer = make_producer(settings)
+        self._producer = make_producer(settings, error_cb=self._on_error)
         self._flush_timeout = flush_timeout
         self._failures: list[str] = []
+        self._refused = False
 
     def publish(self, event: AbsenceEvent) -> None:
         """Validates and sends one event; raises earlier delivery failures."""
@@ -70,8 +74,11 @@ class AbsencePublisher:
 
     def flush(self) -> None:
         """Waits until every event sent is acknowledged; raises :class:`PublishError` otherwise."""
-        remaining = self._producer.flush(self._flush_timeout)
-        if remaining:
+        deadline = time.monotonic() + self._flush_timeout
+        remaining = self._producer.flush(0.5)
+        while remaining and not self._failures and time.monotonic() < deadline:
+            remaining = self._producer.flush(0.5)  # an access error (error_cb) ends the wait early
+        if remaining and not self._failures:
             self._failures.append(f"{remaining} event(s) not acknowledged in {self._flush_timeout:g}s")
         self._raise_failures()
 
@@ -85,6 +92,14 @@ class AbsencePublisher:
         if error is not None:
             key = (msg.key() or b"").decode(errors="replace")
             self._failures.append(f"absence {key}: {error.str()}")
+
+    def _on_error(self, error: KafkaError) -> None:
+        """A wrong password, an unknown CA or a missing ACL: reported, not waited out."""
+        log_kafka_error(error)
+        message = explain(error)
+        if message is not None and not self._refused:  # once: librdkafka repeats it on each retry
+            self._refused = True
+            self._failures.append(message)
 
     def _raise_failures(self) -> None:
         if self._failures:

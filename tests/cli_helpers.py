@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from streams.kafka import kafka_properties
+from streams.kafka_env import to_environ
 from streams.settings import REPO_ROOT, Settings
 
 
@@ -13,6 +15,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        **to_environ(kafka_properties(settings)),
         "ABSYNC_TOPIC_PREFIX": settings.topic_prefix,
         "ABSYNC_PARTITIONS": str(settings.partitions),
         "ABSYNC_RETRY_DELAYS": "1s,2s,3s,4s",

@@ -6,9 +6,18 @@ import argparse
 import asyncio
 import sys
 
+import structlog
+
 from absync.service import COMPONENTS, run_components
+from streams.kafka import KafkaAccessError, check_access, group_id
+from streams.kafka_env import KafkaConfigError
 from streams.settings import InsecureSettings, get_settings, require_production_ready
-from streams.topics import create_topics
+from streams.topics import Topics, create_topics
+
+log = structlog.get_logger(__name__)
+
+EXIT_KAFKA_ACCESS = 78
+"""EX_CONFIG: Kafka refused the TLS handshake, the credentials or the ACLs (not worth a restart loop)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +36,16 @@ def run(args: argparse.Namespace) -> int:
     except InsecureSettings as exc:
         sys.stderr.write(f"absync run: {exc}\n")
         return 2
+    try:  # a wrong password, an unknown CA or a missing ACL ends start-up here, within seconds
+        check_access(
+            settings,
+            topics=[spec.name for spec in Topics(settings).specs()],
+            groups=[group_id(settings, name) for name in args.only or COMPONENTS if name != "http"],
+        )
+    except (KafkaAccessError, KafkaConfigError) as exc:
+        log.error("kafka access refused at start-up", reason=str(exc))
+        sys.stderr.write(f"absync: cannot start: {exc}\n")
+        return EXIT_KAFKA_ACCESS
     if not args.no_create_topics:
         create_topics(settings)
     asyncio.run(run_components(settings, args.only))

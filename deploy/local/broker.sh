@@ -12,14 +12,28 @@
 #                                 data: $ABSYNC_CACHE_DIR/kafka/data-<port>
 #                                       (server.properties, broker.pid, server.log,
 #                                        broker.out, kraft-logs/)
-#   ABSYNC_BROKER_PORT            PLAINTEXT port on 127.0.0.1 (default 9092)
+#   ABSYNC_BROKER_PORT            client port on 127.0.0.1 (default 9092): PLAINTEXT, or SASL_SSL
 #   ABSYNC_CONTROLLER_PORT        CONTROLLER port (default broker port + 1)
+#   ABSYNC_BROKER_SECURITY        plaintext (default) or sasl_ssl: a secured broker, see below
+#   ABSYNC_BROKER_MTLS_PORT       sasl_ssl mode: the mutual-TLS port (default broker port + 2)
 #   ABSYNC_BROKER_HEAP            JVM heap flags (default "-Xmx512m -Xms256m")
 #   ABSYNC_BROKER_START_TIMEOUT   seconds to wait for the broker to answer (default 60)
 #   ABSYNC_BROKER_STOP_TIMEOUT    seconds to wait after SIGTERM before SIGKILL (default 30)
 #   ABSYNC_PYTHON                 python used for the readiness probe
 #                                 (default <repo>/.venv/bin/python, else python3)
 #   JAVA_HOME                     if set, $JAVA_HOME/bin/java is used, else `java` on PATH
+#
+# Secured mode (ABSYNC_BROKER_SECURITY=sasl_ssl; the mode is fixed when the data dir is formatted):
+#   - a CA, a broker certificate (SAN 127.0.0.1, localhost) and a client certificate (CN=absync),
+#     made with openssl and keytool under <data>/secure (mode 0700);
+#   - SASL_SSL on the client port with SCRAM-SHA-512 users admin, absync, producer, viewer (random
+#     passwords, added at format time: kafka-storage format --add-scram);
+#   - SSL with required client certificates (mutual TLS) on the mTLS port; the controller and
+#     inter-broker listeners are mutual TLS too: no listener accepts an unauthenticated client;
+#   - the StandardAuthorizer: super users admin and the broker; the ACLs of streams/acls.py for
+#     ABSYNC_TOPIC_PREFIX / ABSYNC_GROUP_PREFIX (absync, producer, viewer; prefixed ACLs);
+#   - one env file per principal in <data>/ (KAFKA_BOOTSTRAP_SERVERS and KAFKA_* lines):
+#     absync.env, absync-mtls.env, producer.env, viewer.env, admin.env; their paths are printed.
 #
 # Exit codes: 0 ok; 1 not running (status) or failure; 2 usage.
 set -euo pipefail
@@ -44,6 +58,12 @@ CPORT=${ABSYNC_CONTROLLER_PORT:-$((PORT + 1))}
 if ! [[ "$CPORT" =~ ^[0-9]+$ ]] || ((CPORT < 1 || CPORT > 65535 || CPORT == PORT)); then
   die "bad ABSYNC_CONTROLLER_PORT: $CPORT"
 fi
+SECURITY=${ABSYNC_BROKER_SECURITY:-plaintext}
+case "$SECURITY" in plaintext | sasl_ssl) ;; *) die "ABSYNC_BROKER_SECURITY must be plaintext or sasl_ssl (got '$SECURITY')" ;; esac
+MPORT=${ABSYNC_BROKER_MTLS_PORT:-$((PORT + 2))}
+if [[ "$SECURITY" == sasl_ssl ]] && { ! [[ "$MPORT" =~ ^[0-9]+$ ]] || ((MPORT == PORT || MPORT == CPORT)); }; then
+  die "bad ABSYNC_BROKER_MTLS_PORT: $MPORT"
+fi
 HOST=127.0.0.1
 BOOTSTRAP="$HOST:$PORT"
 HEAP_OPTS=${ABSYNC_BROKER_HEAP:--Xmx512m -Xms256m}
@@ -59,6 +79,8 @@ LOG_DIRS="$DATA_DIR/kraft-logs"
 PID_FILE="$DATA_DIR/broker.pid"
 SERVER_LOG="$DATA_DIR/server.log"
 OUT_LOG="$DATA_DIR/broker.out"
+SECURE_DIR="$DATA_DIR/secure"
+MODE_FILE="$DATA_DIR/security"
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -280,17 +302,55 @@ gen_cluster_id() {
   echo "$id"
 }
 
-write_config() {
-  cat >"$CONFIG.tmp" <<EOF
-# Written by deploy/local/broker.sh on every start; edits are overwritten.
-process.roles=broker,controller
-node.id=1
+listener_config() {
+  if [[ "$SECURITY" == plaintext ]]; then
+    cat <<EOF
 controller.quorum.voters=1@$HOST:$CPORT
 listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
 advertised.listeners=PLAINTEXT://$HOST:$PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+    return 0
+  fi
+  local STORE_PASSWORD
+  STORE_PASSWORD=$(sed -n 's/^STORE_PASSWORD=//p' "$SECURE_DIR/credentials")
+  cat <<EOF
+controller.quorum.voters=1@$HOST:$CPORT
+listeners=SASL_SSL://$HOST:$PORT,MTLS://$HOST:$MPORT,CONTROLLER://$HOST:$CPORT
+advertised.listeners=SASL_SSL://$HOST:$PORT,MTLS://$HOST:$MPORT
+inter.broker.listener.name=MTLS
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL,MTLS:SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$SECURE_DIR/broker.p12
+ssl.keystore.password=$STORE_PASSWORD
+ssl.key.password=$STORE_PASSWORD
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$SECURE_DIR/truststore.p12
+ssl.truststore.password=$STORE_PASSWORD
+listener.name.mtls.ssl.client.auth=required
+listener.name.controller.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([^,]+).*\$/\$1/,DEFAULT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:absync-broker;User:admin
+allow.everyone.if.no.acl.found=false
+EOF
+}
+
+write_config() {
+  (
+    umask 077
+    echo "# Written by deploy/local/broker.sh on every start; edits are overwritten."
+    echo "process.roles=broker,controller"
+    echo "node.id=1"
+    listener_config
+  ) >"$CONFIG.tmp"
+  cat >>"$CONFIG.tmp" <<EOF
 log.dirs=$LOG_DIRS
 
 num.network.threads=2
@@ -328,17 +388,165 @@ jvm_opts() {
 }
 
 format_storage() {
-  [[ -f "$LOG_DIRS/meta.properties" ]] && return 0
+  if [[ -f "$LOG_DIRS/meta.properties" ]]; then
+    local formatted
+    formatted=$(cat "$MODE_FILE" 2>/dev/null || echo plaintext)
+    [[ "$formatted" == "$SECURITY" ]] || die "$DATA_DIR was formatted for ABSYNC_BROKER_SECURITY=$formatted, not $SECURITY: stop it and remove $DATA_DIR, or use another ABSYNC_BROKER_PORT"
+    return 0
+  fi
+  echo "$SECURITY" >"$MODE_FILE"
   local cid opts
   cid=$(gen_cluster_id)
   mapfile -t opts < <(jvm_opts)
   info "formatting $LOG_DIRS (cluster id $cid)"
+  local scram=()
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    # shellcheck disable=SC1091
+    source "$SECURE_DIR/credentials"
+    local user pass
+    for user in admin absync producer viewer; do
+      pass="${user^^}_PASSWORD"
+      scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=${!pass}]")
+    done
+  fi
   if ! "$JAVA" "${opts[@]}" -cp "$LIBS_DIR/*" kafka.tools.StorageTool format \
-      --cluster-id "$cid" --config "$CONFIG" --ignore-formatted \
+      --cluster-id "$cid" --config "$CONFIG" --ignore-formatted "${scram[@]}" \
       >"$DATA_DIR/format.log" 2>&1 </dev/null; then
     cat "$DATA_DIR/format.log" >&2
     die "formatting $LOG_DIRS failed (log: $DATA_DIR/format.log)"
   fi
+}
+
+# ---------------------------------------------------------------- secured mode
+random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# The CA, the broker's and the client's certificates, the stores and the passwords (once per data dir).
+make_secrets() {
+  if [[ ! -f "$SECURE_DIR/.complete" ]]; then
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (Debian: apt-get install openssl)"
+    local keytool
+    keytool=$(dirname "$JAVA")/keytool
+    [[ -x "$keytool" ]] || keytool=$(command -v keytool) || die "keytool not found (it comes with the JDK/JRE)"
+    rm -rf "$SECURE_DIR"
+    mkdir -p "$SECURE_DIR"
+    chmod 700 "$SECURE_DIR"
+    info "generating a CA, certificates and SCRAM passwords in $SECURE_DIR"
+    (
+      set -e
+      umask 077
+      cd "$SECURE_DIR"
+      {
+        echo "STORE_PASSWORD=$(random_secret)"
+        for user in admin absync producer viewer; do echo "${user^^}_PASSWORD=$(random_secret)"; done
+      } >credentials
+      store_password=$(sed -n 's/^STORE_PASSWORD=//p' credentials)
+      openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -subj "/CN=absync-local-ca" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout ca.key -out ca.crt
+      sign() { # name, CN, subjectAltName
+        openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=$2" -keyout "$1.key" -out "$1.csr"
+        printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$3" >"$1.ext"
+        openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+          -extfile "$1.ext" -out "$1.crt"
+        rm -f "$1.csr" "$1.ext"
+      }
+      sign broker absync-broker "IP:127.0.0.1,DNS:localhost"
+      sign absync absync "DNS:absync"
+      openssl pkcs12 -export -in broker.crt -inkey broker.key -certfile ca.crt -name broker \
+        -passout "pass:$store_password" -out broker.p12
+      "$keytool" -importcert -noprompt -alias ca -file ca.crt -keystore truststore.p12 -storetype PKCS12 \
+        -storepass "$store_password"
+      touch .complete
+    ) >"$DATA_DIR/secrets.log" 2>&1 || { cat "$DATA_DIR/secrets.log" >&2; die "generating certificates failed"; }
+  fi
+  write_env_files
+}
+
+# One env file per principal: KAFKA_BOOTSTRAP_SERVERS, then the KAFKA_* connection properties.
+write_env_files() {
+  local user password
+  for user in admin absync producer viewer; do
+    password=$(sed -n "s/^${user^^}_PASSWORD=//p" "$SECURE_DIR/credentials")
+    (
+      umask 077
+      cat >"$DATA_DIR/$user.env" <<EOF
+# $user: SCRAM-SHA-512 over TLS to the local secured broker (its ACLs: python -m streams.acls show)
+KAFKA_BOOTSTRAP_SERVERS=$HOST:$PORT
+KAFKA_SECURITY_PROTOCOL=SASL_SSL
+KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+KAFKA_SASL_USERNAME=$user
+KAFKA_SASL_PASSWORD=$password
+KAFKA_SSL_CA_LOCATION=$SECURE_DIR/ca.crt
+EOF
+    )
+  done
+  (
+    umask 077
+    cat >"$DATA_DIR/absync-mtls.env" <<EOF
+# absync over mutual TLS: client certificate CN=absync, the principal User:absync
+KAFKA_BOOTSTRAP_SERVERS=$HOST:$MPORT
+KAFKA_SECURITY_PROTOCOL=SSL
+KAFKA_SSL_CA_LOCATION=$SECURE_DIR/ca.crt
+KAFKA_SSL_CERTIFICATE_LOCATION=$SECURE_DIR/absync.crt
+KAFKA_SSL_KEY_LOCATION=$SECURE_DIR/absync.key
+EOF
+  )
+}
+
+# The KAFKA_* lines of an env file (comments dropped), for `env`.
+env_of() { grep -E '^KAFKA_[A-Z0-9_]+=' "$1"; }
+
+# Waits until the broker answers the admin principal over SASL_SSL (needs confluent-kafka).
+secure_probe() {
+  local pid=$1 timeout=$2 py vars
+  py=$(pick_python)
+  [[ -n "$py" ]] || die "the secured mode needs python with confluent-kafka (make venv)"
+  mapfile -t vars < <(env_of "$DATA_DIR/admin.env")
+  env "${vars[@]}" "$py" - "$pid" "$timeout" <<'PY'
+import os, sys, time
+
+try:
+    from confluent_kafka.admin import AdminClient
+except ImportError:
+    print("broker.sh: the secured mode needs confluent-kafka (make venv)", file=sys.stderr)
+    sys.exit(1)
+pid, timeout = int(sys.argv[1]), float(sys.argv[2])
+config = {k[6:].lower().replace("_", "."): v for k, v in os.environ.items() if k.startswith("KAFKA_")}
+config["log_level"] = 0  # the broker is expected to refuse connections while it starts
+admin = AdminClient(config)
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                sys.exit(2)
+    except OSError:
+        sys.exit(2)
+    try:
+        if admin.list_topics(timeout=2).brokers:
+            sys.exit(0)
+    except Exception:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.3)
+PY
+}
+
+# The ACLs of streams/acls.py for ABSYNC_TOPIC_PREFIX, created by the admin principal.
+apply_acls() {
+  local py vars
+  py=$(pick_python)
+  mapfile -t vars < <(env_of "$DATA_DIR/admin.env")
+  (cd "$REPO_ROOT" && env "${vars[@]}" "$py" -m streams.acls apply \
+    absync=User:absync producer=User:producer viewer=User:viewer) ||
+    die "could not create the ACLs (admin principal: $DATA_DIR/admin.env)"
+}
+
+print_env_files() {
+  echo "SASL_SSL (SCRAM-SHA-512) on $HOST:$PORT, mutual TLS on $HOST:$MPORT; ACLs for ABSYNC_TOPIC_PREFIX='${ABSYNC_TOPIC_PREFIX:-}'"
+  local f
+  for f in absync absync-mtls producer viewer admin; do echo "$DATA_DIR/$f.env"; done
 }
 
 # ---------------------------------------------------------------- commands
@@ -347,15 +555,19 @@ cmd_start() {
   t0=$(now)
   lock_data_dir
   if pid=$(running_pid); then
-    rc=0; probe "$pid" "$START_TIMEOUT" quick || rc=$?
+    rc=0
+    if [[ "$SECURITY" == sasl_ssl ]]; then secure_probe "$pid" "$START_TIMEOUT" || rc=$?; else probe "$pid" "$START_TIMEOUT" quick || rc=$?; fi
     ((rc == 0)) || { show_logs; die "broker (pid $pid) runs but does not answer on $BOOTSTRAP; log: $SERVER_LOG"; }
     echo "already running: $BOOTSTRAP (pid $pid)"
+    [[ "$SECURITY" == plaintext ]] || { apply_acls; print_env_files; }
     return 0
   fi
   rm -f "$PID_FILE"
   check_java
   fetch
-  for p in "$PORT" "$CPORT"; do
+  local ports=("$PORT" "$CPORT")
+  [[ "$SECURITY" == plaintext ]] || { ports+=("$MPORT"); make_secrets; }
+  for p in "${ports[@]}"; do
     port_in_use "$p" && die "port $HOST:$p is already in use by another process (not a broker for $DATA_DIR)"
   done
   mkdir -p "$LOG_DIRS"
@@ -379,7 +591,8 @@ cmd_start() {
   for ((i = 0; i < 100; i++)); do [[ -s "$PID_FILE" ]] && break; sleep 0.05; done
   pid=$(tr -dc '0-9' <"$PID_FILE" 2>/dev/null || true)
   [[ -n "$pid" ]] || { show_logs; die "broker process did not start; log: $OUT_LOG"; }
-  rc=0; probe "$pid" "$START_TIMEOUT" full || rc=$?
+  rc=0
+  if [[ "$SECURITY" == sasl_ssl ]]; then secure_probe "$pid" "$START_TIMEOUT" || rc=$?; else probe "$pid" "$START_TIMEOUT" full || rc=$?; fi
   if ((rc != 0)); then
     show_logs
     if ((rc == 2)); then
@@ -389,7 +602,9 @@ cmd_start() {
     stop_pid "$pid" >/dev/null 2>&1 || true
     die "broker did not answer on $BOOTSTRAP within ${START_TIMEOUT}s (stopped it); see $SERVER_LOG and $OUT_LOG"
   fi
+  [[ "$SECURITY" == plaintext ]] || apply_acls
   echo "started Kafka $KAFKA_VERSION on $BOOTSTRAP (pid $pid) in $(elapsed "$t0")s"
+  [[ "$SECURITY" == plaintext ]] || print_env_files
 }
 
 # Sends SIGTERM, waits up to STOP_TIMEOUT, then SIGKILL.
