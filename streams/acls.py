@@ -2,13 +2,14 @@
 (deploy/local/broker.sh) applies them, the Kubernetes KafkaUsers (deploy/kubernetes) carry them, and
 tests/deploy checks that both agree.
 
-Three principals per deployment (``ABSYNC_TOPIC_PREFIX`` = P, ``ABSYNC_GROUP_PREFIX`` = G):
+The principals of a deployment (``ABSYNC_TOPIC_PREFIX`` = P, ``ABSYNC_GROUP_PREFIX`` = G):
 
 - ``absync``, the service: its topics (prefixed P; every topic by name when P is empty), its
   consumer groups and transactional ids (prefixed ``G-P``); nothing else, so several deployments
   share one cluster, each seeing only its own topics;
 - ``producer``, an upstream team: may only write ``Pabsences``;
-- ``viewer``: may only read ``Pdelivery-status`` (with consumer groups prefixed ``Pviewer``).
+- ``viewer``: may only read ``Pdelivery-status`` (with consumer groups prefixed ``Pviewer``);
+- ``scaler`` (Kubernetes only: KEDA): may describe absync's topics and groups, to read the lag.
 
 ``python -m streams.acls apply ROLE=PRINCIPAL ...`` creates them with the client configuration of
 the environment (``KAFKA_*``: an admin principal); ``python -m streams.acls show`` prints them.
@@ -64,10 +65,21 @@ def viewer_rules(settings: Settings) -> list[Rule]:
     ]
 
 
+def scaler_rules(settings: Settings) -> list[Rule]:
+    """An autoscaler reading the lag of absync's groups (KEDA): describe only, no record."""
+    p, g = settings.topic_prefix, f"{settings.group_prefix}-{settings.topic_prefix}"
+    if p:
+        topics = [Rule("topic", p, "prefix", ("Describe",))]
+    else:
+        topics = [Rule("topic", spec.name, "literal", ("Describe",)) for spec in Topics(settings).specs()]
+    return [*topics, Rule("group", g, "prefix", ("Describe",))]
+
+
 ROLES: dict[str, Callable[[Settings], list[Rule]]] = {
     "absync": service_rules,
     "producer": producer_rules,
     "viewer": viewer_rules,
+    "scaler": scaler_rules,
 }
 
 

@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from absync.service import COMPONENTS
+from streams import acls
 from streams.kafka import group_id
+from streams.kafka_env import from_environ, is_secret, property_name
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import Topics
 
@@ -34,7 +36,9 @@ CUSTOM_KINDS = {
     "Kafka": "strimzi.yaml",
     "KafkaNodePool": "strimzi.yaml",
     "KafkaTopic": "strimzi.yaml",
+    "KafkaUser": "strimzi.yaml",
     "ScaledObject": "keda.yaml",
+    "TriggerAuthentication": "keda.yaml",
     "Kustomization": "kustomize.yaml",
 }
 
@@ -118,6 +122,12 @@ TYPOS = [
     ("KafkaNodePool", "controllers", "spec.storage.volumes.0", "kraftMetadata", "kraftMetaData"),
     ("KafkaTopic", "absences", "spec", "partitions", "partition"),
     ("KafkaTopic", "absences", "spec", "replicas", "replication"),
+    ("Kafka", "absync-kafka", "spec.kafka.listeners.0", "authentication", "authentification"),
+    ("Kafka", "absync-kafka", "spec.kafka", "authorization", "authorisation"),
+    ("KafkaUser", "absync", "spec", "authorization", "authorisation"),
+    ("KafkaUser", "absync", "spec.authorization.acls.0", "operations", "operation"),
+    ("KafkaUser", "absync", "spec.authorization.acls.0.resource", "patternType", "pattern"),
+    ("TriggerAuthentication", "absync-keda", "spec", "secretTargetRef", "secretTargetRefs"),
     ("ScaledObject", "absync-delivery", "spec", "maxReplicaCount", "maxReplicas"),
     ("ScaledObject", "absync-fanout", "spec.triggers.0.metadata", "consumerGroup", "consumergroup"),
     ("Kustomization", "", "", "resources", "resource"),
@@ -152,8 +162,8 @@ def test_the_secret_template_holds_placeholders_only() -> None:
     assert "data" not in secret
 
 
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_topics", MANIFESTS / "generate_topics.py")
+def generator(name: str = "generate_topics") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, MANIFESTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -162,6 +172,49 @@ def generator() -> ModuleType:
 
 def test_topics_yaml_is_what_the_generator_writes() -> None:
     assert (MANIFESTS / "topics.yaml").read_text() == generator().render()
+
+
+def test_users_yaml_is_what_the_generator_writes() -> None:
+    assert (MANIFESTS / "users.yaml").read_text() == generator("generate_users").render()
+
+
+def test_each_kafka_user_carries_the_acls_of_its_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rules as the local secured broker (streams/acls.py), for the pods' own settings."""
+    settings = configmap_settings(monkeypatch)
+    users = {u["metadata"]["name"]: u for u in documents_of("KafkaUser")}
+    assert {u["metadata"]["annotations"]["absync.dev/role"] for u in users.values()} == set(acls.ROLES)
+    for user in users.values():
+        expected = [
+            {"type": r.type, "name": r.name, "patternType": r.pattern, "operations": list(r.operations)}
+            for r in acls.ROLES[user["metadata"]["annotations"]["absync.dev/role"]](settings)
+        ]
+        declared = [
+            {**a["resource"], "operations": a["operations"]} for a in user["spec"]["authorization"]["acls"]
+        ]
+        assert declared == expected
+    # The service's principal is the one the pods authenticate as; the producer may write absences only.
+    assert users[settings_value("KAFKA_SASL_USERNAME")]["spec"]["authentication"]["type"] == "scram-sha-512"
+    [producer] = [u for u in users.values() if u["metadata"]["annotations"]["absync.dev/role"] == "producer"]
+    assert [a["resource"]["name"] for a in producer["spec"]["authorization"]["acls"]] == [
+        Topics(settings).absences
+    ]
+
+
+def settings_value(key: str) -> str:
+    value: str = one("ConfigMap", "absync-config")["data"][key]
+    return value
+
+
+def test_kafka_has_no_unauthenticated_listener_and_authorizes_every_request() -> None:
+    kafka = one("Kafka", "absync-kafka")["spec"]["kafka"]
+    assert all(listener["tls"] and listener.get("authentication") for listener in kafka["listeners"])
+    assert kafka["authorization"]["type"] == "simple"
+    ports = {listener["authentication"]["type"]: listener["port"] for listener in kafka["listeners"]}
+    assert settings_value("KAFKA_BOOTSTRAP_SERVERS").endswith(f":{ports['scram-sha-512']}")
+    assert (settings_value("KAFKA_SECURITY_PROTOCOL"), settings_value("KAFKA_SASL_MECHANISM")) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+    )
 
 
 def configmap_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -174,8 +227,12 @@ def configmap_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_the_configmap_sets_only_known_settings() -> None:
+    data = one("ConfigMap", "absync-config")["data"]
     known = {f"ABSYNC_{name.upper()}" for name in Settings.model_fields} | {"KAFKA_BOOTSTRAP_SERVERS"}
-    assert set(one("ConfigMap", "absync-config")["data"]) <= known
+    kafka = {k: v for k, v in data.items() if k.startswith("KAFKA_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
+    assert set(data) - set(kafka) <= known
+    assert set(from_environ(kafka)) == {property_name(k) for k in kafka}  # connection properties only
+    assert not any(is_secret(property_name(k)) for k in kafka)  # the password comes from a Secret
 
 
 def test_the_pods_settings_name_the_topics_strimzi_creates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,9 +273,23 @@ def test_keda_scales_each_worker_on_its_own_consumer_group(monkeypatch: pytest.M
             scaled["spec"]["scaleTargetRef"]["name"]
             == one("Deployment", f"absync-{component}")["metadata"]["name"]
         )
+        mtls = next(
+            listener["port"]
+            for listener in one("Kafka", "absync-kafka")["spec"]["kafka"]["listeners"]
+            if listener["authentication"]["type"] == "tls"
+        )
         for trigger in scaled["spec"]["triggers"]:
             assert trigger["metadata"]["consumerGroup"] == group_id(settings, component)
-            assert trigger["metadata"]["bootstrapServers"] == settings.bootstrap_servers
+            host = settings.bootstrap_servers.rsplit(":", 1)[0]
+            assert trigger["metadata"]["bootstrapServers"] == f"{host}:{mtls}"
+            assert trigger["metadata"]["tls"] == "enable"
+            auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])["spec"]
+            assert {ref["parameter"]: ref["name"] for ref in auth["secretTargetRef"]} == {
+                "ca": "absync-kafka-cluster-ca-cert",
+                "cert": "absync-keda",
+                "key": "absync-keda",
+            }
+            assert one("KafkaUser", "absync-keda")["spec"]["authentication"]["type"] == "tls"
         # More pods than partitions would sit idle.
         assert scaled["spec"]["maxReplicaCount"] <= settings.partitions
     topics = Topics(settings)
@@ -253,6 +324,17 @@ def test_each_deployment_runs_its_components_with_config_and_secrets(
     assert set(components) <= set(COMPONENTS)
     sources = {(k, v["name"]) for source in spec["envFrom"] for k, v in source.items()}
     assert sources == {("configMapRef", "absync-config"), ("secretRef", "absync-secrets")}
+    # Kafka: the KafkaUser's password from its Secret, the cluster CA mounted where the ConfigMap says.
+    [password] = [e for e in spec["env"] if e["name"] == "KAFKA_SASL_PASSWORD"]
+    user = settings_value("KAFKA_SASL_USERNAME")
+    assert password["valueFrom"]["secretKeyRef"] == {"name": user, "key": "password"}
+    assert one("KafkaUser", user)["spec"]["authentication"]["type"] == "scram-sha-512"
+    ca = Path(settings_value("KAFKA_SSL_CA_LOCATION"))
+    [mount] = [m for m in spec["volumeMounts"] if m["mountPath"] == str(ca.parent)]
+    volumes = one("Deployment", deployment)["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in volumes if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "absync-kafka-cluster-ca-cert"
+    assert [item["path"] for item in volume["secret"]["items"]] == [ca.name]
     assert spec["resources"]["requests"] and spec["resources"]["limits"]["memory"]
 
 
