@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need, once: PostgreSQL (projection contract tests) and
-# Chromium + ChromeDriver (the console's end-to-end tests). Java 17 is expected on the machine; it
-# is installed too when missing.
+# Chromium + ChromeDriver (the console's end-to-end tests), openssl (the secured broker's CA and
+# certificates; keytool comes with Java). Java 17 is expected on the machine; it is installed too
+# when missing.
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
@@ -9,6 +10,7 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 # The schema registry's build (deploy/local/registry.sh) compiles one Java class, and probes with curl.
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
