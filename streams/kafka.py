@@ -308,43 +308,62 @@ def check_access(
     topics: Iterable[str] = (),
     groups: Iterable[str] = (),
     timeout: float = 15.0,
+    wait: bool = False,
 ) -> None:
     """Connects with the configured TLS/SASL settings and checks that the principal may see each of
-    ``topics`` and ``groups``. Raises :class:`KafkaAccessError` naming the cause (credentials, TLS,
-    ACL, or no answer at all) within about ``timeout`` seconds; returns when everything is reachable.
-    A topic that does not exist (yet) is not an error."""
+    ``topics`` and ``groups``; returns when they are reachable. A topic that does not exist (yet) is
+    not an error.
+
+    Raises :class:`KafkaAccessError` naming the cause as soon as Kafka refuses the TLS handshake, the
+    credentials or an ACL (about a second). When no broker answers at all within ``timeout``: raises
+    too, or with ``wait`` (a worker whose broker may be restarting) logs a warning saying what to
+    check and keeps trying, every ``timeout`` seconds: never a silent hang. Other errors while
+    checking topics and groups (a coordinator still loading) are logged and not fatal."""
     errors: list[KafkaError] = []
 
     def collect(error: KafkaError) -> None:
         errors.append(error)
         log_kafka_error(error)
 
-    admin = make_admin(settings, error_cb=collect)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
+    def refuse_if_denied() -> None:
         admin.poll(0)  # serves error_cb
         for error in errors:
             message = explain(error, settings)
             if message is not None:
                 raise KafkaAccessError(message)
+
+    admin = make_admin(settings, error_cb=collect)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        refuse_if_denied()
         if time.monotonic() > deadline:
-            reason = last or (errors[-1].str() if errors else "no answer")
-            raise KafkaAccessError(
-                f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g} s ({reason}); "
-                "check KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL (a TLS listener needs SSL or SASL_SSL)"
+            reason = (
+                f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g} s "
+                f"({last or 'no answer'}); check KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL "
+                "(a TLS listener needs SSL or SASL_SSL)"
             )
+            if not wait:
+                raise KafkaAccessError(reason)
+            log.warning("kafka not reachable, still trying", reason=reason)
+            deadline = time.monotonic() + timeout
         try:
             admin.list_topics(timeout=1.0)
             break
         except KafkaException as exc:
             last = exc
     for topic in topics:
-        metadata = admin.list_topics(topic, timeout=max(deadline - time.monotonic(), 5.0)).topics.get(topic)
+        try:
+            metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            refuse_if_denied()
+            log.warning("kafka start-up check: topic not described", topic=topic, error=str(exc))
+            continue
         refused = metadata.error if metadata is not None else None
         if refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise KafkaAccessError(f"topic {topic}: {explain(refused, settings)}")
     for group in groups:
+        until = time.monotonic() + timeout
         while True:  # a coordinator still loading answers COORDINATOR_LOAD_IN_PROGRESS: ask again
             future = admin.describe_consumer_groups([group], request_timeout=5.0)[group]
             try:
@@ -354,6 +373,7 @@ def check_access(
                 message = explain(exc.args[0], settings) if exc.args else None
                 if message is not None:
                     raise KafkaAccessError(f"consumer group {group}: {message}") from None
-                if time.monotonic() > deadline:
-                    raise KafkaAccessError(f"consumer group {group} could not be described: {exc}") from None
+                if time.monotonic() > until:
+                    log.warning("kafka start-up check: group not described", group=group, error=str(exc))
+                    break
                 time.sleep(0.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka import connection_config, kafka_properties, make_admin
+from streams.kafka import KafkaAccessError, check_access, connection_config, kafka_properties, make_admin
 from streams.kafka_env import KafkaConfigError, describe, from_environ, read_env_file, to_environ
 from streams.settings import Settings
 
@@ -74,3 +74,9 @@ def test_env_files_are_read_without_shell_expansion(tmp_path: Path) -> None:
     path = tmp_path / "absync.env"
     path.write_text("# comment\nKAFKA_SASL_PASSWORD=a$b=c\n\nKAFKA_BOOTSTRAP_SERVERS=h:1\n")
     assert read_env_file(path) == {"KAFKA_SASL_PASSWORD": "a$b=c", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}
+
+
+def test_no_broker_answering_ends_the_check_with_what_to_check() -> None:
+    nowhere = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", kafka_properties={})  # type: ignore[call-arg]
+    with pytest.raises(KafkaAccessError, match=r"did not answer within 2 s.*KAFKA_BOOTSTRAP_SERVERS"):
+        check_access(nowhere, timeout=2.0)

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             settings,
             topics=[spec.name for spec in Topics(settings).specs()],
             groups=[group_id(settings, name) for name in args.only or COMPONENTS if name != "http"],
+            wait=True,  # a broker that does not answer yet (restarting) is waited for, with warnings
         )
     except (KafkaAccessError, KafkaConfigError) as exc:
         log.error("kafka access refused at start-up", reason=str(exc))
