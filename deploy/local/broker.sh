@@ -58,12 +58,6 @@ CPORT=${ABSYNC_CONTROLLER_PORT:-$((PORT + 1))}
 if ! [[ "$CPORT" =~ ^[0-9]+$ ]] || ((CPORT < 1 || CPORT > 65535 || CPORT == PORT)); then
   die "bad ABSYNC_CONTROLLER_PORT: $CPORT"
 fi
-SECURITY=${ABSYNC_BROKER_SECURITY:-plaintext}
-case "$SECURITY" in plaintext | sasl_ssl) ;; *) die "ABSYNC_BROKER_SECURITY must be plaintext or sasl_ssl (got '$SECURITY')" ;; esac
-MPORT=${ABSYNC_BROKER_MTLS_PORT:-$((PORT + 2))}
-if [[ "$SECURITY" == sasl_ssl ]] && { ! [[ "$MPORT" =~ ^[0-9]+$ ]] || ((MPORT == PORT || MPORT == CPORT)); }; then
-  die "bad ABSYNC_BROKER_MTLS_PORT: $MPORT"
-fi
 HOST=127.0.0.1
 BOOTSTRAP="$HOST:$PORT"
 HEAP_OPTS=${ABSYNC_BROKER_HEAP:--Xmx512m -Xms256m}
@@ -81,6 +75,14 @@ SERVER_LOG="$DATA_DIR/server.log"
 OUT_LOG="$DATA_DIR/broker.out"
 SECURE_DIR="$DATA_DIR/secure"
 MODE_FILE="$DATA_DIR/security"
+# The mode: ABSYNC_BROKER_SECURITY, else the one the data dir was formatted with (so stop and status
+# need no variable), else plaintext.
+SECURITY=${ABSYNC_BROKER_SECURITY:-$(cat "$MODE_FILE" 2>/dev/null || echo plaintext)}
+case "$SECURITY" in plaintext | sasl_ssl) ;; *) die "ABSYNC_BROKER_SECURITY must be plaintext or sasl_ssl (got '$SECURITY')" ;; esac
+MPORT=${ABSYNC_BROKER_MTLS_PORT:-$((PORT + 2))}
+if [[ "$SECURITY" == sasl_ssl ]] && { ! [[ "$MPORT" =~ ^[0-9]+$ ]] || ((MPORT == PORT || MPORT == CPORT)); }; then
+  die "bad ABSYNC_BROKER_MTLS_PORT: $MPORT"
+fi
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -554,6 +556,9 @@ cmd_start() {
   local t0 pid rc opts
   t0=$(now)
   lock_data_dir
+  local formatted
+  formatted=$(cat "$MODE_FILE" 2>/dev/null || echo "$SECURITY")
+  [[ "$formatted" == "$SECURITY" ]] || die "$DATA_DIR was formatted for ABSYNC_BROKER_SECURITY=$formatted, not $SECURITY: stop it and remove $DATA_DIR, or use another ABSYNC_BROKER_PORT"
   if pid=$(running_pid); then
     rc=0
     if [[ "$SECURITY" == sasl_ssl ]]; then secure_probe "$pid" "$START_TIMEOUT" || rc=$?; else probe "$pid" "$START_TIMEOUT" quick || rc=$?; fi
@@ -642,7 +647,9 @@ cmd_stop() {
 cmd_status() {
   local pid
   if [[ -d "$DATA_DIR" ]] && pid=$(running_pid); then
-    if probe "$pid" 3 quick; then
+    local rc=0
+    if [[ "$SECURITY" == sasl_ssl ]]; then secure_probe "$pid" 3 || rc=$?; else probe "$pid" 3 quick || rc=$?; fi
+    if ((rc == 0)); then
       echo "$BOOTSTRAP"
       return 0
     fi
