@@ -51,6 +51,15 @@ _ACL_CODES = {
 }
 
 
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+"""What a topic created a moment ago answers until its leader is known (librdkafka does not mark
+them retriable in this call)."""
+
+
 class KafkaAccessError(Exception):
     """Kafka refused absync's certificate, credentials or permissions; the message says which and
     what to check. Not transient: the process should end and be reconfigured."""
@@ -268,7 +277,7 @@ def read_compacted(
                 )
             partitions = list(metadata.partitions)
         numbers = sorted(partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in numbers}
+        marks = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in numbers}
         ends = {p: high for p, (_, high) in marks.items()}
         pending = {p for p, (low, high) in marks.items() if high > low}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers])
@@ -297,6 +306,24 @@ def read_compacted(
             on_record(msg)
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) of a partition, asked again while Kafka answers a retriable error (a topic just
+    created has no leader yet: NOT_LEADER_FOR_PARTITION) for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _NO_LEADER_YET
+            )
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 # -- the start-up probe ---------------------------------------------------------------------------

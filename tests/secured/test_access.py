@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from streams.kafka import kafka_properties, make_producer, read_compacted
 from streams.publisher import AbsencePublisher
@@ -104,3 +104,21 @@ def test_a_missing_acl_ends_start_up_with_a_clear_error(lane: Lane, tmp_path: Pa
     assert result.returncode == 78, result.stderr
     assert "Kafka's ACLs refuse user 'viewer'" in result.stderr
     assert "TOPIC_AUTHORIZATION_FAILED" in result.stderr
+
+
+def test_the_viewer_principal_reads_delivery_status_and_nothing_else(lane: Lane) -> None:
+    viewer = lane.settings("viewer", group_prefix=f"{lane.prefix}viewer")  # its groups: Pviewer*
+    topics = Topics(viewer)
+    seen: list[bytes] = []
+    read_compacted(viewer, topics.status, lambda m: seen.append(m.value() or b""), timeout=60)  # allowed
+    assert seen == []
+    for topic in (topics.absences, topics.deliveries):
+        with pytest.raises(KafkaException, match="TOPIC_AUTHORIZATION_FAILED"):
+            read_compacted(viewer, topic, lambda m: seen.append(m.value() or b""), timeout=60)
+    refused: list[KafkaError | None] = []
+    # Not idempotent: an idempotent producer of a principal that may write nothing at all is refused
+    # its producer id first (CLUSTER_AUTHORIZATION_FAILED, fatal); this asks the topic's ACL itself.
+    producer = make_producer(viewer, **{"enable.idempotence": False})
+    producer.produce(topics.status, key=b"x", value=b"forged", on_delivery=lambda e, m: refused.append(e))
+    producer.flush(60)
+    assert [e.code() if e else None for e in refused] == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
