@@ -1,6 +1,7 @@
 """The secured lane: a broker of its own, started by ``ABSYNC_BROKER_SECURITY=sasl_ssl
-deploy/local/broker.sh start`` on its own ports (SASL_SSL 39480, controller 39481, mutual TLS 39482)
-for the session and stopped at the end; never the shared test broker.
+deploy/local/broker.sh start`` on its own ports (SASL_SSL 29480, controller 29481, mutual TLS 29482;
+below Linux's ephemeral port range, so no outgoing connection can hold one of them) for the session
+and stopped at the end; never the shared test broker.
 
 Each test gets its own topic prefix under the broker's ``lane.``, the ACLs of streams/acls.py for
 that prefix (applied by the admin principal, as an operator would), and one :class:`Settings` per
@@ -28,7 +29,7 @@ from streams.settings import REPO_ROOT, Settings
 from streams.topics import Topics, create_topics
 
 SCRIPT = REPO_ROOT / "deploy" / "local" / "broker.sh"
-PORT = int(os.environ.get("ABSYNC_TEST_SECURED_BROKER_PORT", "39480"))
+PORT = int(os.environ.get("ABSYNC_TEST_SECURED_BROKER_PORT", "29480"))
 LANE_PREFIX = "lane."
 
 
