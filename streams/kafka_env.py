@@ -64,7 +64,6 @@ NOT_CLIENT_PROPERTIES = frozenset(
         "KAFKA_JMX_PORT",
         "KAFKA_LOG4J_OPTS",
         "KAFKA_GC_LOG_OPTS",
-        "KAFKA_DEBUG",
         "KAFKA_HOME",
         "KAFKA_LOG_DIR",
         "KAFKA_VERSION",

@@ -80,3 +80,7 @@ def test_no_broker_answering_ends_the_check_with_what_to_check() -> None:
     nowhere = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", kafka_properties={})  # type: ignore[call-arg]
     with pytest.raises(KafkaAccessError, match=r"did not answer within 2 s.*KAFKA_BOOTSTRAP_SERVERS"):
         check_access(nowhere, timeout=2.0)
+
+
+def test_librdkafka_debug_contexts_pass() -> None:
+    assert from_environ({"KAFKA_DEBUG": "security,broker"}) == {"debug": "security,broker"}
