@@ -19,6 +19,8 @@ import pytest
 
 from absync.web.auth import Right, create_token
 from projections.db import engine_for, migrate
+from streams.kafka import kafka_properties
+from streams.kafka_env import is_secret
 from streams.publisher import AbsencePublisher
 from streams.settings import REPO_ROOT, Settings
 from tests.cli_helpers import cli_env
@@ -104,3 +106,9 @@ def test_the_whole_pipeline_on_a_secured_cluster(lane: Lane, principal: str, tmp
             items = eventually(projected, SETTLE_S, "projected and served by the API", log_path)
             retried = [i for i in items if i["attempt_count"] == 2]
             assert len(retried) == 1, items
+    secrets = [v for k, v in kafka_properties(service_settings).items() if is_secret(k)]
+    secrets += [
+        Path(kafka_properties(service_settings).get("ssl.key.location", "/dev/null")).read_text()[30:90]
+    ]
+    logged = log_path.read_text()
+    assert all(secret not in logged for secret in secrets if secret)  # the password, the key: never logged
