@@ -2,7 +2,9 @@
 
 A component is built by a factory ``build(settings) -> Component`` named in :data:`COMPONENTS`
 ("module:function"); it runs until the ``stop`` event is set, then returns. A blocking component
-(a confluent-kafka loop) runs its loop in a thread and watches ``stop``.
+(a confluent-kafka loop) runs its loop in a thread of its own (:func:`streams.threads.run_in_thread`,
+never asyncio's default executor, which stays free for short calls) and watches ``stop``. Connectors'
+blocking client libraries run on threads of their destination (:mod:`connectors.executor`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ A connector is built once per destination (and rebuilt when the destination's re
 4. ``await test_connection(recorder)``: a harmless call that proves URL and credentials work.
 5. ``await close()``.
 
+Execution: a connector never blocks the event loop. A blocking client library (exchangelib, msal,
+google-api-python-client) runs through :meth:`Connector.run_blocking`, on threads that belong to this
+destination (:class:`connectors.executor.BlockingExecutor`, ``blocking_threads`` of them), never on
+asyncio's default executor. One attempt (``deliver``) has a total deadline,
+:attr:`Connector.attempt_deadline`, enforced by the delivery worker: past it the attempt is
+cancelled and ends as a retryable timeout, whatever the destination is doing (a slow drip included).
+
 ``delivery.event`` always carries the *latest* state of the absence for this destination (the
 processor drops superseded deliveries before calling the connector).
 """
@@ -23,14 +30,15 @@ import datetime as dt
 import json
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
 from connectors.egress import DEFAULT_POLICY, EgressPolicy
+from connectors.executor import BlockingExecutor
 from connectors.redact import Redactor, guard_methods, header_forms, secret_forms
 from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery
 from schemas.destination import Destination
@@ -39,20 +47,34 @@ from streams.logging import MASK, is_secret_name
 if TYPE_CHECKING:
     from streams.settings import Settings
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class ConnectorOptions:
     """Process-wide options every connector gets (from settings)."""
 
     timeout: float = 10.0
+    """Seconds one call may wait for the destination (connect, each read)."""
     user_agent: str = "absync/0.1"
     egress: EgressPolicy = DEFAULT_POLICY
     """Which addresses the connector may connect to (production's policy unless told otherwise)."""
+    attempt_deadline: float | None = None
+    """Seconds one whole attempt may take; None: ``ATTEMPT_DEADLINE_CALLS`` call timeouts."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectorOptions:
-        """Timeout and egress policy from a :class:`streams.settings.Settings`."""
-        return cls(timeout=settings.connector_timeout, egress=EgressPolicy.from_settings(settings))
+        """Timeout, attempt deadline and egress policy from a :class:`streams.settings.Settings`."""
+        return cls(
+            timeout=settings.connector_timeout,
+            egress=EgressPolicy.from_settings(settings),
+            attempt_deadline=settings.attempt_deadline or None,
+        )
+
+
+ATTEMPT_DEADLINE_CALLS = 3
+"""Without a setting, an attempt may last three call timeouts (a token, a look-up, a write)."""
+DEFAULT_BLOCKING_THREADS = 4
 
 
 @dataclass
@@ -225,6 +247,30 @@ class Connector(abc.ABC):
         self.settings: dict[str, Any] = dict(destination.settings)
         self.redactor = Redactor(secret_forms(self.secrets))
         """Masks this destination's secrets (and tokens the connector adds) in any text it produces."""
+        self.call_timeout: float = self.options.timeout
+        """One call's timeout; a connector with a per-destination timeout sets it."""
+        self.blocking_threads = DEFAULT_BLOCKING_THREADS
+        """Threads of this destination for blocking client libraries (set before the first call)."""
+        self._executor: BlockingExecutor | None = None
+
+    @property
+    def attempt_deadline(self) -> float:
+        """Seconds one attempt may take in all; never shorter than one call's timeout."""
+        explicit = self.options.attempt_deadline
+        if explicit:
+            return max(explicit, self.call_timeout)
+        return ATTEMPT_DEADLINE_CALLS * self.call_timeout
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this destination's own threads (see :mod:`connectors.executor`)."""
+        if self._executor is None:
+            self._executor = BlockingExecutor(f"{self.kind}:{self.destination.id}", self.blocking_threads)
+        return await self._executor.run(fn, *args)
+
+    def release_threads(self) -> None:
+        """After :meth:`close`: this destination's idle threads end, queued calls fail (retryable)."""
+        if self._executor is not None:
+            self._executor.close()
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Opens clients. Called once, before the first delivery."""

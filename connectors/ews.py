@@ -6,15 +6,25 @@ absence tag (:func:`connectors.calendar.absence_tag`), so a delivery finds "its"
 one ``FindItem`` and updates it in place; a repeated delivery therefore has no second effect
 (a create whose response was lost is found and updated by the retry).
 
-exchangelib is synchronous: each delivery runs in a worker thread. Its own retry-on-busy is off
-(``FailFast``): a busy server becomes a :class:`BackpressureError` and the delay topics retry.
+exchangelib is synchronous: each delivery runs on one of this destination's own threads, as many
+as its ``max_connections`` (:mod:`connectors.executor`), with a session pool of the same size that
+never shrinks (:mod:`connectors.ews_protocol`: exchangelib 5.6 deadlocks when it shrinks the pool
+under throttling). exchangelib's own retry-on-busy is off (``FailFast``) and nothing sleeps in a
+thread. When Exchange throttles:
+
+- ``ErrorServerBusy`` with ``BackOffMilliseconds``: a :class:`BackpressureError` whose
+  ``retry_after`` is Exchange's back-off; the delivery goes to the next retry topic, due no
+  earlier than that;
+- ``ErrorServerBusy`` without it, or an HTTP 503 (with ``Retry-After``: honoured the same way): the
+  normal retry ladder;
+- a call stuck past the attempt deadline frees its lane; its thread is abandoned (bounded).
+
 Calls are recorded by an HTTP adapter that reads the delivery's recorder from a context variable
-(``asyncio.to_thread`` copies the context into the thread).
+(the executor copies the caller's context into the thread).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import logging
@@ -41,12 +51,13 @@ from exchangelib import (
 from exchangelib import errors as ews_errors
 from exchangelib.fields import InvalidField
 from exchangelib.items import SEND_TO_NONE
-from exchangelib.protocol import BaseProtocol
+from exchangelib.protocol import BaseProtocol, Protocol
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
 from connectors.egress_clients import GuardedAdapter, bind_policy, unbind_policy
+from connectors.ews_protocol import NoSessionAvailable, ThrottleSafeProtocol
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -204,9 +215,11 @@ class EwsConnector(Connector):
         self.build = SERVER_VERSIONS[version]
         self.username = str(self.setting("username", required=True))
         self.max_connections = self.count_setting("max_connections", DEFAULT_MAX_CONNECTIONS)
+        self.blocking_threads = self.max_connections  # one thread per EWS session, no more
         self.test_mailbox: str | None = self.setting("test_mailbox")
         self.calendar = CalendarSettings.from_settings(self.settings)
         self._config: Configuration | None = None
+        self._protocol: ThrottleSafeProtocol | None = None
         self._accounts: OrderedDict[str, Account] = OrderedDict()
         self._accounts_lock = threading.Lock()
 
@@ -220,6 +233,7 @@ class EwsConnector(Connector):
             retry_policy=FailFast(),
             max_connections=self.max_connections,
         )
+        self._protocol = ThrottleSafeProtocol.build(self._config, timeout=self.options.timeout)
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
         email = delivery.event.employee.email
@@ -238,31 +252,33 @@ class EwsConnector(Connector):
         return await self._in_thread(recorder, mailbox, self._open_calendar, mailbox)
 
     async def close(self) -> None:
-        """Closes the HTTP sessions (exchangelib reopens them if another destination shares them)."""
+        """Closes the idle HTTP sessions of this destination (a call still running keeps its own)."""
         with self._accounts_lock:
-            protocols = {id(a.protocol): a.protocol for a in self._accounts.values()}
             self._accounts.clear()
-        for protocol in protocols.values():
-            await asyncio.to_thread(protocol.close)
+        if self._protocol is not None:
+            self._protocol.close()  # closes sockets: no I/O wait
 
     # -- in the worker thread ------------------------------------------------------------------
     async def _in_thread(
         self, recorder: CallRecorder, mailbox: str, func: Callable[..., DeliveryOutcome], *args: Any
     ) -> DeliveryOutcome:
-        """Runs ``func`` in a thread with ``recorder`` receiving its calls; translates its errors."""
+        """Runs ``func`` on this destination's threads with ``recorder`` receiving its calls;
+        translates its errors."""
         token = _current_recorder.set(recorder)
         policy = bind_policy(self.options.egress)
         try:
-            return await asyncio.to_thread(func, *args)
+            return await self.run_blocking(func, *args)
         except (ews_errors.EWSError, requests.exceptions.RequestException) as exc:
             raise self._translate(exc, recorder, mailbox) from exc
+        except NoSessionAvailable as exc:
+            raise RetryableError(f"Exchange sessions all busy, will retry ({exc})") from exc
         finally:
             unbind_policy(policy)
             _current_recorder.reset(token)
 
     def _account(self, email: str) -> Account:
         """The impersonated mailbox; cached (LRU) so its calendar folder is looked up once."""
-        if self._config is None:
+        if self._config is None or self._protocol is None:
             raise RuntimeError("EwsConnector.setup() was not awaited")
         key = email.lower()
         with self._accounts_lock:  # deliveries of several keys run in several threads
@@ -275,7 +291,11 @@ class EwsConnector(Connector):
                     access_type=IMPERSONATION,
                     default_timezone=UTC,  # not the host's zone: every time we send carries its own
                 )
-                account.protocol.TIMEOUT = self.options.timeout
+                # Account() fetched a shared Protocol from exchangelib's cache: use this
+                # destination's own, and leave nothing in the cache.
+                account.protocol = self._protocol
+                with contextlib.suppress(KeyError):
+                    del Protocol[self._config]
                 self._accounts[key] = account
                 while len(self._accounts) > ACCOUNT_CACHE_SIZE:
                     self._accounts.popitem(last=False)
@@ -349,12 +369,23 @@ class EwsConnector(Connector):
         status = recorder.calls[-1].response_status if recorder.calls else None  # the call that failed
         detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ews_errors.ErrorServerBusy):
-            back_off = exc.back_off
+            # ThrottleSafeProtocol makes exchangelib's invented back-off 0: a back-off is Exchange's.
+            back_off = exc.back_off or None
             return BackpressureError(
-                f"Exchange is busy (ErrorServerBusy), asks to back off {back_off or 'a while'} s",
+                f"Exchange is busy (ErrorServerBusy), asks to back off {back_off:g} s"
+                if back_off
+                else "Exchange is busy (ErrorServerBusy), no back-off given: normal retry ladder",
                 retry_after=back_off,
                 status_code=status,
             )
+        if status == 503:
+            retry_after = _retry_after(recorder)
+            if retry_after is not None:
+                return BackpressureError(
+                    f"Exchange is unavailable (HTTP 503), asks to retry after {retry_after:g} s",
+                    retry_after=retry_after,
+                    status_code=status,
+                )
         if isinstance(exc, _MISSING_MAILBOX):
             return PermanentError(f"no mailbox for {mailbox} ({detail})", status_code=status)
         if isinstance(exc, _IMPERSONATION_DENIED):
@@ -388,3 +419,12 @@ class EwsConnector(Connector):
             return PermanentError(f"Exchange answered HTTP {status} ({detail})", status_code=status)
         # No HTTP status at all: the server was not reached (TLS failure, name resolution...).
         return RetryableError(f"could not reach Exchange at {self.server_url} ({detail})", status_code=status)
+
+
+def _retry_after(recorder: CallRecorder) -> float | None:
+    """The failed call's ``Retry-After`` in seconds (the delay form only), if it sent one."""
+    if not recorder.calls:
+        return None
+    headers = {k.lower(): v for k, v in recorder.calls[-1].response_headers.items()}
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() and int(value) > 0 else None

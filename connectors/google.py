@@ -2,7 +2,8 @@
 
 Authentication: a service account with domain-wide delegation; for each employee, google-auth
 signs a JWT-bearer grant with ``sub`` = the employee's address (``with_subject``). google-auth,
-httplib2 and google-api-python-client are synchronous, so calls run in a worker thread; every HTTP
+httplib2 and google-api-python-client are synchronous, so calls run on this destination's own threads
+(:meth:`Connector.run_blocking`, never asyncio's default executor); every HTTP
 exchange (token calls included, their credentials masked) is recorded through :class:`_RecordingHttp`.
 
 Idempotency: the event id is computed from the absence (``google_event_id``), so inserting it twice
@@ -12,7 +13,7 @@ again (409): then the event is replaced with an update that sets its status back
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -107,15 +108,17 @@ class GoogleCalendarConnector(Connector):
         self._service: Any = None
 
     async def setup(self) -> None:
-        self._service = await asyncio.to_thread(
-            build,
-            "calendar",
-            "v3",
-            http=self._http(CallRecorder()),  # unused (each call brings its own): guarded all the same
-            static_discovery=True,
-            cache_discovery=False,
-            # api_endpoint replaces the discovery document's rootUrl *and* servicePath.
-            client_options={"api_endpoint": f"{self.api_root.rstrip('/')}/{SERVICE_PATH}"},
+        self._service = await self.run_blocking(
+            functools.partial(
+                build,
+                "calendar",
+                "v3",
+                http=self._http(CallRecorder()),  # unused (each call brings its own): guarded all the same
+                static_discovery=True,
+                cache_discovery=False,
+                # api_endpoint replaces the discovery document's rootUrl *and* servicePath.
+                client_options={"api_endpoint": f"{self.api_root.rstrip('/')}/{SERVICE_PATH}"},
+            )
         )
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
@@ -196,7 +199,7 @@ class GoogleCalendarConnector(Connector):
     async def _run(self, call: Any, email: str, tolerate: tuple[int, ...] = ()) -> int:
         """Runs one sync Google call in a thread; returns its status, maps failures to our errors."""
         try:
-            await asyncio.to_thread(call)
+            await self.run_blocking(call)
         except HttpError as exc:
             if exc.status_code in tolerate:
                 return int(exc.status_code)

@@ -1,9 +1,10 @@
 """Office 365 calendars through Microsoft Graph (kind ``graph``).
 
 Authentication: the client-credentials flow of an app registration with the application permission
-Calendars.ReadWrite (admin consent), through msal, which caches the token. msal and its
-``requests`` session are synchronous, so they run in a worker thread; Graph itself is called with
-httpx.
+Calendars.ReadWrite (admin consent), through msal. msal and its ``requests`` session are
+synchronous, so they run on this destination's threads (:meth:`Connector.run_blocking`), and only
+when a token is needed: the token is kept here with its expiry, so a delivery with a valid token
+takes no thread at all. Graph itself is called with httpx.
 
 Idempotency: each event carries a single-value extended property holding the absence tag. An upsert
 first looks the event up by that property and PATCHes it; only when none exists does it POST, with
@@ -14,10 +15,10 @@ after its event was deleted must not be discarded as a repeat.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +55,8 @@ TRANSACTION_NAMESPACE = uuid.UUID("0b4f8c9e-1f4e-4c4e-8a53-7f3c2b9d6e10")
 NO_MAILBOX_CODES = ("ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound")
 BACKPRESSURE_STATUSES = (429, 503, 504)
 TEMPORARY_TOKEN_ERRORS = ("temporarily_unavailable", "server_error")
+TOKEN_REFRESH_MARGIN = 300.0
+"""A kept token is used until this many seconds before it expires (msal's own refresh margin)."""
 
 _recorder: contextvars.ContextVar[CallRecorder | None] = contextvars.ContextVar(
     "graph_recorder", default=None
@@ -122,6 +125,8 @@ class GraphConnector(Connector):
         self._app: msal.ConfidentialClientApplication | None = None
         self._app_lock = threading.Lock()
         self._client: httpx.AsyncClient | None = None
+        self._token_kept: tuple[str, float] | None = None
+        """The last token and the monotonic time until which it is used."""
 
     async def setup(self) -> None:
         verify: ssl.SSLContext | bool = (
@@ -236,10 +241,14 @@ class GraphConnector(Connector):
         raise _error_for(response.status_code, code, message, email, response.headers.get("Retry-After"))
 
     async def _token(self, recorder: CallRecorder) -> str:
-        """An app token from msal's cache, or a fresh one (msal and requests run in a thread)."""
+        """The kept token while it is valid (no thread, no I/O), else msal's, on this destination's
+        threads."""
+        kept = self._token_kept
+        if kept is not None and time.monotonic() < kept[1]:
+            return kept[0]
         token = _recorder.set(recorder)
         try:
-            result = await asyncio.to_thread(self._acquire_token)
+            result = await self.run_blocking(self._acquire_token)
         except requests.RequestException as exc:
             raise RetryableError(
                 f"token endpoint of {self.authority} unreachable: {type(exc).__name__}"
@@ -247,7 +256,11 @@ class GraphConnector(Connector):
         finally:
             _recorder.reset(token)
         if "access_token" in result:
-            return str(result["access_token"])
+            access_token = str(result["access_token"])
+            expires_in = result.get("expires_in")
+            if isinstance(expires_in, int | float) and expires_in > TOKEN_REFRESH_MARGIN:
+                self._token_kept = (access_token, time.monotonic() + expires_in - TOKEN_REFRESH_MARGIN)
+            return access_token
         error = str(result.get("error", "unknown_error"))
         description = (
             str(result.get("error_description", "")).splitlines()[0]

@@ -245,6 +245,7 @@ class HttpConnector(Connector):
         self.method_mode = self._choice("method_mode", METHOD_MODES)
         self.x_version = str(self.setting("x_version", "1"))
         self.timeout = self._timeout()
+        self.call_timeout = self.timeout  # the attempt deadline follows this destination's own timeout
         self.auth_headers = self._auth_headers()
         raw_keys = self.secrets.get("signing_secrets")
         self.signing_keys = parse_signing_secrets(raw_keys.get_secret_value()) if raw_keys else []

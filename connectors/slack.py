@@ -20,7 +20,6 @@ Secret: ``bot_token`` (``xoxb-...``; scopes ``chat:write`` and ``channels:histor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 from collections.abc import Mapping
@@ -115,7 +114,7 @@ class SlackConnector(Connector):
         return DeliveryOutcome(summary="nothing sent: absences reach Slack in the daily post")
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
-        return await asyncio.to_thread(self.check_channel, recorder)
+        return await self.run_blocking(self.check_channel, recorder)
 
     def check_channel(self, recorder: CallRecorder) -> DeliveryOutcome:
         """``auth.test`` then ``conversations.info``: the token works and the app is in the channel."""

@@ -5,13 +5,18 @@ One consumer group reads ``deliveries``, every retry topic and ``commands``. The
 
 Threads and tasks:
 
-- the *poll thread* owns the consumer: it polls, gates the retry topics (:class:`DelayGate`: a record
+- the *poll thread* (a thread of its own, not asyncio's default executor) owns the consumer: it polls, gates the retry topics (:class:`DelayGate`: a record
   is never admitted before its due time), pauses/resumes partitions, commits, and hands each admitted
   record to the event loop;
 - the *event loop* runs one ordered lane per key (:class:`KeyLanes`): records of one key are handled
   one after the other, keys run in parallel, bounded by ``settings.delivery_concurrency`` and by a
-  per-destination share of it, so a destination hanging until its timeout holds at most its share
-  and never delays the others; it also serves the producer's acknowledgements (:class:`AsyncProducer`).
+  per-destination share of it (:class:`streams.slots.GroupSlots`: at most half of what the other
+  destinations leave), so hanging destinations, even several, never take every slot; it also serves
+  the producer's acknowledgements (:class:`AsyncProducer`);
+- each connector's blocking client library runs on threads of that destination
+  (:mod:`connectors.executor`), and one attempt has a total deadline (``attempt_deadline``): a
+  destination that hangs or drips its answer holds a lane only that long, then the delivery goes to
+  the retry ladder.
 
 Progress: an offset is committed only when every record before it in its partition is done (its
 outputs acknowledged by Kafka): a crash re-delivers only unfinished work. Sending is at-least-once;
@@ -79,7 +84,9 @@ from streams.kafka import group_id, make_consumer, make_producer, try_produce
 from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
+from streams.slots import GroupSlots
 from streams.state import StateStore
+from streams.threads import run_in_thread
 from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -89,8 +96,8 @@ COMMIT_INTERVAL = 1.0
 BUFFER_PER_SLOT = 50
 """Records buffered per concurrency slot before intake pauses (bounded memory)."""
 DESTINATION_SHARE = 2
-"""A destination may use at most 1/DESTINATION_SHARE of the concurrency slots: one hanging destination
-leaves the other half to everyone else."""
+"""A destination may use at most 1/DESTINATION_SHARE of the concurrency slots the other destinations
+leave: one hanging destination leaves half to everyone else, two leave a quarter or more."""
 
 MANUAL = "MANUAL"
 """Key state status of a delivery an operator marked as processed."""
@@ -158,16 +165,15 @@ class OffsetTracker:
 
 
 class KeyLanes:
-    """One ordered lane per key, lanes in parallel; ``total`` jobs at once, ``per_group`` per group.
+    """One ordered lane per key, lanes in parallel; ``total`` jobs at once, shared by groups.
 
-    A job waits for its group's slot before it takes a global slot, so a group whose jobs hang (one
-    slow destination) holds at most ``per_group`` global slots.
+    A group (a destination) may hold at most 1/``share`` of the slots the other groups leave
+    (:class:`GroupSlots`), so groups whose jobs hang hold a bounded part and live groups always
+    find slots.
     """
 
-    def __init__(self, total: int, per_group: int) -> None:
-        self._total = asyncio.Semaphore(total)
-        self._per_group = per_group
-        self._groups: dict[str, asyncio.Semaphore] = {}
+    def __init__(self, total: int, share: int) -> None:
+        self.slots = GroupSlots(total, share)
         self._queues: dict[str, deque[Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -178,12 +184,14 @@ class KeyLanes:
 
     async def _run(self, key: str, group: str) -> None:
         queue = self._queues[key]
-        group_slots = self._groups.setdefault(group, asyncio.Semaphore(self._per_group))
         try:
             while queue:
                 job = queue.popleft()
-                async with group_slots, self._total:
+                await self.slots.acquire(group)
+                try:
                     await job()
+                finally:
+                    self.slots.release(group)
         finally:
             del self._queues[key], self._tasks[key]
 
@@ -289,6 +297,7 @@ class ConnectorCache:
             if cached is not None:
                 del self._items[destination.id]
                 await cached[1].close()
+                cached[1].release_threads()
             try:
                 secrets = self._box.decrypt_all(destination.secrets)
             except SecretDecryptionError as exc:
@@ -302,6 +311,7 @@ class ConnectorCache:
         items, self._items = self._items, {}
         for _, connector in items.values():
             await connector.close()
+            connector.release_threads()
 
 
 # -- state ----------------------------------------------------------------------------------------
@@ -430,12 +440,12 @@ class DeliveryWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self.lanes = KeyLanes(self._concurrency, max(1, self._concurrency // DESTINATION_SHARE))
+        self.lanes = KeyLanes(self._concurrency, DESTINATION_SHARE)
         self.destinations.start()
         self._producer = AsyncProducer(make_producer(self.settings), self._loop)
         try:
-            await asyncio.to_thread(self.destinations.wait_ready, 60.0)
-            poller = asyncio.create_task(asyncio.to_thread(self._poll_loop))
+            await run_in_thread(self.destinations.wait_ready, 60.0, name="delivery-destinations-ready")
+            poller = asyncio.create_task(run_in_thread(self._poll_loop, name="delivery-poll"))
             stopper = asyncio.create_task(stop.wait())
             failer = asyncio.create_task(self._failed.wait())
             await asyncio.wait([poller, stopper, failer], return_when=asyncio.FIRST_COMPLETED)
@@ -687,12 +697,23 @@ class DeliveryWorker:
         recorder = CallRecorder()
         started, t0 = now_utc(), time.perf_counter()
         error: ConnectorError | None = None
+        deadline = 0.0
+        limit = asyncio.timeout(None)
         try:
-            connector = await self.connectors.get(destination)
-            recorder = CallRecorder(connector.secrets)
-            await connector.deliver(delivery, recorder)
+            async with limit:
+                connector = await self.connectors.get(destination)  # no I/O but opening clients
+                recorder = CallRecorder(connector.secrets)
+                deadline = connector.attempt_deadline
+                limit.reschedule(asyncio.get_running_loop().time() + deadline)
+                await connector.deliver(delivery, recorder)
         except ConnectorError as exc:
             error = exc
+        except TimeoutError as exc:
+            error = RetryableError(
+                f"no complete answer within the attempt deadline of {deadline:g} s"
+                if limit.expired()
+                else f"{type(exc).__name__}: {exc}"
+            )
         except Exception as exc:  # a connector bug or an unexpected client error: try again later
             error = RetryableError(f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - t0) * 1000

@@ -22,6 +22,7 @@ from projections.exceptions import ProjectionError
 from projections.projector import CONSUMER, BatchResult, Projector, SourceRecord, stored_offsets
 from streams.kafka import group_id, make_consumer
 from streams.settings import Settings
+from streams.threads import run_in_thread
 from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -62,7 +63,8 @@ class ProjectionRunner:
         self.projector = Projector(self.topics.status, self.topics.destinations, CONSUMER)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.run_blocking, stop.is_set)
+        # A thread of its own, not the default executor: this loop runs for the life of the service.
+        await run_in_thread(self.run_blocking, stop.is_set, name="projection-loop")
 
     def _consumer(self) -> Consumer:
         consumer = make_consumer(

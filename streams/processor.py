@@ -48,6 +48,7 @@ from streams.kafka import group_id, make_consumer, make_transactional_producer, 
 from streams.records import coordinates
 from streams.retry import PartitionRetries, RetryLater
 from streams.settings import Settings
+from streams.threads import run_in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -357,7 +358,8 @@ class ProcessorComponent:
 
     async def run(self, stop: asyncio.Event) -> None:
         halt = threading.Event()
-        worker = asyncio.create_task(asyncio.to_thread(self._runtime, halt))
+        # A thread of its own: this loop runs for the life of the service (streams/threads.py).
+        worker = asyncio.create_task(run_in_thread(self._runtime, halt, name=f"{self.name}-loop"))
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([worker, waiter], return_when=asyncio.FIRST_COMPLETED)
         halt.set()

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Retries: exactly 5m/15m/1h/24h by default.
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (300.0, 900.0, 3600.0, 86400.0)
     connector_timeout: float = 10.0
+    attempt_deadline: float = 0.0
+    """Seconds one delivery attempt may take in all (0: three connector timeouts, or three of the
+    destination's own timeout); past it the attempt ends as a retryable timeout."""
     delivery_concurrency: int = 64
     stall_timeout: float = 180.0
     """A processor loop that makes no progress this long ends the process (see StallWatchdog)."""

@@ -17,6 +17,12 @@ What it models, because the connector depends on it:
 * Faults on demand: ``busy_next`` (``ErrorServerBusy`` fault with ``BackOffMilliseconds``),
   ``fail_next`` (a bare HTTP error such as 500, as IIS sends) and ``lose_response_next`` (the
   operation happens, its answer is an HTTP error).
+* Throttling: ``throttle_half`` answers every other request with a throttling answer, in turn the
+  ``ErrorServerBusy`` SOAP fault with ``BackOffMilliseconds``, the same fault without it, and an
+  HTTP 503 page, until ``stop_throttling``. The fault is the one exchangelib parses
+  (``services/common.py``, ``_raise_soap_errors``): HTTP 500, ``s:Fault`` with ``faultcode``
+  ``a:ErrorServerBusy``, ``detail/e:ResponseCode`` and ``e:Message`` in the errors namespace, and
+  the back-off as ``detail/t:MessageXml/t:Value Name="BackOffMilliseconds"`` in the types namespace.
 
 NTLM is not modelled (its 401 challenge dance adds nothing to what the connector decides).
 """
@@ -152,6 +158,9 @@ class FakeExchange:
         self._busy: list[int] = []
         self._failures: list[int] = []
         self._lost: dict[str, int] = {}
+        self._throttle_back_off_ms: int | None = None
+        self._throttle_seq = 0
+        self.throttled: dict[str, int] = {"busy_back_off": 0, "busy": 0, "503": 0}
         self._lock = threading.RLock()
         self._change_keys = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
@@ -175,6 +184,28 @@ class FakeExchange:
         """The next ``times`` requests get a bare HTTP ``status`` (an IIS error page)."""
         with self._lock:
             self._failures.extend([status] * times)
+
+    def throttle_half(self, back_off_ms: int = 1500) -> None:
+        """Every other request from now on is throttled (busy with ``back_off_ms``, busy without a
+        back-off, HTTP 503, in turn) until :meth:`stop_throttling`."""
+        with self._lock:
+            self._throttle_back_off_ms = back_off_ms
+            self._throttle_seq = 0
+
+    def stop_throttling(self) -> None:
+        with self._lock:
+            self._throttle_back_off_ms = None
+
+    def _throttle(self) -> tuple[str | None, int]:
+        """Under the lock: the throttling answer for this request, if any, and the back-off."""
+        if self._throttle_back_off_ms is None:
+            return None, 0
+        seq, self._throttle_seq = self._throttle_seq, self._throttle_seq + 1
+        if seq % 2 == 0:
+            return None, 0
+        kind = ("busy_back_off", "busy", "503")[(seq // 2) % 3]
+        self.throttled[kind] += 1
+        return kind, self._throttle_back_off_ms
 
     def lose_response_next(self, operation: str, status: int = 504) -> None:
         """The next ``operation`` is carried out but its answer is lost: a bare HTTP ``status``
@@ -252,14 +283,21 @@ class FakeExchange:
             self.calls.append(ReceivedCall(operation, mailbox, headers, raw.decode()))
             status = self._failures.pop(0) if self._failures else None
             back_off = self._busy.pop(0) if status is None and self._busy else None
+            throttle, throttle_back_off = (None, 0) if status or back_off else self._throttle()
+        if throttle == "503":
+            status = 503
         if status is not None:
             return _error_page(status)
         try:
-            if back_off is not None:
+            if back_off is not None or throttle == "busy_back_off":
                 raise SoapFault(
                     "ErrorServerBusy",
                     "The server cannot service this request right now. Try again later.",
-                    {"BackOffMilliseconds": str(back_off)},
+                    {"BackOffMilliseconds": str(back_off if back_off is not None else throttle_back_off)},
+                )
+            if throttle == "busy":
+                raise SoapFault(
+                    "ErrorServerBusy", "The server cannot service this request right now. Try again later."
                 )
             if self._impersonating(envelope) and not self.impersonation_allowed:
                 raise SoapFault(

@@ -12,6 +12,8 @@
 
 Calendars (``fake.calendars[email][event_id]``) belong to users; ``primary`` is the token's user.
 Rate limiting on demand: :meth:`FakeGoogle.rate_limit` (403 rateLimitExceeded, Google's JSON).
+A hang on demand: :meth:`FakeGoogle.hang` holds every request (token calls included), its
+connection open and unanswered, until :meth:`FakeGoogle.release`; ``hung`` counts those held now.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class FakeGoogle:
         self._tokens: dict[str, str] = {}
         self._faults: list[Response] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._released.set()
+        self._hung = 0
+        self._hung_lock = threading.Lock()
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._server = LoopbackServer(self._handle)
         self.url = self._server.url
@@ -70,7 +76,22 @@ class FakeGoogle:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._server.stop()
+
+    def hang(self) -> None:
+        """From now on every request waits, unanswered, until :meth:`release`."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Held requests and later ones are served again."""
+        self._released.set()
+
+    @property
+    def hung(self) -> int:
+        """Requests held by :meth:`hang` right now."""
+        with self._hung_lock:
+            return self._hung
 
     # -- test controls ------------------------------------------------------------------------
     def add_user(self, email: str) -> dict[str, dict[str, Any]]:
@@ -107,6 +128,14 @@ class FakeGoogle:
 
     # -- dispatch -----------------------------------------------------------------------------
     def _handle(self, request: Request) -> Response:
+        if not self._released.is_set():
+            with self._hung_lock:
+                self._hung += 1
+            try:
+                self._released.wait()
+            finally:
+                with self._hung_lock:
+                    self._hung -= 1
         with self._lock:
             self.requests.append(request)
             if request.method == "POST" and request.path == "/token":

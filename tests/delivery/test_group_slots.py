@@ -1,0 +1,78 @@
+"""Slots shared by destinations (streams/slots.py): stuck destinations always leave slots to live ones."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.slots import GroupSlots
+
+
+async def hold(slots: GroupSlots, group: str, count: int) -> list[asyncio.Task[None]]:
+    """``count`` tasks of ``group`` asking for a slot; returns them once the loop has served them."""
+    tasks = [asyncio.create_task(slots.acquire(group)) for _ in range(count)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def test_one_stuck_group_takes_half_and_two_leave_a_quarter() -> None:
+    slots = GroupSlots(64, share=2)
+    stuck_a = await hold(slots, "google-a", 100)
+    stuck_b = await hold(slots, "google-b", 100)
+
+    assert slots.held("google-a") == 32 and slots.held("google-b") == 16
+    live = await hold(slots, "http", 8)
+    assert all(t.done() for t in live), "a live destination found no slot"
+    assert slots.used == 56
+    for task in stuck_a + stuck_b:
+        task.cancel()
+    await asyncio.gather(*stuck_a, *stuck_b, return_exceptions=True)
+
+
+async def test_stuck_groups_arriving_together_still_leave_slots() -> None:
+    slots = GroupSlots(8, share=2)
+    tasks = []
+    for _ in range(20):  # interleaved arrivals of three hanging destinations
+        for group in ("a", "b", "c"):
+            tasks.append(asyncio.create_task(slots.acquire(group)))
+    await asyncio.sleep(0)
+    assert slots.used < 8
+    live = asyncio.create_task(slots.acquire("graph"))
+    await asyncio.sleep(0)
+    assert live.done()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_released_slot_goes_to_a_waiting_group_in_turn() -> None:
+    slots = GroupSlots(2, share=1)
+    await slots.acquire("a")
+    await slots.acquire("a")
+    waiting_b = asyncio.create_task(slots.acquire("b"))
+    waiting_a = asyncio.create_task(slots.acquire("a"))
+    await asyncio.sleep(0)
+    assert not waiting_b.done() and not waiting_a.done()
+
+    slots.release("a")
+    await asyncio.sleep(0)
+    assert waiting_b.done() and not waiting_a.done()
+    slots.release("a")
+    await asyncio.sleep(0)
+    assert waiting_a.done()
+    assert (slots.held("a"), slots.held("b"), slots.used) == (1, 1, 2)
+
+
+async def test_a_cancelled_waiter_takes_nothing() -> None:
+    slots = GroupSlots(1)
+    await slots.acquire("a")
+    waiter = asyncio.create_task(slots.acquire("b"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release("a")
+    assert slots.used == 0
+    await asyncio.wait_for(slots.acquire("c"), 5)
