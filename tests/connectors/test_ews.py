@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from exchangelib import Build, Configuration, Credentials, FailFast, Version
+from exchangelib import errors as ews_errors
+from exchangelib.protocol import Protocol
+from exchangelib.services import ResolveNames
 from lxml import etree
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import absence_tag
 from connectors.ews import AbsenceTagProperty, EwsConnector
+from connectors.ews_protocol import ThrottleSafeProtocol
 from connectors.exceptions import (
     BackpressureError,
     ConfigurationError,
@@ -34,7 +42,7 @@ from streams.logging import MASK
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
-from tests.delivery.harness import RunningWorker, StatusLog
+from tests.delivery.harness import Feed, RunningWorker, StatusLog
 from tests.fakes.ews import FakeExchange, M, StoredItem
 from tests.fakes.loopback import loopback_options
 from tests.streams_helpers import make_event, next_change, produce_events, running_fanout
@@ -326,6 +334,108 @@ async def test_server_busy_is_backpressure_with_the_servers_back_off_and_no_retr
     only_item(exchange)
 
 
+async def test_server_busy_without_a_back_off_uses_the_normal_ladder_not_an_invented_one(
+    exchange: FakeExchange, connector: EwsConnector
+) -> None:
+    exchange.busy_next(back_off_ms=None)
+
+    with pytest.raises(BackpressureError) as caught:
+        await deliver(connector, make_delivery())
+
+    assert caught.value.retry_after is None  # exchangelib's invented 10 s is not passed on
+    assert "no back-off given" in caught.value.message
+    assert len(exchange.calls) == 1
+
+
+async def test_a_503_with_retry_after_is_honoured(exchange: FakeExchange, connector: EwsConnector) -> None:
+    exchange.fail_next(status=503, retry_after=30)
+
+    with pytest.raises(BackpressureError) as caught:
+        await deliver(connector, make_delivery())
+
+    assert caught.value.retry_after == 30 and caught.value.status_code == 503
+
+
+async def test_throttling_half_the_calls_never_deadlocks_and_every_delivery_gets_through(
+    exchange: FakeExchange,
+) -> None:
+    """12 deliveries at once through 4 sessions, every other call throttled (busy with and without
+    BackOffMilliseconds, 503): each attempt ends, as a success or a retryable error (exchangelib
+    5.6's plain Protocol deadlocked here); once throttling stops, every delivery succeeds."""
+    mailboxes = [f"user{i}@acme.com" for i in range(12)]
+    for mailbox in mailboxes:
+        exchange.add_mailbox(mailbox)
+    conn = make_connector(exchange, max_connections=4)
+    await conn.setup()
+    outcomes: dict[str, list[str]] = {m: [] for m in mailboxes}
+    back_offs: set[float | None] = set()
+
+    async def until_delivered(mailbox: str, throttled_rounds: int) -> None:
+        for round_ in range(throttled_rounds + 20):
+            try:
+                await deliver(conn, make_delivery(absence_id=f"abs-{mailbox}", email=mailbox))
+            except RetryableError as exc:  # what the worker sends to a retry topic
+                outcomes[mailbox].append(type(exc).__name__)
+                if isinstance(exc, BackpressureError):
+                    back_offs.add(exc.retry_after)
+                if round_ == throttled_rounds:
+                    exchange.stop_throttling()
+                continue
+            outcomes[mailbox].append("ok")
+            return
+
+    exchange.throttle_half(back_off_ms=1500)
+    try:
+        async with asyncio.timeout(120):  # liveness: a deadlock would hang here
+            await asyncio.gather(*(until_delivered(m, 3) for m in mailboxes))
+    finally:
+        exchange.stop_throttling()
+        await conn.close()
+        conn.release_threads()
+
+    assert all(o[-1] == "ok" for o in outcomes.values()), outcomes
+    assert all(len(exchange.items(m)) == 1 for m in mailboxes)
+    assert min(exchange.throttled.values()) >= 1, exchange.throttled
+    assert 1.5 in back_offs and None in back_offs  # Exchange's back-off when sent, none otherwise
+    assert conn._executor is not None and conn._executor.alive <= 4
+
+
+def _backoff_returns_with_every_session_in_use(protocol: Any) -> bool:
+    """exchangelib's own server-busy path (``EWSService._handle_backoff``, as under ``FailFast``) run
+    while every session of a pool below its maximum size is in use; True if it returned."""
+    held = [protocol.get_session(), protocol.get_session()]  # 2 of 3 sessions, none free
+    done = threading.Event()
+
+    def backoff() -> None:
+        with contextlib.suppress(Exception):  # FailFast re-raises the server-busy error
+            ResolveNames(protocol=protocol)._handle_backoff(ews_errors.ErrorServerBusy("busy"))
+        done.set()
+
+    threading.Thread(target=backoff, name="ews-backoff", daemon=True).start()
+    returned = done.wait(10)
+    for session in held:
+        protocol.release_session(session)
+    return returned
+
+
+def test_the_pool_cannot_deadlock_where_exchangelibs_own_protocol_does(exchange: FakeExchange) -> None:
+    """exchangelib 5.6: shrinking the pool on server-busy takes the pool lock, then waits for a
+    session by growing the pool, which takes the same lock. ThrottleSafeProtocol never shrinks."""
+    config = Configuration(
+        service_endpoint=exchange.url,
+        credentials=Credentials(exchange.username, exchange.password),
+        auth_type="basic",
+        version=Version(build=Build(15, 1)),
+        retry_policy=FailFast(),
+        max_connections=3,
+    )
+    assert _backoff_returns_with_every_session_in_use(ThrottleSafeProtocol.build(config, timeout=5))
+    # The control: exchangelib's own Protocol (outside its cache) deadlocks on the same path, its
+    # thread blocked for good (a daemon thread, left behind).
+    plain = type.__call__(Protocol, config=config)
+    assert not _backoff_returns_with_every_session_in_use(plain)
+
+
 async def test_an_unknown_mailbox_is_a_permanent_error_naming_it(
     exchange: FakeExchange, connector: EwsConnector
 ) -> None:
@@ -503,3 +613,58 @@ def test_an_absence_on_the_topic_reaches_the_mailbox_and_its_cancellation_remove
     assert attempt is not None and exchange.password not in json.dumps(
         dataclasses.asdict(attempt), default=str
     )
+
+
+@pytest.mark.kafka
+def test_under_throttling_every_delivery_ends_successful_or_in_a_retry_topic(
+    settings: Settings, exchange: FakeExchange
+) -> None:
+    """Half the calls throttled (busy with and without BackOffMilliseconds, 503), 10 deliveries at
+    once through the worker: each one's attempt ends, successful or PENDING in a retry topic; once
+    the throttling stops, none stays PENDING."""
+    box = SecretBox.from_settings(settings)
+    publish_destination(
+        settings,
+        Destination(
+            id="dst-exchange",
+            tenant=TENANT,
+            name="Exchange on-premises",
+            kind="ews",
+            settings={
+                "server_url": exchange.url,
+                "auth_type": "basic",
+                "username": exchange.username,
+                "max_connections": 4,
+            },
+            secrets={"password": box.encrypt(exchange.password)},
+            revision=1,
+        ),
+    )
+    mailboxes = [f"user{i}@acme.com" for i in range(10)]
+    for mailbox in mailboxes:
+        exchange.add_mailbox(mailbox)
+    deliveries = [
+        make_delivery(absence_id=f"abs-t{i}", email=mailbox, destination_id="dst-exchange")
+        for i, mailbox in enumerate(mailboxes)
+    ]
+    statuses = StatusLog(settings)
+    exchange.throttle_half(back_off_ms=1500)
+    try:
+        with RunningWorker(settings):
+            Feed(settings).deliveries(*deliveries)
+            statuses.wait(lambda log: all(log.latest(d.delivery_id) for d in deliveries), timeout=120)
+            first = {d.delivery_id: statuses.of(d.delivery_id)[0] for d in deliveries}
+            exchange.stop_throttling()
+            statuses.wait(
+                lambda log: all(log.latest(d.delivery_id) is Status.SUCCESSFUL for d in deliveries),
+                timeout=120,
+            )
+    finally:
+        exchange.stop_throttling()
+        statuses.close()
+
+    assert all(e.status in (Status.SUCCESSFUL, Status.PENDING) for e in first.values())
+    retried = [e for e in first.values() if e.status is Status.PENDING]
+    assert retried and all(e.next_retry_at is not None for e in retried)
+    assert min(exchange.throttled.values()) >= 1, exchange.throttled
+    assert all(len(exchange.items(m)) == 1 for m in mailboxes)

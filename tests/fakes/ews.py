@@ -155,8 +155,8 @@ class FakeExchange:
         self.mailboxes: dict[str, FakeMailbox] = {}
         self.calls: list[ReceivedCall] = []
         self.impersonation_allowed = True
-        self._busy: list[int] = []
-        self._failures: list[int] = []
+        self._busy: list[int | None] = []
+        self._failures: list[tuple[int, int | None]] = []
         self._lost: dict[str, int] = {}
         self._throttle_back_off_ms: int | None = None
         self._throttle_seq = 0
@@ -175,15 +175,17 @@ class FakeExchange:
         with self._lock:
             return list(self.mailboxes[address.lower()].items.values())
 
-    def busy_next(self, times: int = 1, back_off_ms: int = 2500) -> None:
-        """The next ``times`` requests get the ErrorServerBusy fault."""
+    def busy_next(self, times: int = 1, back_off_ms: int | None = 2500) -> None:
+        """The next ``times`` requests get the ErrorServerBusy fault (without ``BackOffMilliseconds``
+        when ``back_off_ms`` is None)."""
         with self._lock:
             self._busy.extend([back_off_ms] * times)
 
-    def fail_next(self, times: int = 1, status: int = 500) -> None:
-        """The next ``times`` requests get a bare HTTP ``status`` (an IIS error page)."""
+    def fail_next(self, times: int = 1, status: int = 500, retry_after: int | None = None) -> None:
+        """The next ``times`` requests get a bare HTTP ``status`` (an IIS error page), with a
+        ``Retry-After`` header when given."""
         with self._lock:
-            self._failures.extend([status] * times)
+            self._failures.extend([(status, retry_after)] * times)
 
     def throttle_half(self, back_off_ms: int = 1500) -> None:
         """Every other request from now on is throttled (busy with ``back_off_ms``, busy without a
@@ -281,13 +283,14 @@ class FakeExchange:
         mailbox = self._mailbox_address(envelope, headers)
         with self._lock:
             self.calls.append(ReceivedCall(operation, mailbox, headers, raw.decode()))
-            status = self._failures.pop(0) if self._failures else None
-            back_off = self._busy.pop(0) if status is None and self._busy else None
-            throttle, throttle_back_off = (None, 0) if status or back_off else self._throttle()
+            status, retry_after = self._failures.pop(0) if self._failures else (None, None)
+            busy = status is None and bool(self._busy)
+            back_off = self._busy.pop(0) if busy else None
+            throttle, throttle_back_off = (None, 0) if status or busy else self._throttle()
         if throttle == "503":
             status = 503
         if status is not None:
-            return _error_page(status)
+            return _error_page(status, retry_after)
         try:
             if back_off is not None or throttle == "busy_back_off":
                 raise SoapFault(
@@ -295,7 +298,7 @@ class FakeExchange:
                     "The server cannot service this request right now. Try again later.",
                     {"BackOffMilliseconds": str(back_off if back_off is not None else throttle_back_off)},
                 )
-            if throttle == "busy":
+            if busy or throttle == "busy":
                 raise SoapFault(
                     "ErrorServerBusy", "The server cannot service this request right now. Try again later."
                 )
@@ -310,7 +313,7 @@ class FakeExchange:
         with self._lock:
             lost = self._lost.pop(operation, None)
         if lost is not None:
-            return _error_page(lost)
+            return _error_page(lost, None)
         return 200, {"Content-Type": "text/xml; charset=utf-8"}, _envelope(body)
 
     def _authorized(self, header: str) -> bool:
@@ -475,9 +478,12 @@ class FakeExchange:
         return base64.b64encode(f"ck{next(self._change_keys)}".encode()).decode()
 
 
-def _error_page(status: int) -> tuple[int, dict[str, str], bytes]:
+def _error_page(status: int, retry_after: int | None) -> tuple[int, dict[str, str], bytes]:
     page = f"<html><body><h1>Server Error</h1><p>HTTP {status}</p></body></html>"
-    return status, {"Content-Type": "text/html"}, page.encode()
+    headers = {"Content-Type": "text/html"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return status, headers, page.encode()
 
 
 # -- XML helpers -----------------------------------------------------------------------------
