@@ -234,6 +234,20 @@ async def test_token_is_cached_until_it_expires(fake: FakeGraph, connector: Grap
     assert fake.token_requests == 1 + graph_calls
 
 
+async def test_a_valid_kept_token_takes_no_thread(fake: FakeGraph, connector: GraphConnector) -> None:
+    """msal runs on the destination's threads only when a token is needed: with those threads shut
+    (any call on them would fail), a delivery with a valid token still goes through."""
+    await connector.deliver(make_delivery(), CallRecorder())
+    connector.release_threads()
+
+    recorder = CallRecorder()
+    await connector.deliver(make_delivery(absence_id="abs-2"), recorder)
+
+    assert fake.token_requests == 1
+    assert not any("/oauth2/v2.0/token" in call.url for call in recorder.calls)
+    assert len(fake.mailboxes[EMAIL]) == 2
+
+
 async def test_secrets_never_appear_in_recorded_calls(fake: FakeGraph, connector: GraphConnector) -> None:
     recorder = CallRecorder(connector.secrets)
     await connector.deliver(make_delivery(), recorder)
