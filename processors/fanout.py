@@ -64,6 +64,7 @@ from processors.validation import (
 from schemas.codec import AvroCodec, codec_for
 from schemas.delivery import Delivery, DeliveryStatus, Operation, Status, Trigger, delivery_id_for, now_utc
 from schemas.destination import ChangeSelection, Destination
+from schemas.errors import SchemaError
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.destinations import DestinationTable
 from streams.processor import Output, Processor, ProcessorComponent, ProcessorRuntime
@@ -160,6 +161,7 @@ class FanoutProcessor(Processor):
 
     def __init__(self, settings: Settings, table: DestinationTable) -> None:
         topics = Topics(settings)
+        self._settings = settings
         self.topics = [topics.absences, topics.resync]
         self._topics = topics
         self._table = table
@@ -182,7 +184,7 @@ class FanoutProcessor(Processor):
 
     # -- records ------------------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Output]:
-        event = decode_event(self._codec, msg, self._patience)
+        event = decode_event(self._codec, msg, self._settings.max_event_bytes, self._patience)
         key = _state_key(event)
         topic, partition, _ = coordinates(msg)
         if topic == self._topics.resync:
@@ -224,7 +226,7 @@ class FanoutProcessor(Processor):
             offset=msg.offset(),
             exc_info=exc if kind == ErrorKind.PROCESSING else None,
         )
-        return [dead_letter(self._topics.invalid, msg, kind, reason)]
+        return [dead_letter(self._topics.invalid, msg, kind, reason, self._settings.max_record_bytes)]
 
     def _fan_out(self, event: AbsenceEvent, state: AbsenceState) -> list[Output]:
         """Deliveries for one change; updates ``state.held``."""
@@ -338,7 +340,11 @@ class FanoutProcessor(Processor):
                 changed = state.held & dirty
                 if not changed or state.event is None:
                     continue
-                event = AbsenceEvent.from_avro(self._codec.decode(state.event))
+                try:
+                    event = AbsenceEvent.from_avro(self._codec.decode(state.event))
+                except (SchemaError, KeyError, TypeError, ValueError) as exc:  # never stops the sweep
+                    log.error("stored event unreadable: not swept", state_key=key, error=str(exc))
+                    continue
                 held_before = set(state.held)
                 for destination_id in sorted(changed):
                     destination = self._table.get(destination_id)

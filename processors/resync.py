@@ -2,8 +2,8 @@
 
 Resync (:func:`run_resync`): brings one destination to what it should hold *now*, e.g. a destination
 added after the absences were published (the fan-out does not back-fill new matches), or one that
-lost its data. ``absences`` is compacted by absence id, so the latest state of every absence is
-always there (older history may be gone). The replay reads the topic from the offsets of ``since``
+lost its data. ``absences`` is compacted by ``<tenant>|<absence id>``, so the latest state of every
+absence of every tenant is always there (older history may be gone). The replay reads the topic from the offsets of ``since``
 (``offsets_for_times``; from the beginning without it) up to the end offsets taken when the resync
 started, and sends each absence once, from its latest state as read, as a *resync request* to the
 ``resync`` topic: same key, same partition number, the value exactly as read, and a header naming the
@@ -26,7 +26,9 @@ nothing (pending, for an approved-only destination) is still sent, in case the f
 state.
 
 Two passes per partition keep memory bounded and send every absence once: the scan records the
-offset of the latest record of each key; the send pass re-reads the partition and sends only those.
+offset of the latest record of each absence (its key; for a record written before the upgrade, keyed
+by the absence id alone, the tenant and id read from its value); the send pass re-reads the partition
+and sends only those.
 Resumable: the send position per partition (and the window) is checkpointed to
 ``<data_dir>/resync/<destination>.json`` after the records before it are acknowledged by Kafka; a
 new run with the same parameters continues from it (a partition interrupted mid-way is re-scanned,
@@ -64,7 +66,8 @@ from processors.validation import InvalidRecord, absence_codec, decode_event
 from schemas.codec import AvroCodec, codec_for
 from schemas.delivery import Command, CommandKind, Operation, now_utc
 from schemas.destination import Destination
-from schemas.models import AbsenceEvent
+from schemas.errors import SchemaError
+from schemas.models import AbsenceEvent, absence_key
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer, produce
 from streams.records import coordinates
@@ -395,10 +398,11 @@ class _Replay:
             consumer.unassign()
 
     def _scan(self, consumer: Consumer, partition: int, checkpoint: Checkpoint) -> dict[bytes, int]:
-        """The offset of the latest record of each key of the partition's window."""
+        """The offset of the latest record of each absence of the partition's window."""
         latest: dict[bytes, int] = {}
+        codec = absence_codec(self.settings)
         for msg in self._records(consumer, partition, checkpoint.start[partition], checkpoint.end[partition]):
-            latest[msg.key() or b""] = msg.offset() or 0
+            latest[_absence_key(codec, msg)] = msg.offset() or 0
         return latest
 
     def _send(
@@ -427,7 +431,7 @@ class _Replay:
             if self.stop.is_set():
                 break
             offset = msg.offset() or 0
-            if msg.value() is not None and latest.get(msg.key() or b"") == offset:
+            if msg.value() is not None and latest.get(_absence_key(codec, msg)) == offset:
                 event = self._wanted(codec, msg)
                 if event is not None:
                     if not limiter.acquire(self.stop):
@@ -451,13 +455,27 @@ class _Replay:
     def _wanted(self, codec: AvroCodec, msg: Message) -> AbsenceEvent | None:
         """The absence of a latest record if it passes the pre-filter (see the module docstring)."""
         try:
-            event = decode_event(codec, msg)
+            event = decode_event(codec, msg, self.settings.max_event_bytes)
         except InvalidRecord as exc:  # dead-lettered by the fan-out already
             log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
             return None
         if self.request.entity is not None and event.employee.legal_entity_id != self.request.entity:
             return None
         return event if self.destination.matches(event) else None
+
+
+def _absence_key(codec: AvroCodec, msg: Message) -> bytes:
+    """The record's ``<tenant>|<absence id>`` key. A key without ``|`` was written before the upgrade
+    (absence id alone): the tenant comes from the value, so two tenants' old records of one absence id
+    are still told apart (one decode per old record)."""
+    key = msg.key() or b""
+    if b"|" in key or msg.value() is None:
+        return key
+    try:
+        record = codec.decode(msg.value())
+        return absence_key(str(record["tenant"]), str(record["absence"]["id"])).encode()
+    except (SchemaError, KeyError, TypeError):
+        return key
 
 
 def run_resync(

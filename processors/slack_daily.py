@@ -72,13 +72,14 @@ class DailyAbsencesProcessor(Processor):
         self.topics = [topics.absences]
         self._codec: AvroCodec = absence_codec(settings)
         self._patience = RegistryPatience.of(settings)
+        self._max_event_bytes = settings.max_event_bytes
         self._state = StateStore(settings, topics.daily_absences)
         self.stores = [self._state]
         self._clock = clock
         self._next_sweep = 0.0
 
     def handle(self, msg: Message) -> list[Output]:
-        event = decode_event(self._codec, msg, self._patience)
+        event = decode_event(self._codec, msg, self._max_event_bytes, self._patience)
         _, partition, _ = coordinates(msg)
         key = entry_key(event)
         raw = self._state.get(partition, key)

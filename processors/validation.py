@@ -3,9 +3,12 @@
 A bad record is never dropped in silence and never stops the pipeline: it is copied to the dead-letter
 topic with its ORIGINAL key, value and headers, plus headers saying why:
 
-- ``absync-error-kind``: ``decode`` (not Avro we can read), ``unknown-schema`` (a schema fingerprint or
-  registry id we do not know; a registry id is first retried, see below), ``invalid`` (a well-formed event breaking a rule: end before start,
-  missing email...), ``out-of-order`` (a version not above the latest seen for the absence), or
+- ``absync-error-kind``: ``too-large`` (an encoded event over ``ABSYNC_MAX_EVENT_BYTES``, 64 kB by
+  default: not even decoded), ``decode`` (not Avro we can read), ``unknown-schema`` (a schema
+  fingerprint or registry id we do not know; a registry id is first retried, see below), ``invalid``
+  (a well-formed event breaking a rule: end before start, missing email, a text field too long or
+  holding a control character, a key that is not the absence's...), ``out-of-order`` (a version not
+  above the latest seen for the absence), or
   ``processing`` (an unexpected error while handling a good record: a bug, kept for replay);
 - ``absync-reason``: the reason in clear text;
 - ``absync-source-topic``, ``absync-source-partition``, ``absync-source-offset``: where it came from.
@@ -20,6 +23,12 @@ as ``unknown-schema`` with the last error, the attempts and the time waited. An 
 way is given up at once for the next hour while the registry still says it does not exist (a producer
 pointed at another registry must not cost every one of its records the whole wait). Schemas are cached by id
 (:mod:`schemas.registry`): records of an id seen once never wait for the registry again.
+
+A copy that would be over ``ABSYNC_MAX_RECORD_BYTES`` is truncated, with the original size and SHA-256
+(:mod:`streams.deadletter`): a dead letter can always be written, so no record stops the fan-out.
+
+The record key is ``<tenant>|<absence id>``; the absence id alone (the key before tenants were part of
+it) is still accepted, so records written before the upgrade stay readable.
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ from schemas.errors import (
     ValidationError,
 )
 from schemas.models import AbsenceEvent, validate
-from streams.processor import Output
+from streams.deadletter import as_headers, dead_letter_copy
+from streams.output import Output
 from streams.records import coordinates
 from streams.retry import RetryLater
 from streams.schema_registry import schema_registry
@@ -48,6 +58,7 @@ from streams.settings import Settings
 
 
 class ErrorKind(enum.StrEnum):
+    TOO_LARGE = "too-large"
     DECODE = "decode"
     UNKNOWN_SCHEMA = "unknown-schema"
     INVALID = "invalid"
@@ -101,15 +112,25 @@ def absence_codec(settings: Settings) -> AvroCodec:
     return codec_for("AbsenceEvent") if registry is None else AvroCodec("AbsenceEvent", registry)
 
 
-def decode_event(codec: AvroCodec, msg: Message, patience: RegistryPatience | None = None) -> AbsenceEvent:
+def decode_event(
+    codec: AvroCodec, msg: Message, max_bytes: int, patience: RegistryPatience | None = None
+) -> AbsenceEvent:
     """Decodes and validates one record of ``absences``; raises :class:`InvalidRecord` (with
     ``patience``, :class:`SchemaNotYetAvailable` for a writer schema the registry may give later).
 
-    Beyond :func:`schemas.models.validate`, the record key must be the absence id: partitioning (and so
-    the order of one absence's changes) depends on it.
+    A value over ``max_bytes`` (``ABSYNC_MAX_EVENT_BYTES``) is refused before decoding. Beyond
+    :func:`schemas.models.validate`, the record key must be the event's ``<tenant>|<absence id>`` (or,
+    written before the upgrade, its absence id): partitioning (and so the order of one absence's
+    changes) depends on it.
     """
+    value = msg.value()
+    if value is not None and len(value) > max_bytes:
+        raise InvalidRecord(
+            ErrorKind.TOO_LARGE,
+            f"the event is {len(value)} bytes, more than ABSYNC_MAX_EVENT_BYTES ({max_bytes})",
+        )
     try:
-        record = codec.decode(msg.value())
+        record = codec.decode(value)
     except UnknownSchemaIdError as exc:
         if patience is None or exc.given_up:
             reason = (
@@ -134,28 +155,27 @@ def decode_event(codec: AvroCodec, msg: Message, patience: RegistryPatience | No
     except (ValidationError, KeyError, TypeError, ValueError) as exc:
         raise InvalidRecord(ErrorKind.INVALID, str(exc), event_id) from exc
     key = msg.key()
-    if key is None or key.decode(errors="replace") != event.absence.id:
+    text = key.decode(errors="replace") if key is not None else None
+    if text not in (event.key, event.legacy_key):
+        shown = repr(key[:300]) + ("..." if len(key) > 300 else "") if key is not None else "None"
         raise InvalidRecord(
             ErrorKind.INVALID,
-            f"record key {key!r} is not the absence id {event.absence.id!r}",
+            f"record key {shown} is not {event.key!r} (tenant|absence id) nor the absence id",
             event.event_id,
         )
     return event
 
 
-def dead_letter(dead_letter_topic: str, msg: Message, kind: ErrorKind, reason: str) -> Output:
-    """The dead-letter copy of ``msg``: original key, value and headers, plus the reason headers."""
-    topic, partition, offset = coordinates(msg)
-    original = msg.headers() or []
-    pairs = list(original.items()) if isinstance(original, dict) else list(original)
-    headers: list[tuple[str, bytes]] = [
-        (name, value if isinstance(value, bytes) else (value or "").encode()) for name, value in pairs
-    ]
-    headers += [
-        ("absync-error-kind", kind.value.encode()),
-        ("absync-reason", reason.encode()),
-        ("absync-source-topic", topic.encode()),
-        ("absync-source-partition", str(partition).encode()),
-        ("absync-source-offset", str(offset).encode()),
-    ]
-    return Output(dead_letter_topic, msg.key(), msg.value(), headers)
+def dead_letter(dead_letter_topic: str, msg: Message, kind: ErrorKind, reason: str, max_bytes: int) -> Output:
+    """The dead-letter copy of ``msg``: original key, value and headers, plus the reason headers;
+    truncated (with size and SHA-256) when it would be over ``max_bytes`` (ABSYNC_MAX_RECORD_BYTES)."""
+    return dead_letter_copy(
+        dead_letter_topic,
+        key=msg.key(),
+        value=msg.value(),
+        headers=as_headers(msg.headers()),
+        source=coordinates(msg),
+        kind=kind.value,
+        reason=reason,
+        max_bytes=max_bytes,
+    )

@@ -32,8 +32,13 @@ Destinations
     The destinations topic (compacted, one partition) is mirrored: latest record per id, tombstone
     deletes. Secret *names* only are kept; their values never leave Kafka.
 
-An undecodable record is logged with its topic, partition and offset and skipped: it never stops
-the projection (its offset still advances).
+No record stops the projection
+    Text is stored without NUL characters (PostgreSQL's text and JSON cannot hold U+0000): every NUL
+    of a row, an attempt (a destination's response body may hold one) or a destination is replaced by
+    U+FFFD before it is written (:func:`without_nul`). An undecodable record, and (in
+    :mod:`projections.runner`) a record whose rows the database refuses, is *rejected*: listed in
+    :attr:`BatchResult.rejected` for the runner to copy to the projection's dead-letter topic
+    (``projection.invalid``), and its offset advances.
 """
 
 from __future__ import annotations
@@ -100,6 +105,20 @@ class BatchResult:
     """Records below the stored offsets: skipped."""
     undecodable: int = 0
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    rejected: list[tuple[SourceRecord, str]] = field(default_factory=list)
+    """Records not applied, with the reason: for the dead-letter topic."""
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 in its strings (dict keys and values, list items) replaced by
+    U+FFFD: PostgreSQL cannot store a NUL in text or JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def _checked(fact: DeliveryStatus) -> DeliveryStatus:
@@ -188,14 +207,14 @@ def merge(row: Row | None, fact: DeliveryStatus) -> Row:
             }
         )
     merged["last_error"] = _shown_error(merged)
-    return merged
+    return {name: without_nul(value) for name, value in merged.items()}
 
 
 def attempt_row(fact: DeliveryStatus) -> Row | None:
     record = fact.attempt_record
     if record is None:
         return None
-    return {
+    row: Row = {
         "status_id": fact.status_id,
         "delivery_id": fact.delivery_id,
         "number": record.number,
@@ -212,10 +231,11 @@ def attempt_row(fact: DeliveryStatus) -> Row | None:
         "error": record.error,
         "calls": [dict(call) for call in record.calls],
     }
+    return {name: without_nul(value) for name, value in row.items()}
 
 
 def destination_row(destination: Destination) -> Row:
-    return {
+    row: Row = {
         "id": destination.id,
         "tenant": destination.tenant,
         "name": destination.name,
@@ -229,6 +249,7 @@ def destination_row(destination: Destination) -> Row:
         "updated_at": destination.updated_at,
         "updated_by": destination.updated_by,
     }
+    return {name: without_nul(value) for name, value in row.items()}
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -287,17 +308,31 @@ class Projector:
                     raise DecodeError(f"not a topic of the projection: {record.topic}")
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
                 result.undecodable += 1
+                result.rejected.append((record, f"undecodable: {type(exc).__name__}: {exc}"))
                 log.error(
-                    "undecodable record skipped",
+                    "undecodable record rejected",
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
-                    error=str(exc),
+                    error=str(exc)[:1000],
                 )
                 continue
             result.applied += 1
         self._apply_facts(conn, facts)
         self._apply_destinations(conn, destination_changes)
+        self._store_offsets(conn, stored, result.next_offsets)
+        return result
+
+    def skip(self, conn: Connection, record: SourceRecord) -> BatchResult:
+        """Stores the offset past ``record`` without applying it (a record the database refused),
+        inside the caller's transaction."""
+        result = BatchResult()
+        stored = stored_offsets(conn, self.consumer, lock=True)
+        where = (record.topic, record.partition)
+        if record.offset < stored.get(where, 0):
+            result.already_applied += 1
+            return result
+        result.next_offsets[where] = record.offset + 1
         self._store_offsets(conn, stored, result.next_offsets)
         return result
 

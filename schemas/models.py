@@ -2,12 +2,19 @@
 
 JSON (``absync publish``) uses the Avro field names; dates are ``YYYY-MM-DD``, timestamps ISO 8601,
 enums lower or upper case.
+
+Text limits (:func:`validate`): every text field has a maximum length (:data:`TEXT_LIMITS`, in
+characters) and may hold no control character (Unicode category Cc: NUL, tab, newline, DEL, C1...).
+Such an event is *refused*, never normalised: absync does not guess what the HR system meant, and the
+refused record is kept whole in the dead-letter topic with the reason naming the field. The tenant may
+not contain ``|`` either: it is the separator of the record key ``<tenant>|<absence id>``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -106,7 +113,13 @@ class AbsenceEvent:
 
     @property
     def key(self) -> str:
-        """Kafka key: the absence id, so one absence's changes stay in order."""
+        """Kafka key: ``<tenant>|<absence id>`` (:func:`absence_key`), so one absence's changes stay in
+        order and two tenants' absences with the same id never share a key (compaction keeps both)."""
+        return absence_key(self.tenant, self.absence.id)
+
+    @property
+    def legacy_key(self) -> str:
+        """The key written before tenants were part of it (the absence id alone): still accepted."""
         return self.absence.id
 
     def with_version(self, version: int) -> AbsenceEvent:
@@ -252,11 +265,86 @@ class AbsenceEvent:
             raise ValidationError(str(exc)) from exc
 
 
+def absence_key(tenant: str, absence_id: str) -> str:
+    """The record key of one absence on ``absences`` and ``resync``: ``<tenant>|<absence id>``."""
+    return f"{tenant}|{absence_id}"
+
+
+ID_LENGTH = 256
+NAME_LENGTH = 512
+TEXT_LIMITS: dict[str, int] = {
+    "event_id": ID_LENGTH,
+    "tenant": ID_LENGTH,
+    "absence.id": ID_LENGTH,
+    "absence.time_zone": 64,
+    "absence.start_time": 8,
+    "absence.end_time": 8,
+    "absence.leave_account.id": ID_LENGTH,
+    "absence.leave_account.name": NAME_LENGTH,
+    "absence.leave_account.category_id": ID_LENGTH,
+    "absence.leave_account.category_name": NAME_LENGTH,
+    "employee.id": ID_LENGTH,
+    "employee.display_name": NAME_LENGTH,
+    "employee.email": 320,
+    "employee.employee_number": ID_LENGTH,
+    "employee.legal_entity_id": ID_LENGTH,
+    "employee.department_id": ID_LENGTH,
+}
+"""Maximum length in characters of each text field of an AbsenceEvent (320: RFC 5321's address)."""
+
+
+def text_fields(event: AbsenceEvent) -> dict[str, str | None]:
+    """Every text field of the event by its dotted Avro name (the keys of :data:`TEXT_LIMITS`)."""
+    a, e, la = event.absence, event.employee, event.absence.leave_account
+    return {
+        "event_id": event.event_id,
+        "tenant": event.tenant,
+        "absence.id": a.id,
+        "absence.time_zone": a.time_zone,
+        "absence.start_time": a.start_time,
+        "absence.end_time": a.end_time,
+        "absence.leave_account.id": la.id,
+        "absence.leave_account.name": la.name,
+        "absence.leave_account.category_id": la.category_id,
+        "absence.leave_account.category_name": la.category_name,
+        "employee.id": e.id,
+        "employee.display_name": e.display_name,
+        "employee.email": e.email,
+        "employee.employee_number": e.employee_number,
+        "employee.legal_entity_id": e.legal_entity_id,
+        "employee.department_id": e.department_id,
+    }
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Unicode category Cc (C0, DEL, C1) and lone surrogates (not encodable in UTF-8)."""
+
+
+def _check_text(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string")
+    limit = TEXT_LIMITS[name]
+    if len(value) > limit:
+        raise ValidationError(f"{name} is {len(value)} characters long, more than the {limit} allowed")
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise ValidationError(
+            f"{name} contains the control character U+{ord(bad.group()):04X} at position {bad.start()}"
+        )
+
+
 def validate(event: AbsenceEvent) -> None:
     """Checks the rules a single event must follow; raises ValidationError with a clear reason.
 
-    Rules that need history (a version going backwards) are the processors' business.
+    Text fields first (length and control characters, see the module docstring), then the rules of
+    the content. Rules that need history (a version going backwards) are the processors' business.
     """
+    for name, value in text_fields(event).items():
+        _check_text(name, value)
+    if "|" in event.tenant:
+        raise ValidationError(f"tenant may not contain '|' (the key separator): {event.tenant!r}")
     a, e = event.absence, event.employee
     if not event.event_id.strip():
         raise ValidationError("event_id is empty")

@@ -8,7 +8,10 @@ One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
    transaction; an exception from one record never stops the loop: its state changes are rolled back
    and ``processor.dead_letter(msg, exc)`` says what to produce instead; a record that cannot be
    handled *yet* (``handle`` raised :class:`streams.retry.RetryLater`) pauses its partition and is
-   retried with back-off, then dead-lettered (see :mod:`streams.retry`), the other partitions going on;
+   retried with back-off, then dead-lettered (see :mod:`streams.retry`), the other partitions going on.
+   No output is ever larger than ``ABSYNC_MAX_RECORD_BYTES``: a record with a larger output is
+   dead-lettered instead, and a dead-letter copy too large to write is truncated
+   (:mod:`streams.deadletter`);
 3. still in the transaction: ``processor.punctuate()`` outputs (work no record triggers), the state
    stores' changelog writes and the input offsets (``send_offsets_to_transaction`` with the consumer
    group metadata); commit.
@@ -38,13 +41,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from streams.deadletter import as_headers, dead_letter_copy, output_size
 from streams.kafka import group_id, make_consumer, make_transactional_producer, produce
+from streams.output import Headers, Output
 from streams.records import coordinates
 from streams.retry import PartitionRetries, RetryLater
 from streams.settings import Settings
@@ -52,19 +56,19 @@ from streams.threads import run_in_thread
 
 log = structlog.get_logger(__name__)
 
-Headers = list[tuple[str, bytes]]
+__all__ = [
+    "Headers",
+    "Output",
+    "OutputTooLarge",
+    "Processor",
+    "ProcessorComponent",
+    "ProcessorRuntime",
+    "StallWatchdog",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record to produce inside the current transaction (value None = tombstone)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = field(default_factory=list)
-    partition: int | None = None
-    """Explicit partition (state changelogs); None = the producer's partitioner (by key)."""
+class OutputTooLarge(Exception):
+    """An output of a record is larger than ``ABSYNC_MAX_RECORD_BYTES``: the record is dead-lettered."""
 
 
 class TransactionalStore(Protocol):
@@ -280,10 +284,24 @@ class ProcessorRuntime:
         return True
 
     def _handle_one(self, msg: Message) -> list[Output] | None:
-        """The record's outputs (its dead-letter outputs if it failed), None to retry it later."""
+        """The record's outputs (its dead-letter outputs if it failed), None to retry it later;
+        never an output Kafka would refuse.
+
+        An output over ``max_record_bytes`` fails the record (:class:`OutputTooLarge`), so nothing of
+        it is produced; a dead-letter output over the limit is replaced by a truncated copy of the
+        record (:func:`streams.deadletter.dead_letter_copy`) on the same topic; a ``dead_letter`` that
+        raises skips the record with an error log naming its coordinates (it stays in its topic).
+        """
         savepoints = [store.savepoint() for store in self._processor.stores]
+        limit = self._settings.max_record_bytes
         try:
             outputs = self._processor.handle(msg)
+            for out in outputs:
+                if output_size(out) > limit:
+                    raise OutputTooLarge(
+                        f"an output to {out.topic} would be {output_size(out)} bytes, more than "
+                        f"ABSYNC_MAX_RECORD_BYTES ({limit})"
+                    )
         except Exception as exc:
             for store, savepoint in zip(self._processor.stores, savepoints, strict=True):
                 store.rollback(savepoint)
@@ -297,9 +315,39 @@ class ProcessorRuntime:
                     attempt=exc.attempts,
                 )
                 return None
-            outputs = self._processor.dead_letter(msg, exc)
+            outputs = self._dead_letters(msg, exc)
         self._retries.done(msg)
         return outputs
+
+    def _dead_letters(self, msg: Message, exc: Exception) -> list[Output]:
+        """The processor's dead-letter outputs for ``msg``, each within ``max_record_bytes``."""
+        limit = self._settings.max_record_bytes
+        try:
+            letters = self._processor.dead_letter(msg, exc)
+        except Exception as failure:
+            self._log.error(
+                "record skipped: its dead letter failed",
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                error=repr(exc),
+                dead_letter_error=repr(failure),
+            )
+            return []
+        return [out if output_size(out) <= limit else self._truncated(msg, out, exc) for out in letters]
+
+    def _truncated(self, msg: Message, out: Output, exc: Exception) -> Output:
+        """A truncated copy of ``msg`` instead of a dead-letter output too large to write."""
+        return dead_letter_copy(
+            out.topic,
+            key=msg.key(),
+            value=msg.value(),
+            headers=as_headers(msg.headers()),
+            source=coordinates(msg),
+            kind="too-large" if isinstance(exc, OutputTooLarge) else "processing",
+            reason=f"{type(exc).__name__}: {exc}",
+            max_bytes=self._settings.max_record_bytes,
+        )
 
     @staticmethod
     def _produce(producer: Producer, out: Output) -> None:

@@ -7,13 +7,15 @@
     with AbsencePublisher(settings) as publisher:   # flushes and closes on exit
         publisher.publish(event)                     # validates, encodes, sends (asynchronously)
 
-Idempotent producer with ``acks=all`` (no duplicate or reordering on retries), key = absence id (one
-absence's changes stay in order), Avro single-object encoding; or, with ``confluent_wire_format=True``
+Idempotent producer with ``acks=all`` (no duplicate or reordering on retries), key =
+``<tenant>|<absence id>`` (one absence's changes stay in order; two tenants' absences with the same
+id never share a key), Avro single-object encoding; or, with ``confluent_wire_format=True``
 and ``ABSYNC_SCHEMA_REGISTRY_URL``, the Confluent wire format: the schema is registered under the
 subject ``<absences topic>-value`` (TopicNameStrategy; or only looked up with ``auto_register=False``)
 once, when the publisher is built, which fails there and then with a clear
-:class:`~schemas.errors.SchemaError` if the registry refuses it or cannot be reached. An event that breaks a rule raises
-:class:`schemas.errors.ValidationError` at once; a record Kafka did not acknowledge raises
+:class:`~schemas.errors.SchemaError` if the registry refuses it or cannot be reached. An event that
+breaks a rule (text limits and control characters included, see :mod:`schemas.models`) or is larger
+than ``ABSYNC_MAX_EVENT_BYTES`` encoded raises :class:`schemas.errors.ValidationError` at once; a record Kafka did not acknowledge raises
 :class:`PublishError` from the next ``publish`` or from ``flush``: never swallowed. A wrong
 password, an unknown CA or a missing ACL raises :class:`PublishError` naming it from ``flush``
 within about a second, not after the flush timeout.
@@ -27,6 +29,7 @@ from types import TracebackType
 from confluent_kafka import KafkaError, Message
 
 from schemas.codec import codec_for
+from schemas.errors import ValidationError
 from schemas.models import AbsenceEvent, validate
 from streams.kafka import explain, log_kafka_error, make_producer, produce
 from streams.schema_registry import schema_registry
@@ -58,6 +61,7 @@ class AbsencePublisher:
             self._schema_id = registry.register(subject, self._codec.text, auto_register=auto_register)
         self._producer = make_producer(settings, error_cb=self._on_error)
         self._flush_timeout = flush_timeout
+        self._max_event_bytes = settings.max_event_bytes
         self._failures: list[str] = []
         self._refused = False
 
@@ -69,6 +73,11 @@ class AbsencePublisher:
             value = self._codec.encode(event.to_avro())
         else:
             value = self._codec.encode_confluent(event.to_avro(), self._schema_id)
+        if len(value) > self._max_event_bytes:
+            raise ValidationError(
+                f"the event is {len(value)} bytes encoded, more than ABSYNC_MAX_EVENT_BYTES "
+                f"({self._max_event_bytes})"
+            )
         produce(self._producer, self._topic, event.key.encode(), value, on_delivery=self._on_delivery)
         self._producer.poll(0)
 

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     """Seconds a record waits for a registry that does not answer before it is dead-lettered."""
     schema_registry_unknown_id_retry_for: float = Field(default=30.0, ge=0, le=86400)
     """Seconds a record waits for a schema id the registry says it does not have."""
+    max_event_bytes: int = Field(default=65_536, gt=0)
+    """Largest encoded AbsenceEvent accepted; a larger one is dead-lettered (kind ``too-large``)."""
+    max_record_bytes: int = Field(default=900_000, ge=65_536)
+    """Largest record absync writes (key + value + headers): below librdkafka's message.max.bytes
+    (1,000,000) and Kafka's default max.message.bytes (1,048,588). A larger output replaces its input
+    by a dead letter; a dead-letter copy over it is truncated (streams/deadletter.py)."""
 
     # Retries: exactly 5m/15m/1h/24h by default.
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (300.0, 900.0, 3600.0, 86400.0)

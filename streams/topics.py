@@ -3,8 +3,10 @@
 Partitioning rule: ``deliveries``, every retry topic, ``commands`` and ``delivery-state`` share one
 partition count and one key (``<destination_id>|<absence_id>``), so partition *p* of each belongs to
 the same worker (co-partitioning) and one absence's deliveries to one destination stay in order.
-``absences``, ``resync`` and ``fanout-state`` share the absence id as key and one partition count: the
-fan-out reads partition *p* of ``absences`` and ``resync`` with the state of partition *p*.
+``absences``, ``resync`` and ``fanout-state`` share one key, ``<tenant>|<absence id>`` (absence ids are
+unique per tenant only; records written before the upgrade have the absence id alone), and one
+partition count: the fan-out reads partition *p* of ``absences`` and ``resync`` with the state of
+partition *p*. Each processor that reads records has a dead-letter topic (``*.invalid``).
 ``destinations`` has one partition: every worker reads all of it (a global table).
 """
 
@@ -52,6 +54,8 @@ class Topics:
         p = settings.topic_prefix
         self.absences = f"{p}absences"
         self.invalid = f"{p}absences.invalid"
+        self.deliveries_invalid = f"{p}deliveries.invalid"
+        self.projection_invalid = f"{p}projection.invalid"
         self.resync = f"{p}resync"
         self.deliveries = f"{p}deliveries"
         self.retries = [
@@ -85,10 +89,10 @@ class Topics:
                 self.absences,
                 n,
                 rf,
-                # Compacted by absence id: the latest state of every absence is kept forever (bulk
-                # resync replays it); a week of full history is kept before compaction.
+                # Compacted by tenant and absence id: the latest state of every absence is kept forever
+                # (bulk resync replays it); a week of full history is kept before compaction.
                 {**compact, "min.compaction.lag.ms": str(7 * DAY_MS)},
-                "Input: Avro AbsenceEvent, key = absence id.",
+                "Input: Avro AbsenceEvent, key = tenant|absence id (absence id alone before the upgrade).",
             ),
             TopicSpec(
                 "resync",
@@ -101,6 +105,22 @@ class Topics:
             ),
             TopicSpec(
                 "invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."
+            ),
+            TopicSpec(
+                "deliveries_invalid",
+                self.deliveries_invalid,
+                n,
+                rf,
+                keep(30),
+                "Dead letter of the delivery worker: deliveries and commands it cannot read.",
+            ),
+            TopicSpec(
+                "projection_invalid",
+                self.projection_invalid,
+                n,
+                rf,
+                keep(30),
+                "Dead letter of the projection: status facts and destinations it cannot store.",
             ),
             TopicSpec("deliveries", self.deliveries, n, rf, keep(7), "Delivery work items."),
             TopicSpec(
