@@ -78,6 +78,7 @@ from schemas.delivery import (
 )
 from schemas.destination import Destination
 from schemas.errors import SchemaError
+from streams.deadletter import dead_letter_copy
 from streams.delay import DelayGate, Partition, due_at_header
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer, try_produce
@@ -543,7 +544,9 @@ class DeliveryWorker:
                     rewind.pop((topic, partition), None)  # its head is back: no seek pending
                     self.tracker.started((topic, partition), offset)
                     admitted.append(
-                        _Input(topic, partition, offset, (msg.key() or b"").decode(), msg.value())
+                        _Input(
+                            topic, partition, offset, (msg.key() or b"").decode(errors="replace"), msg.value()
+                        )
                     )
                 if admitted:  # one wake-up of the event loop per batch, not per record
                     self._in_loop(self._dispatch, admitted)
@@ -604,12 +607,36 @@ class DeliveryWorker:
                 await self._on_command(record)
             else:
                 await self._on_delivery(record)
-        except SchemaError as exc:
-            log.error("undecodable record skipped", topic=record.topic, offset=record.offset, error=str(exc))
+        except (SchemaError, KeyError, TypeError, ValueError) as exc:  # permanent for this record
+            try:
+                await self._dead_letter(record, exc)
+            except Exception as failure:
+                self._fail(failure)
+                return
         except Exception as exc:
             self._fail(exc)
             return
         self.tracker.done((record.topic, record.partition), record.offset)
+
+    async def _dead_letter(self, record: _Input, exc: Exception) -> None:
+        """A record the worker cannot read goes to ``deliveries.invalid`` (streams/deadletter.py)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "unreadable record dead-lettered", topic=record.topic, offset=record.offset, error=reason[:500]
+        )
+        copy = dead_letter_copy(
+            self.topics.deliveries_invalid,
+            key=record.key.encode(),
+            value=record.value,
+            headers=[],
+            source=(record.topic, record.partition, record.offset),
+            kind="decode" if isinstance(exc, SchemaError) else "invalid",
+            reason=reason,
+            max_bytes=self.settings.max_record_bytes,
+        )
+        await self._producer_().send(
+            copy.topic, (copy.key or b"").decode(errors="replace"), copy.value, headers=list(copy.headers)
+        )
 
     async def _on_delivery(self, record: _Input) -> None:
         encoded = record.value or b""

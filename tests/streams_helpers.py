@@ -99,7 +99,7 @@ def produce_raw(settings: Settings, records: Sequence[RawRecord]) -> None:
 
 
 def produce_events(settings: Settings, events: list[AbsenceEvent]) -> None:
-    produce_raw(settings, [(e.absence.id.encode(), encode(e), None) for e in events])
+    produce_raw(settings, [(e.key.encode(), encode(e), None) for e in events])
 
 
 def add_destination(settings: Settings, dest_id: str, tenant: str = "acme", **fields: Any) -> Destination:

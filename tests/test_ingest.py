@@ -85,7 +85,7 @@ def bad_inputs() -> list[Case]:
             for i, (name, value, kind, reason) in enumerate(undecodable)
         ],
         *[(name, e.absence.id.encode(), encode(e), kind, reason) for name, e, kind, reason in wrong],
-        ("key is not the absence id", b"someone-else", encode(wrong_key), "invalid", "is not the absence id"),
+        ("key is not the absence's", b"someone-else", encode(wrong_key), "invalid", "nor the absence id"),
     ]
 
 

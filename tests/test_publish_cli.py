@@ -36,7 +36,7 @@ def test_the_examples_publish_fully_and_fan_out_cleanly(settings: Settings) -> N
 
     records = published(settings)
     assert sorted(e.event_id for _, e in records) == sorted(line["event_id"] for line in lines)
-    assert all(key == e.absence.id.encode() for key, e in records)
+    assert all(key == f"{e.tenant}|{e.absence.id}".encode() for key, e in records)
     assert {e.event_id: e for _, e in records} == {
         line["event_id"]: AbsenceEvent.from_json(line) for line in lines
     }

@@ -45,7 +45,7 @@ def absences_record(settings: Settings, event: AbsenceEvent) -> Message:
     return next(
         m
         for m in read_to_end(settings, Topics(settings).absences)
-        if m.value() == encode(event) and m.key() == event.absence.id.encode()
+        if m.value() == encode(event) and m.key() == event.key.encode()
     )
 
 
