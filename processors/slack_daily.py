@@ -6,8 +6,10 @@ whose changelog is the compacted ``daily-absences`` topic, keyed ``absence|<tena
 (same partition as the absence). Older versions are ignored (a replay changes nothing); cancelled and
 deleted absences are kept as such (so a late, older event cannot bring them back) until they are
 over; absences that ended more than :data:`KEEP_DAYS` days ago are removed (tombstones), so the topic
-stays the size of the current absences. Bad records are the fan-out's business (it dead-letters
-them); here they are skipped.
+stays the size of the current absences. Invalid records are the fan-out's business (it dead-letters
+them to ``absences.invalid``); here they are skipped, so each has one dead-letter copy, not two. A
+valid record this processor fails on (a bug) is dead-lettered here, kind ``processing``, with the
+header ``absync-processor: slack-daily``, and the next record is handled.
 
 Read side, :class:`DailyAbsenceTable`: a thread reads every partition of ``daily-absences`` from the
 start (read_committed) and keeps the live absences per tenant in memory; the scheduler asks it
@@ -30,7 +32,14 @@ from collections.abc import Callable
 import structlog
 from confluent_kafka import Message
 
-from processors.validation import RegistryPatience, absence_codec, decode_event
+from processors.validation import (
+    ErrorKind,
+    InvalidRecord,
+    RegistryPatience,
+    absence_codec,
+    dead_letter,
+    decode_event,
+)
 from schemas.codec import AvroCodec
 from schemas.models import AbsenceEvent, AbsenceStatus
 from streams.kafka import read_compacted
@@ -73,6 +82,8 @@ class DailyAbsencesProcessor(Processor):
         self._codec: AvroCodec = absence_codec(settings)
         self._patience = RegistryPatience.of(settings)
         self._max_event_bytes = settings.max_event_bytes
+        self._max_record = settings.max_record_bytes
+        self._invalid = topics.invalid
         self._state = StateStore(settings, topics.daily_absences)
         self.stores = [self._state]
         self._clock = clock
@@ -89,8 +100,18 @@ class DailyAbsencesProcessor(Processor):
         return []
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
-        log.info("record not projected", topic=msg.topic(), offset=msg.offset(), reason=str(exc))
-        return []
+        if isinstance(exc, InvalidRecord):  # the fan-out dead-letters the same record
+            log.info("record not projected", topic=msg.topic(), offset=msg.offset(), reason=exc.reason[:500])
+            return []
+        log.error("record not projected: dead-lettered", topic=msg.topic(), offset=msg.offset(), exc_info=exc)
+        copy = dead_letter(
+            self._invalid, msg, ErrorKind.PROCESSING, f"{type(exc).__name__}: {exc}", self._max_record
+        )
+        return [
+            Output(
+                copy.topic, copy.key, copy.value, [*copy.headers, ("absync-processor", self.name.encode())]
+            )
+        ]
 
     def punctuate(self) -> list[Output]:
         """Once an hour, removes the absences that ended more than KEEP_DAYS days ago."""
