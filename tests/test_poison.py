@@ -31,8 +31,18 @@ from streams.processor import Processor, ProcessorRuntime
 from streams.publisher import AbsencePublisher
 from streams.settings import Settings
 from streams.topics import Topics
+from tests.connectors.test_slack import (
+    CHANNEL,
+    EXPECTED_EN,
+    Worker,
+    add_slack_destination,
+    slack,
+    the_week,
+    wait_until,
+)
 from tests.delivery.harness import http_destination
 from tests.fakes.receiver import Receiver
+from tests.fakes.slack import FakeSlack
 from tests.streams_helpers import (
     at_least,
     deliveries_of,
@@ -43,6 +53,8 @@ from tests.streams_helpers import (
     read_to_end,
 )
 from tests.test_resync import pipeline, wait_successful
+
+__all__ = ["slack"]  # the Slack tests' fixture (a fake Slack on loopback)
 
 FIVE_MB = 5 * 1024 * 1024
 GARBAGE = 999_892
@@ -220,3 +232,32 @@ def test_the_runtime_never_writes_an_output_kafka_would_refuse(settings: Setting
     assert k3["absync-truncated"] == b"true" and k3["absync-original-size"] == b"950000"
     assert k3["absync-original-sha256"] == hashlib.sha256(b"z" * 950_000).hexdigest().encode()
     assert len(by_key[b"k3"].value() or b"") == 64 * 1024
+
+
+def test_the_slack_daily_post_is_made_with_poison_records_among_the_absences(
+    settings: Settings, slack: FakeSlack
+) -> None:
+    """The Slack processors read ``absences`` too: the same probes stop neither of them."""
+    topics = Topics(settings)
+    raise_max_message_bytes(settings, topics.absences, 8 * 1024 * 1024)
+    huge = huge_name_event()
+    add_slack_destination(settings, slack)
+    producer = make_producer(settings, **{"compression.type": "zstd", "message.max.bytes": 8_000_000})
+    week = the_week()
+    probes = [(b"acme|abs-zeros", bytes(FIVE_MB)), (b"acme|abs-garbage", os.urandom(GARBAGE))]
+    for key, value in [*probes, (huge.key.encode(), encode(huge))]:
+        producer.produce(topics.absences, key=key, value=value)
+    for event in week:
+        producer.produce(topics.absences, key=event.key.encode(), value=encode(event))
+    assert producer.flush(30) == 0
+    worker = Worker(settings)
+    try:
+        wait_until(
+            lambda: bool(slack.channels[CHANNEL].messages) and "Zoe" in slack.messages(CHANNEL)[0]["text"]
+        )
+        alive = worker.alive()
+    finally:
+        worker.stop()
+    assert alive
+    [post] = slack.messages(CHANNEL)
+    assert post["text"] == EXPECTED_EN

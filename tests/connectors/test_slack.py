@@ -239,6 +239,10 @@ class Worker:
         self._thread = threading.Thread(target=run_together, args=(parts, self._halt), daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """False once a processor failed (run_together stops them all then)."""
+        return self._thread.is_alive() and not self._halt.is_set()
+
     def stop(self) -> None:
         self._halt.set()
         self._thread.join(60)
