@@ -165,7 +165,8 @@ class DestinationTable:
         codec = codec_for("Destination")
 
         def apply(msg: Message) -> None:
-            self._apply(codec, (msg.key() or b"").decode(), msg.value(), msg.offset())
+            # errors="replace": a key that is not UTF-8 must not end the table's thread
+            self._apply(codec, (msg.key() or b"").decode(errors="replace"), msg.value(), msg.offset())
 
         read_compacted(self._settings, self._topic, apply, follow=self._stop, on_caught_up=self._ready.set)
 

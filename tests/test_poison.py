@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from schemas.errors import ValidationError
 from schemas.models import AbsenceEvent, validate
+from streams.destinations import DestinationTable
 from streams.kafka import make_producer
 from streams.output import Output
 from streams.processor import Processor, ProcessorRuntime
@@ -44,6 +46,7 @@ from tests.delivery.harness import http_destination
 from tests.fakes.receiver import Receiver
 from tests.fakes.slack import FakeSlack
 from tests.streams_helpers import (
+    add_destination,
     at_least,
     deliveries_of,
     encode,
@@ -261,3 +264,24 @@ def test_the_slack_daily_post_is_made_with_poison_records_among_the_absences(
     assert alive
     [post] = slack.messages(CHANNEL)
     assert post["text"] == EXPECTED_EN
+
+
+def test_a_destination_record_with_a_key_that_is_not_utf8_does_not_stop_the_table(settings: Settings) -> None:
+    """Every processor reads the destinations topic: one bad record there used to end the table's
+    thread (UnicodeDecodeError), so the table never became ready or stopped following changes."""
+    producer = make_producer(settings)
+    producer.produce(Topics(settings).destinations, key=b"\xff\xfe", value=b"\xc3\x01garbage")
+    producer.produce(Topics(settings).destinations, key=b"\xff\xfd", value=None)
+    assert producer.flush(30) == 0
+    add_destination(settings, "dst-after")
+    table = DestinationTable(settings).start()
+    try:
+        table.wait_ready(60)
+        assert [d.id for d in table.all()] == ["dst-after"]
+        add_destination(settings, "dst-later")
+        deadline = time.monotonic() + 60
+        while table.get("dst-later") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert table.get("dst-later") is not None
+    finally:
+        table.close()
