@@ -172,7 +172,7 @@ class DailyAbsenceTable:
 
     def _run(self) -> None:
         def apply(msg: Message) -> None:
-            key = (msg.key() or b"").decode()
+            key = (msg.key() or b"").decode(errors="replace")
             if key.startswith(PREFIX):
                 self._apply(key, msg.value())
 

@@ -142,7 +142,7 @@ class StateStore:
         data: dict[str, bytes] = {}
 
         def apply(msg: Message) -> None:
-            key = (msg.key() or b"").decode()
+            key = (msg.key() or b"").decode(errors="replace")  # never ends the restore
             value = msg.value()
             if value is None:
                 data.pop(key, None)
