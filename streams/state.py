@@ -11,7 +11,10 @@ same partition count as the input: the state of input partition *p* lives in cha
   (an undo log, cleared at each commit);
 - ``drop(partitions)`` (on revocation) forgets them: their new owner restores them.
 
-Values are small bytes (JSON is fine); keys are strings.
+Values are small bytes (JSON is fine); keys are strings. ``put`` refuses a record larger than
+``ABSYNC_MAX_RECORD_BYTES`` (:class:`StateTooLarge`, a ValueError): raised while a record is handled,
+it fails that record only (rolled back and dead-lettered), instead of a changelog write that Kafka
+would refuse at commit time, for every batch after it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Iterator
 import structlog
 from confluent_kafka import KafkaException, Message
 
+from streams.deadletter import record_size
 from streams.kafka import read_compacted
 from streams.processor import Output
 from streams.settings import Settings
@@ -33,6 +37,10 @@ _ABSENT = object()
 
 class StateRestoreError(Exception):
     """A changelog partition could not be read to its end."""
+
+
+class StateTooLarge(ValueError):
+    """A state value whose changelog record would be larger than ``ABSYNC_MAX_RECORD_BYTES``."""
 
 
 class StateStore:
@@ -49,6 +57,12 @@ class StateStore:
         return self._partition(partition).get(key)
 
     def put(self, partition: int, key: str, value: bytes) -> None:
+        size = record_size(key.encode(), value, [])
+        if size > self._settings.max_record_bytes:
+            raise StateTooLarge(
+                f"state of {key[:200]!r} would be a {size}-byte record in {self.topic}, more than "
+                f"ABSYNC_MAX_RECORD_BYTES ({self._settings.max_record_bytes})"
+            )
         self._write(partition, key, value)
 
     def delete(self, partition: int, key: str) -> None:

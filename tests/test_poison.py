@@ -32,6 +32,7 @@ from streams.output import Output
 from streams.processor import Processor, ProcessorRuntime
 from streams.publisher import AbsencePublisher
 from streams.settings import Settings
+from streams.state import StateStore
 from streams.topics import Topics
 from tests.connectors.test_slack import (
     CHANNEL,
@@ -285,3 +286,51 @@ def test_a_destination_record_with_a_key_that_is_not_utf8_does_not_stop_the_tabl
         assert table.get("dst-later") is not None
     finally:
         table.close()
+
+
+class _Keeper(_Echo):
+    """Keeps each record's value as state (a changelog record per input record)."""
+
+    name = "keeper"
+
+    def __init__(self, settings: Settings, source: str, out: str, dead: str) -> None:
+        super().__init__(source, out, dead)
+        self._store = StateStore(settings, Topics(settings).fanout_state)
+        self.stores = [self._store]
+
+    def handle(self, msg: Message) -> list[Output]:
+        self._store.put(msg.partition() or 0, (msg.key() or b"").decode(), msg.value() or b"")
+        return [Output(self.out, msg.key(), b"kept")]
+
+
+def test_a_state_value_too_large_for_its_changelog_fails_only_its_record(settings: Settings) -> None:
+    topics = Topics(settings)
+    source, out, dead = topics.absences, topics.deliveries, topics.invalid
+    producer = make_producer(settings)
+    for key, value in [(b"k1", b"a" * 100), (b"k2", b"b" * 950_000), (b"k3", b"c" * 100)]:
+        producer.produce(source, key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+    runtime = ProcessorRuntime(settings, _Keeper(settings, source, out, dead), worker_id="keeper")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        kept = read_committed(settings, out, at_least(2))
+        letters = read_committed(settings, dead, at_least(1))
+    finally:
+        stop.set()
+        thread.join(60)
+    assert errors == []
+    assert sorted(m.key() or b"" for m in kept) == [b"k1", b"k3"]
+    [letter] = letters
+    assert letter.key() == b"k2" and headers_of(letter)["absync-original-size"] == b"950000"
+    changelog = read_to_end(settings, topics.fanout_state)
+    assert sorted(m.key() or b"" for m in changelog) == [b"k1", b"k3"]
