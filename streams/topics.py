@@ -12,9 +12,10 @@ partition *p*. Each processor that reads records has a dead-letter topic (``*.in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.kafka import make_admin
 from streams.settings import Settings
@@ -200,4 +201,32 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 raise
+    wait_for_leaders(admin, [t.name for t in missing], timeout)
     return created
+
+
+def wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Returns once the broker's metadata shows every partition of ``names`` with a leader.
+
+    A topic whose creation the controller has acknowledged may not be in the metadata a client gets
+    for a moment. A consumer that subscribes then leaves it out of its assignment until its next
+    periodic metadata refresh (librdkafka: ``topic.metadata.refresh.interval.ms``, 5 minutes), so a
+    processor started right after ``create_topics`` could sit idle for minutes.
+    """
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        metadata = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+        pending = {
+            name
+            for name in pending
+            if (topic := metadata.topics.get(name)) is None
+            or topic.error is not None
+            or not topic.partitions
+            or any(p.leader < 0 or p.error is not None for p in topic.partitions.values())
+        }
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topics without a leader after {timeout:.0f}s: {', '.join(sorted(pending))}")
+        time.sleep(0.1)
