@@ -156,7 +156,19 @@ api_tokens = sa.Table(
     sa.Column("token_hash", sa.String(), nullable=False, unique=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("revoked_at", UtcDateTime),
+    sa.Column("expires_at", UtcDateTime),
     sa.CheckConstraint("\"right\" IN ('view', 'configure')", name="ck_api_tokens_right"),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("token_hash", sa.String(), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("ended_at", UtcDateTime),
+    sa.Index("ix_console_sessions_expires_at", "expires_at"),
 )
 
 destination_audit = sa.Table(

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 from confluent_kafka import KafkaException, Message
 
 from schemas.codec import AvroCodec, codec_for
 from schemas.destination import KINDS, ChangeSelection, Destination, Filters
 from schemas.errors import SchemaError
+from streams.destination_input import load_yaml_documents, validate_documents
 from streams.kafka import make_producer, read_compacted
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -253,19 +253,16 @@ def destination_from_dict(
 
 
 def load_yaml(path: Path, box: SecretBox) -> list[Destination]:
-    """One destination per YAML document (or a list of them)."""
-    documents: list[Any] = []
-    for doc in yaml.safe_load_all(path.read_text()):
-        if isinstance(doc, list):
-            documents.extend(doc)
-        elif doc is not None:
-            documents.append(doc)
+    """One destination per YAML document (or a list of them), validated by the API's own model
+    (:mod:`streams.destination_input`): the file is read whole or refused, never half-applied."""
+    try:
+        models = validate_documents(path, load_yaml_documents(path))
+    except ValueError as exc:
+        raise DestinationError(str(exc)) from None
     out: list[Destination] = []
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, dict):
-            raise DestinationError(f"{path}: document {i + 1} is not a mapping")
+    for i, model in enumerate(models):
         try:
-            out.append(destination_from_dict(doc, box))
+            out.append(destination_from_dict(model.model_dump(), box))
         except DestinationError as exc:
             raise DestinationError(f"{path}: document {i + 1}: {exc}") from exc
     return out

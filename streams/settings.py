@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     """ABSYNC_ALLOWED_NETWORKS: comma-separated CIDRs that destinations may reach although the egress
     policy refuses them by default (private, loopback... see connectors/egress.py)."""
 
+    # Operator API edges (absync/web)
+    max_request_bytes: int = Field(default=1_000_000, gt=0)
+    """Largest request body the HTTP API reads (413 beyond, before any parsing or authentication)."""
+    metrics_token: SecretStr | None = None
+    """Bearer token for ``/metrics`` (besides API tokens not limited to a tenant)."""
+
     @field_validator("kafka_properties", mode="before")
     @classmethod
     def _parse_kafka_properties(cls, value: object) -> object:

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from absync.web.auth import Configurer, Principal, Viewer
+from absync.web.auth import Configurer, Principal, Viewer, still_authenticated
 from connectors.base import CallRecorder, ConnectorOptions
 from connectors.exceptions import ConnectorError
 from connectors.registry import connector_class
@@ -41,7 +41,8 @@ from projections.db import deliveries, destination_audit
 from projections.exceptions import BadCursorError
 from schemas.codec import codec_for
 from schemas.delivery import Command, CommandKind, Status
-from schemas.destination import KINDS, ChangeSelection, Destination
+from schemas.destination import ChangeSelection, Destination
+from streams.destination_input import DestinationCreate, DestinationUpdate, FiltersModel, check_id_namespace
 from streams.destinations import DestinationError, destination_from_dict, publish_destination
 from streams.logging import MASK
 from streams.secrets import SecretDecryptionError
@@ -58,6 +59,8 @@ STREAM_LOOKBACK = dt.timedelta(seconds=10)
 """``updated_at`` comes from the processors' clocks, so a change may land in the view slightly
 "in the past"; the stream re-reads this window and sends what it has not sent yet."""
 STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_RECHECK_SECONDS = 2.0
+"""An open stream checks its token again this often: revoked or expired, the stream ends."""
 WRITE_VISIBLE_TIMEOUT = 10.0
 
 
@@ -165,18 +168,6 @@ class Me(BaseModel):
     tenant: str | None = Field(description="null: every tenant.")
 
 
-class FiltersModel(BaseModel):
-    """Empty list = everything."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    legal_entities: list[str] = []
-    departments: list[str] = []
-    leave_accounts: list[str] = []
-    leave_categories: list[str] = []
-    employees: list[str] = []
-
-
 class DestinationOut(BaseModel):
     id: str
     tenant: str
@@ -197,52 +188,6 @@ class DestinationDetailOut(DestinationOut):
     success_rate: float | None = Field(description="Over its last 100 finished deliveries.")
     last_error: str | None
     last_error_at: dt.datetime | None
-
-
-class DestinationUpdate(BaseModel):
-    """A destination's whole configuration. ``secrets`` are write-only: a secret left out (or empty)
-    keeps its current value; values are encrypted before they reach Kafka and never shown."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "example": {
-                "name": "Team calendar webhook",
-                "kind": "http",
-                "enabled": True,
-                "filters": {"departments": ["d-1"]},
-                "changes": "ALL",
-                "settings": {"url": "http://127.0.0.1:9/absences"},
-                "secrets": {"signing_secrets": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
-            }
-        },
-    )
-
-    name: str = Field(min_length=1, max_length=400)
-    kind: Literal[KINDS]  # type: ignore[valid-type]
-    enabled: bool = Field(default=True, strict=True)
-    filters: FiltersModel = FiltersModel()
-    changes: ChangeSelection = ChangeSelection.ALL
-    settings: dict[str, Any] = {}
-    secrets: dict[str, str] = Field(default={}, description="Write-only.")
-
-
-class DestinationCreate(DestinationUpdate):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "example": {
-                "id": "dst-team-webhook",
-                "tenant": "acme",
-                **DestinationUpdate.model_config["json_schema_extra"]["example"],  # type: ignore[index, dict-item]
-            }
-        },
-    )
-
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-    tenant: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Defaults to the token's tenant."
-    )
 
 
 class RecordedCallOut(BaseModel):
@@ -416,14 +361,21 @@ def _latest_update(state: AppState, tenant: str | None) -> dt.datetime:
 
 
 async def _change_events(request: Request, state: AppState, principal: Principal) -> AsyncIterator[str]:
-    """Server-sent events: one ``delivery`` event (a DeliveryOut as JSON) per changed delivery."""
+    """Server-sent events: one ``delivery`` event (a DeliveryOut as JSON) per changed delivery.
+    Ends when the token is revoked or expires (checked every ``STREAM_RECHECK_SECONDS``)."""
     watermark = await run_in_threadpool(_latest_update, state, principal.tenant)
     # What the view holds at connection time counts as sent: the stream carries changes only.
     known = await run_in_threadpool(_changes, state, principal.tenant, watermark)
     sent = {row.delivery_id: row.updated_at for row in known}
-    last_output = time.monotonic()
+    last_output = checked = time.monotonic()
     yield ": connected\n\n"
     while not state.stopping.is_set() and not await request.is_disconnected():
+        if time.monotonic() - checked >= STREAM_RECHECK_SECONDS:
+            if not await run_in_threadpool(still_authenticated, request):
+                log.info("live stream closed: its token is no longer valid", actor=principal.name)
+                yield "event: unauthorized\ndata: {}\n\n"
+                return
+            checked = time.monotonic()
         rows = await run_in_threadpool(_changes, state, principal.tenant, watermark)
         for row in rows:
             if sent.get(row.delivery_id) == row.updated_at:
@@ -608,7 +560,8 @@ def get_destination(request: Request, principal: Configurer, destination_id: Des
     response_model=DestinationOut,
     responses={**BAD_BODY, **CONFLICT, **UNAVAILABLE},
     summary="Create a destination",
-    description="403 if the token is limited to another tenant; 409 if the id is taken.",
+    description="403 if the token is limited to another tenant; 409 if the id is taken. A token "
+    "limited to a tenant creates ids `TENANT:NAME` only, so a 409 is always about its own tenant.",
 )
 def create_destination(request: Request, principal: Configurer, body: DestinationCreate) -> dict[str, Any]:
     state = _state(request)
@@ -617,6 +570,11 @@ def create_destination(request: Request, principal: Configurer, body: Destinatio
         raise invalid(("body", "tenant"), "required with a token that is not limited to one tenant")
     if not principal.sees(tenant):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is limited to another tenant")
+    problem = check_id_namespace(body.id, tenant)
+    if problem is None and principal.tenant is not None and not body.id.startswith(f"{tenant}:"):
+        problem = f"a token limited to a tenant creates ids of its namespace: {tenant + ':'}NAME"
+    if problem:  # decided from the request alone: says nothing about other tenants' ids
+        raise invalid(("body", "id"), problem)
     with _write_lock:
         if state.destinations.get(body.id) is not None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"destination id {body.id!r} is taken")

@@ -1,5 +1,9 @@
 """The FastAPI application: ``/api/v1`` (see :mod:`absync.web.api`), health, readiness, metrics.
 
+Edges: request bodies are capped before anything reads them (:mod:`absync.web.limits`),
+``/metrics`` needs the metrics token or an all-tenant API token, and ``/docs`` is served from
+local files (:mod:`absync.web.docs`; no ReDoc, no CDN).
+
 ``create_app`` wires what the routes share (:class:`AppState`): the projection database (migrated
 here), one idempotent Kafka producer for commands, the destinations table read from Kafka (started
 with the app, caught up before the first request) and the secret box. Tests pass their own engine
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaException, Producer
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,7 +33,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from absync.web.api import router
+from absync.web.auth import metrics_access
 from absync.web.console import router as console_router
+from absync.web.docs import router as docs_router
+from absync.web.limits import BodyLimit
 from absync.web.metrics import make_registry
 from projections.db import engine_for, migrate
 from streams.destinations import DestinationTable
@@ -97,11 +104,16 @@ def create_app(
         version="1",
         description="Deliveries of absence changes to destinations: see, retry, configure.",
         lifespan=lifespan,
+        docs_url=None,  # served by absync.web.docs from local files
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.absync = state
     app.state.engine = engine  # read by absync.web.auth
     app.include_router(router)
     app.include_router(console_router)
+    app.include_router(docs_router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     _add_operational_routes(app, state)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     return app
@@ -125,7 +137,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _add_operational_routes(app: FastAPI, state: AppState) -> None:
-    """Routes without a token: probes (liveness, readiness) and the Prometheus scrape."""
+    """Probes (liveness, readiness: no token) and the Prometheus scrape (metrics token)."""
 
     @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness")
     def healthz() -> Health:
@@ -148,9 +160,13 @@ def _add_operational_routes(app: FastAPI, state: AppState) -> None:
     @app.get(
         "/metrics",
         tags=["operations"],
-        summary="Prometheus metrics",
+        summary="Prometheus metrics (ABSYNC_METRICS_TOKEN or an API token for all tenants)",
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+            401: {"description": "No metrics token."},
+        },
+        dependencies=[Depends(metrics_access)],
     )
     def metrics() -> Response:
         return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,10 @@ nothing to brute-force.
 Rights: ``view`` (deliveries: read, Retry, Mark as processed) and ``configure`` (``view`` plus
 everything under destinations). A token may be limited to one tenant: the routes then filter by it
 and answer 404 for another tenant's objects, exactly as if they did not exist.
+
+A token may expire (``expires_at``): from then on it is refused exactly like a revoked one.
+``/metrics`` (every tenant's figures) takes ``ABSYNC_METRICS_TOKEN`` or a token not limited to a
+tenant (:func:`metrics_access`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import secrets
 import uuid
 from collections.abc import Callable
@@ -62,16 +67,27 @@ class TokenInfo:
     tenant: str | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(engine: Engine, name: str, right: Right | str, tenant: str | None = None) -> str:
-    """Stores a new token (hashed) and returns the clear token: the only time it exists."""
+def create_token(
+    engine: Engine,
+    name: str,
+    right: Right | str,
+    tenant: str | None = None,
+    *,
+    expires_at: dt.datetime | None = None,
+) -> str:
+    """Stores a new token (hashed) and returns the clear token: the only time it exists.
+    ``expires_at`` (aware): refused from then on; None: until revoked."""
     if not name.strip():
         raise ValueError("a token needs a name")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with engine.begin() as conn:
         conn.execute(
@@ -82,6 +98,7 @@ def create_token(engine: Engine, name: str, right: Right | str, tenant: str | No
                 tenant=tenant or None,
                 token_hash=hash_token(token),
                 created_at=dt.datetime.now(dt.UTC),
+                expires_at=expires_at,
             )
         )
     return token
@@ -98,6 +115,7 @@ def list_tokens(engine: Engine) -> list[TokenInfo]:
             tenant=row["tenant"],
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
+            expires_at=row["expires_at"],
         )
         for row in rows
     ]
@@ -115,14 +133,17 @@ def revoke_token(engine: Engine, token_id: str) -> bool:
 
 
 def principal_for(engine: Engine, token: str) -> Principal | None:
-    """The active token's principal, or None (unknown or revoked)."""
-    if not token.startswith(TOKEN_PREFIX):
+    """The active token's principal, or None (unknown, revoked or expired)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
+    now = dt.datetime.now(dt.UTC)
     with engine.connect() as conn:
         row = (
             conn.execute(
                 sa.select(api_tokens.c.name, api_tokens.c.right, api_tokens.c.tenant).where(
-                    api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None)
+                    api_tokens.c.token_hash == hash_token(token),
+                    api_tokens.c.revoked_at.is_(None),
+                    sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
                 )
             )
             .mappings()
@@ -150,6 +171,37 @@ def authenticate(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return principal
+
+
+def still_authenticated(request: Request) -> bool:
+    """Whether the request's token is still active (not revoked or expired since it was checked):
+    long-lived responses (the live stream) ask this again as they go."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and principal_for(request.app.state.engine, token.strip()) is not None
+
+
+def metrics_access(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """``/metrics`` labels every tenant: ``ABSYNC_METRICS_TOKEN``, or an API token not limited to a
+    tenant (either right). 401 otherwise, the same answer for missing, wrong and tenant tokens."""
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        offered = credentials.credentials
+        expected = request.app.state.absync.settings.metrics_token
+        if (
+            expected is not None
+            and expected.get_secret_value()
+            and hmac.compare_digest(offered.encode(), expected.get_secret_value().encode())
+        ):
+            return
+        principal = principal_for(request.app.state.engine, offered)
+        if principal is not None and principal.tenant is None:
+            return
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "the metrics token (ABSYNC_METRICS_TOKEN) or an API token for all tenants is required",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def require(right: Right) -> Callable[[Principal], Principal]:

@@ -8,6 +8,7 @@ catches up (``projections.runner.catch_up``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -22,12 +23,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from absync.web.app import create_app
 from absync.web.auth import Right, create_token
 from absync.web.server import HttpComponent
-from projections.db import engine_for, engine_from_url
+from projections.db import engine_for, engine_from_url, migrate
 from projections.runner import catch_up
 from schemas.codec import codec_for
 from schemas.delivery import Attempt, DeliveryStatus, Status
@@ -112,18 +114,15 @@ def wait_for_leaders(settings: Settings) -> None:
         consumer.close()
 
 
-@pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[Api]:
+METRICS_TOKEN = "metrics-scrape-token-for-tests-only"
+
+
+@contextlib.contextmanager
+def serve(settings: Settings, engine: Engine) -> Iterator[tuple[str, HttpComponent]]:
+    """The real ``http`` component on a free loopback port (a thread); its base URL."""
     wait_for_leaders(settings)
     settings = settings.model_copy(update={"http_port": free_port()})
-    app = create_app(settings, engine=engine)
-    tokens = {
-        "view": create_token(engine, "viewer", Right.VIEW),
-        "configure": create_token(engine, "admin", Right.CONFIGURE),
-        "acme-view": create_token(engine, "acme viewer", Right.VIEW, "acme"),
-        "acme-configure": create_token(engine, "acme admin", Right.CONFIGURE, "acme"),
-    }
-    component = HttpComponent(settings, app)
+    component = HttpComponent(settings, create_app(settings, engine=engine))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     thread = threading.Thread(target=loop.run_until_complete, args=(component.run(stop),), daemon=True)
@@ -141,11 +140,25 @@ def api(settings: Settings, engine: Engine) -> Iterator[Api]:
         else:
             pytest.fail("the API did not start")
     try:
-        yield Api(settings, engine, base_url, tokens, component)
+        yield base_url, component
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         loop.close()
+
+
+@pytest.fixture
+def api(settings: Settings, engine: Engine) -> Iterator[Api]:
+    settings = settings.model_copy(update={"metrics_token": SecretStr(METRICS_TOKEN)})
+    migrate(engine)
+    tokens = {
+        "view": create_token(engine, "viewer", Right.VIEW),
+        "configure": create_token(engine, "admin", Right.CONFIGURE),
+        "acme-view": create_token(engine, "acme viewer", Right.VIEW, "acme"),
+        "acme-configure": create_token(engine, "acme admin", Right.CONFIGURE, "acme"),
+    }
+    with serve(settings, engine) as (base_url, component):
+        yield Api(component.settings, engine, base_url, tokens, component)
 
 
 def fact(

@@ -161,13 +161,13 @@ def test_a_tenant_token_configures_its_tenant_only(api: Api) -> None:
             == 201
         )
     with api.client("acme-configure") as acme:
-        created = acme.post("/api/v1/destinations", json={"id": "dst-acme", **body()})
+        created = acme.post("/api/v1/destinations", json={"id": "acme:dst", **body()})
         assert created.status_code == 201 and created.json()["tenant"] == "acme"
         assert (
             acme.post("/api/v1/destinations", json={"id": "dst-z", "tenant": "globex", **body()}).status_code
             == 403
         )
-        assert [d["id"] for d in acme.get("/api/v1/destinations").json()] == ["dst-acme"]
+        assert [d["id"] for d in acme.get("/api/v1/destinations").json()] == ["acme:dst"]
         for method, path in [
             ("GET", ""),
             ("PUT", ""),

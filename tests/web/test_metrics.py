@@ -38,8 +38,8 @@ def test_metrics_from_the_view_and_the_broker(api: Api) -> None:
     worker.commit(offsets=[TopicPartition(topics.retries[0], 0, 1)], asynchronous=False)  # read one of three
     worker.close()
 
-    with api.client() as anonymous:
-        response = anonymous.get("/metrics")
+    with api.client("view") as scraper:  # a token for all tenants (test_edges: who may scrape)
+        response = scraper.get("/metrics")
     assert response.status_code == 200
     values = samples(response.text)
     assert (

@@ -1,8 +1,8 @@
 """Every route of the OpenAPI spec, walked with no token, a ``view`` and a ``configure`` token.
 
 The expected answer comes from the rule of issue [C], not from a list of routes: everything under
-``/api/`` needs a token; ``/api/v1/destinations...`` needs ``configure``, the rest ``view``; the
-probes and metrics outside ``/api/`` are public.
+``/api/`` needs a token; ``/api/v1/destinations...`` needs ``configure``, the rest ``view``; ``/metrics`` needs a
+token for all tenants (either right; issue 12 item 7); the probes outside ``/api/`` are public.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def required_right(path: str) -> str | None:
+    if path == "/metrics":
+        return "view"
     if not path.startswith("/api/"):
         return None
     return "configure" if path.startswith("/api/v1/destinations") else "view"

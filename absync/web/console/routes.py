@@ -23,7 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from absync.web.auth import Principal, Right
 from absync.web.console.forms import KIND_LABELS, SECRETS, SETTINGS
-from absync.web.console.session import close_session, open_session, session_principal, session_token
+from absync.web.console.session import (
+    close_session,
+    cross_origin,
+    open_session,
+    session_principal,
+    session_token,
+)
 from schemas.delivery import Status
 
 log = structlog.get_logger(__name__)
@@ -117,6 +123,9 @@ def sign_in(
     next: Annotated[str, Form()] = "",
 ) -> Response:
     target = _safe_next(next)
+    if cross_origin(request):  # login CSRF: another site signing this browser in as someone else
+        log.info("console sign-in refused: cross-origin", origin=request.headers.get("origin"))
+        return _cross_origin_refusal()
     response: Response = RedirectResponse(target, status.HTTP_303_SEE_OTHER)
     principal = open_session(request, response, token)
     if principal is None:
@@ -135,9 +144,19 @@ def sign_in(
 
 
 @router.post("/console/sign-out")
-def sign_out() -> RedirectResponse:
+def sign_out(request: Request) -> Response:
+    """Ends the session on the server, then clears the cookie."""
+    if cross_origin(request):
+        return _cross_origin_refusal()
     response = RedirectResponse("/console/sign-in", status.HTTP_303_SEE_OTHER)
-    close_session(response)
+    close_session(request, response)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _cross_origin_refusal() -> Response:
+    response = JSONResponse({"detail": "cross-origin request refused"}, status.HTTP_403_FORBIDDEN)
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
@@ -222,4 +241,6 @@ def api_bridge(request: Request, rest: str) -> Response:
         return JSONResponse({"detail": "not signed in"}, status.HTTP_401_UNAUTHORIZED)
     if request.method not in SAFE_METHODS and request.headers.get(COMMAND_HEADER) != "1":
         return JSONResponse({"detail": f"missing {COMMAND_HEADER} header"}, status.HTTP_403_FORBIDDEN)
+    if request.method not in SAFE_METHODS and cross_origin(request):
+        return _cross_origin_refusal()
     return _Bridge(token, rest)
