@@ -1,6 +1,6 @@
 """``/docs``: Swagger UI served from this process, never from a CDN.
 
-The files come from the pinned ``swagger-ui-bundle`` package (Swagger UI 4.15.5); the page is ours,
+The files come from the pinned ``swagger-ui-bundle-v2`` package (Swagger UI 5.31.0); the page is ours,
 with no inline script, so it runs under a Content-Security-Policy of ``'self'`` only. The page
 itself needs no token: it shows the OpenAPI description (``/openapi.json``), and every call made
 from it needs an API token like any other client. ReDoc (which FastAPI loads from a CDN) is off.
