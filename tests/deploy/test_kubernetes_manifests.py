@@ -40,6 +40,7 @@ CUSTOM_KINDS = {
     "ScaledObject": "keda.yaml",
     "TriggerAuthentication": "keda.yaml",
     "Kustomization": "kustomize.yaml",
+    "ServiceMonitor": "prometheus-operator.yaml",
 }
 
 Document = dict[str, Any]
@@ -131,6 +132,7 @@ TYPOS = [
     ("ScaledObject", "absync-delivery", "spec", "maxReplicaCount", "maxReplicas"),
     ("ScaledObject", "absync-fanout", "spec.triggers.0.metadata", "consumerGroup", "consumergroup"),
     ("Kustomization", "", "", "resources", "resource"),
+    ("ServiceMonitor", "absync-api", "spec.endpoints.0", "authorization", "authorisation"),
 ]
 
 
@@ -157,7 +159,7 @@ def test_kustomization_applies_every_manifest_but_the_secret_template() -> None:
 def test_the_secret_template_holds_placeholders_only() -> None:
     [secret] = load(SECRET_TEMPLATE)
     assert secret["kind"] == "Secret"
-    assert set(secret["stringData"]) == {"ABSYNC_SECRET_KEY", "ABSYNC_DATABASE_URL"}
+    assert set(secret["stringData"]) == {"ABSYNC_SECRET_KEY", "ABSYNC_DATABASE_URL", "ABSYNC_METRICS_TOKEN"}
     assert all("REPLACE-ME" in value for value in secret["stringData"].values())
     assert "data" not in secret
 
@@ -358,3 +360,22 @@ def test_the_api_probes_answer_on_the_configured_port(settings: Settings) -> Non
         for probe in ("livenessProbe", "readinessProbe"):
             response = client.get(api[probe]["httpGet"]["path"])
             assert response.status_code == 200, response.text
+
+
+def test_prometheus_scrapes_the_api_with_the_metrics_token() -> None:
+    """/metrics needs a token (issue 12 item 7): the ServiceMonitor sends the key the pods read."""
+    monitor = one("ServiceMonitor", "absync-api")
+    service = one("Service", "absync-api")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "absync-secrets", "key": "ABSYNC_METRICS_TOKEN"},
+    }
+    [secret] = load(SECRET_TEMPLATE)
+    assert "ABSYNC_METRICS_TOKEN" in secret["stringData"]
+    assert "ABSYNC_METRICS_TOKEN".removeprefix("ABSYNC_").lower() in Settings.model_fields
+    api = one("Deployment", "absync-api")["spec"]["template"]
+    assert "prometheus.io/scrape" not in api["metadata"].get("annotations", {})
