@@ -93,3 +93,59 @@ def test_apply_refuses_the_embedded_key_in_production(settings: Settings) -> Non
     refused = absync_in(settings, {"ABSYNC_ENV": "production"}, "destinations", "apply", str(EXAMPLE))
     assert refused.returncode == 2 and "ABSYNC_SECRET_KEY" in refused.stderr
     assert table(settings).get("acme-http-demo") is None
+
+
+GOOD = 'id: {id}\ntenant: acme\nname: Good\nkind: http\nsettings: {{url: "http://127.0.0.1:9/hook"}}\n'
+HOSTILE = {
+    "string-boolean": GOOD.format(id="d-bool") + 'enabled: "false"\n',
+    "ftp-url": GOOD.format(id="d-ftp").replace("http://127.0.0.1:9/hook", "ftp://files.example/x"),
+    "file-url": GOOD.format(id="d-file").replace("http://127.0.0.1:9/hook", "file:///etc/passwd"),
+    "duplicate-id": GOOD.format(id="d-dup") + "---\n" + GOOD.format(id="d-dup"),
+    "bad-id": GOOD.format(id='"../etc passwd"'),
+    "other-namespace": GOOD.format(id="globex:hook"),
+    "billion-laughs": 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+    "filter-list-2.6MB": GOOD.format(id="d-big")
+    + "filters:\n  employees:\n"
+    + "".join(f"    - emp-{i:012d}\n" for i in range(130_000)),
+    "6000-filter-values": GOOD.format(id="d-many")
+    + f"filters: {{employees: [{', '.join(f'e{i}' for i in range(6000))}]}}\n",
+    "deep-nesting": "[" * 5000 + "]" * 5000 + "\n",
+    "duplicate-key": GOOD.format(id="d-key") + "name: Evil twin\n",
+    "syntax-error": GOOD.format(id="d-syntax") + "filters: {departments: [d-1\n",
+    "unknown-field": GOOD.format(id="d-extra") + "enabeld: false\n",
+    "number-as-secret": GOOD.format(id="d-num") + "secrets: {password: 12345}\n",
+}
+
+
+def test_apply_refuses_hostile_files_with_one_clear_line(settings: Settings, tmp_path: Path) -> None:
+    """Each file is refused whole, with exit code 1 and a one-line reason; nothing is published."""
+    for name, text in HOSTILE.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(GOOD.format(id=f"ok-{name}") + "---\n" + text)  # a good document first
+        result = absync(settings, "destinations", "apply", str(path))
+        assert result.returncode == 1, name
+        assert "Traceback" not in result.stderr, f"{name}: {result.stderr[-2000:]}"
+        assert result.stderr.startswith(str(path)), name
+        assert len(result.stderr.strip().splitlines()) == 1, f"{name}: {result.stderr}"
+    (tmp_path / "binary.yaml").write_bytes(b"id: \xff\xfe\n")
+    result = absync(settings, "destinations", "apply", str(tmp_path / "binary.yaml"))
+    assert result.returncode == 1 and "not UTF-8" in result.stderr
+    assert table(settings).all() == []  # not even the good documents before the bad one
+
+
+def test_apply_takes_a_real_false_and_reports_why_others_fail(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "off.yaml"
+    path.write_text(GOOD.format(id="acme:off") + "enabled: false\n")
+    assert absync(settings, "destinations", "apply", str(path)).returncode == 0
+    created = table(settings).get("acme:off")
+    assert created is not None and created.enabled is False
+    path.write_text(GOOD.format(id="d-bool") + 'enabled: "false"\n')
+    reason = absync(settings, "destinations", "apply", str(path)).stderr
+    assert "enabled: Input should be a valid boolean" in reason
+    path.write_text(HOSTILE["billion-laughs"])
+    assert "anchors (&name) are not allowed" in absync(settings, "destinations", "apply", str(path)).stderr
+    path.write_text(HOSTILE["filter-list-2.6MB"])
+    assert "larger than 1048576 bytes" in absync(settings, "destinations", "apply", str(path)).stderr
