@@ -33,10 +33,11 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("absync.body_limited"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope["absync.body_limited"] = True  # the console bridge re-enters the app with this scope
+        # The console bridge re-enters the app with the same (already limited) receive: the inner
+        # pass counts the same bytes against the same cap, so the answer does not change.
         declared = _content_length(scope)
         if declared is not None and (declared < 0 or declared > self.max_bytes):
             await self._refuse(scope, send, declared)

@@ -21,7 +21,7 @@ cat <<MSG
 
   absync is starting (Ctrl-C stops everything).
   Console:   http://127.0.0.1:${port}/          sign in with the token in .data/admin-token
-  API:       http://127.0.0.1:${port}/api/v1    (OpenAPI: /openapi.json, metrics: /metrics)
+  API:       http://127.0.0.1:${port}/api/v1    (reference: /docs, OpenAPI: /openapi.json)
   Try it:    .venv/bin/absync publish examples/absences.jsonl
              then watch the deliveries reach the demo receiver (http://127.0.0.1:8765/hook)
   Logs:      JSON lines below; the broker's in .cache/kafka/ (Ctrl-C stops the broker too)
