@@ -31,9 +31,11 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from projections.db import api_tokens
+from projections.db import api_tokens, console_sessions
 
 TOKEN_PREFIX = "absync_"
+SESSION_HEADER = "x-absync-session"
+"""Set by the console's bridge (never taken from the browser): the key of the console session."""
 
 
 class Right(enum.StrEnum):
@@ -174,10 +176,30 @@ def authenticate(
 
 
 def still_authenticated(request: Request) -> bool:
-    """Whether the request's token is still active (not revoked or expired since it was checked):
-    long-lived responses (the live stream) ask this again as they go."""
+    """Whether the request's token is still active (not revoked or expired since it was checked)
+    and, for a request of the console (``SESSION_HEADER``, set by its bridge), its session too (not
+    signed out): long-lived responses (the live stream) ask this again as they go."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and principal_for(request.app.state.engine, token.strip()) is not None
+    engine = request.app.state.engine
+    if scheme.lower() != "bearer" or principal_for(engine, token.strip()) is None:
+        return False
+    session = request.headers.get(SESSION_HEADER)
+    if session is None:
+        return True
+    return session_live(engine, session)
+
+
+def session_live(engine: Engine, key: str) -> bool:
+    """Whether the console session with this key is neither ended (sign-out) nor expired."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(console_sessions.c.id).where(
+                console_sessions.c.id == key,
+                console_sessions.c.ended_at.is_(None),
+                console_sessions.c.expires_at > dt.datetime.now(dt.UTC),
+            )
+        ).first()
+    return row is not None
 
 
 def metrics_access(

@@ -104,3 +104,18 @@ def test_bridge_writes_from_another_origin_are_refused(api: Api) -> None:
             headers={**BRIDGE_WRITE, "Origin": api.base_url},
         )
         assert same.status_code == 201, same.text
+
+
+def test_sign_out_ends_the_sessions_open_live_stream(api: Api) -> None:
+    """A copy of the cookie streaming deliveries stops at sign-out, though the token stays valid."""
+    _, value, _ = _cookie(_sign_in(api.base_url, api.tokens["view"], Origin=api.base_url))
+    thief = httpx.Client(base_url=api.base_url, cookies={COOKIE: value}, timeout=30)
+    with thief, thief.stream("GET", "/console/api/deliveries/stream") as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == ": connected"
+        with httpx.Client(base_url=api.base_url, cookies={COOKIE: value}, timeout=30) as owner:
+            assert owner.post("/console/sign-out", headers={"Origin": api.base_url}).status_code == 303
+        rest = list(lines)  # ends only when the server closes it (client timeout: 30 s)
+    assert "event: unauthorized" in rest
+    with api.client("view") as client:
+        assert client.get("/api/v1/me").status_code == 200

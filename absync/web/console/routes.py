@@ -21,14 +21,14 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
-from absync.web.auth import Principal, Right
+from absync.web.auth import SESSION_HEADER, Principal, Right
 from absync.web.console.forms import KIND_LABELS, SECRETS, SETTINGS
 from absync.web.console.session import (
     close_session,
     cross_origin,
     open_session,
+    session_credentials,
     session_principal,
-    session_token,
 )
 from schemas.delivery import Status
 
@@ -219,16 +219,19 @@ def static_file(name: str) -> Response:
 class _Bridge(Response):
     """Replays the request as ``/api/v1/<rest>`` with the session's Bearer token, inside the app."""
 
-    def __init__(self, token: str, rest: str) -> None:
+    def __init__(self, token: str, rest: str, session_key: str) -> None:
         super().__init__()
         self.token = token
         self.rest = rest
+        self.session_key = session_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         root = scope.get("app_root_path", scope.get("root_path", ""))
         path = f"{root}/api/v1/{self.rest}"
-        headers = [(k, v) for k, v in scope["headers"] if k not in (b"authorization", b"cookie")]
+        dropped = (b"authorization", b"cookie", SESSION_HEADER.encode())
+        headers = [(k, v) for k, v in scope["headers"] if k not in dropped]
         headers.append((b"authorization", f"Bearer {self.token}".encode()))
+        headers.append((SESSION_HEADER.encode(), self.session_key.encode()))
         inner = {k: v for k, v in scope.items() if k in ASGI_KEYS}
         inner.update(path=path, raw_path=path.encode(), root_path=root, headers=headers)
         await scope["app"](inner, receive, send)
@@ -236,11 +239,12 @@ class _Bridge(Response):
 
 @router.api_route("/console/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
 def api_bridge(request: Request, rest: str) -> Response:
-    token = session_token(request)
-    if token is None:
+    credentials = session_credentials(request)
+    if credentials is None:
         return JSONResponse({"detail": "not signed in"}, status.HTTP_401_UNAUTHORIZED)
     if request.method not in SAFE_METHODS and request.headers.get(COMMAND_HEADER) != "1":
         return JSONResponse({"detail": f"missing {COMMAND_HEADER} header"}, status.HTTP_403_FORBIDDEN)
     if request.method not in SAFE_METHODS and cross_origin(request):
         return _cross_origin_refusal()
-    return _Bridge(token, rest)
+    token, session_key = credentials
+    return _Bridge(token, rest, session_key)

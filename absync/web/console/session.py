@@ -151,6 +151,13 @@ def close_session(request: Request, response: Response) -> None:
 
 def session_token(request: Request) -> str | None:
     """The API token of this request's session, or None (no cookie, altered, expired, ended)."""
+    found = session_credentials(request)
+    return found[0] if found else None
+
+
+def session_credentials(request: Request) -> tuple[str, str] | None:
+    """(API token, session key) of this request's live session, or None. The key names the
+    session's row: the bridge hands it to the API so that a live stream ends at sign-out too."""
     payload = _payload(request)
     token = payload.get("token") if payload else None
     if payload is None or not isinstance(token, str):
@@ -165,7 +172,7 @@ def session_token(request: Request) -> str | None:
                 console_sessions.c.expires_at > now,
             )
         ).first()
-    return token if live is not None else None
+    return (token, _session_key(str(payload["sid"]))) if live is not None else None
 
 
 def session_principal(request: Request) -> Principal | None:
