@@ -35,7 +35,17 @@ from schemas.destination import KINDS, ChangeSelection
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 URL_SETTINGS = frozenset(
-    {"url", "token_url", "token_uri", "api_base_url", "api_root", "base_url", "authority_host", "server_url"}
+    {
+        "url",
+        "token_url",
+        "token_uri",
+        "api_base_url",
+        "api_root",
+        "base_url",
+        "graph_base_url",
+        "authority_host",
+        "server_url",
+    }
 )
 """Settings that say where absync connects (and sends secrets): http(s) URLs only."""
 MAX_FILTER_VALUES = 5000
