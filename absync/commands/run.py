@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from absync.service import COMPONENTS, run_components
+from absync.service import COMPONENTS, load_factory, run_components
 from streams.kafka import KafkaAccessError, check_access, group_id
 from streams.kafka_env import KafkaConfigError
 from streams.settings import InsecureSettings, get_settings, require_production_ready
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    for name in args.only or COMPONENTS:
+        load_factory(name)  # a part that cannot be imported stops start-up before any connection
     try:
         require_production_ready(settings)
     except InsecureSettings as exc:
