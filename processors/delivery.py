@@ -177,6 +177,9 @@ class KeyLanes:
         self.slots = GroupSlots(total, share)
         self._queues: dict[str, deque[Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._drains = 0
+        """How many drains began: a job taken off its queue before a drain, and still waiting for a
+        slot when it began, is dropped like the queued ones."""
 
     def submit(self, key: str, group: str, job: Job) -> None:
         self._queues.setdefault(key, deque()).append(job)
@@ -188,7 +191,11 @@ class KeyLanes:
         try:
             while queue:
                 job = queue.popleft()
+                drains = self._drains
                 await self.slots.acquire(group)
+                if drains != self._drains:  # drained while it waited for a slot: not started
+                    self.slots.release(group)
+                    continue
                 try:
                     await job()
                 finally:
@@ -197,7 +204,9 @@ class KeyLanes:
             del self._queues[key], self._tasks[key]
 
     async def drain(self) -> None:
-        """Drops the jobs not started (their offsets stay uncommitted) and waits for the running ones."""
+        """Drops the jobs not started, queued or waiting for a slot (their offsets stay uncommitted),
+        and waits for the running ones."""
+        self._drains += 1
         for queue in self._queues.values():
             queue.clear()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
