@@ -62,7 +62,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from processors import ProcessorError
 from processors.fanout import RESYNC_DESTINATION_HEADER, replay_operation
-from processors.validation import InvalidRecord, absence_codec, decode_event
+from processors.validation import (
+    InvalidRecord,
+    RegistryPatience,
+    SchemaNotYetAvailable,
+    absence_codec,
+    decode_event,
+)
 from schemas.codec import AvroCodec, codec_for
 from schemas.delivery import Command, CommandKind, Operation, now_utc
 from schemas.destination import Destination
@@ -453,12 +459,29 @@ class _Replay:
         return True
 
     def _wanted(self, codec: AvroCodec, msg: Message) -> AbsenceEvent | None:
-        """The absence of a latest record if it passes the pre-filter (see the module docstring)."""
-        try:
-            event = decode_event(codec, msg, self.settings.max_event_bytes)
-        except InvalidRecord as exc:  # dead-lettered by the fan-out already
-            log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
-            return None
+        """The absence of a latest record if it passes the pre-filter (see the module docstring).
+
+        A record whose writer schema the registry cannot give yet is asked again with back-off, as
+        the fan-out does; past the same patience the resync stops with an error (run it again to
+        resume from its checkpoint): it never skips a record it could not read.
+        """
+        patience = RegistryPatience.of(self.settings)
+        waited, pause = 0.0, 0.5
+        while True:
+            try:
+                event = decode_event(codec, msg, self.settings.max_event_bytes, patience)
+                break
+            except SchemaNotYetAvailable as exc:
+                if waited >= exc.give_up_after or self.stop.is_set():
+                    raise ResyncError(
+                        f"the schema of {msg.topic()}[{msg.partition()}]@{msg.offset()} is not available "
+                        f"after {waited:.0f}s ({exc.reason}); run the resync again to resume"
+                    ) from exc
+                self.stop.wait(pause)
+                waited, pause = waited + pause, min(pause * 2, 30.0)
+            except InvalidRecord as exc:  # dead-lettered by the fan-out already
+                log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
+                return None
         if self.request.entity is not None and event.employee.legal_entity_id != self.request.entity:
             return None
         return event if self.destination.matches(event) else None

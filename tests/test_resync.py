@@ -13,18 +13,28 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from absync.commands.replay_failed import failed_since
-from processors.resync import Checkpoint, ResyncProgress, ResyncRequest, replay_failed, run_resync
+from processors.resync import (
+    Checkpoint,
+    ResyncError,
+    ResyncProgress,
+    ResyncRequest,
+    replay_failed,
+    run_resync,
+)
 from projections.runner import catch_up
 from schemas.delivery import Delivery, Status, Trigger
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 from streams.kafka import connection_config, group_id
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import Topics
+from streams.topics import Topics, create_topics
 from tests.cli_helpers import absync, cli_env
+from tests.conftest import delete_topics, make_settings
 from tests.delivery.harness import RunningWorker, StatusLog, http_destination
 from tests.fakes.receiver import Receiver
 from tests.streams_helpers import (
@@ -32,6 +42,7 @@ from tests.streams_helpers import (
     make_event,
     next_change,
     produce_events,
+    produce_raw,
     read_to_end,
     running_fanout,
 )
@@ -312,3 +323,27 @@ def test_the_cli_resync_stops_on_sigint_and_continues_where_it_stopped(settings:
     replayed = absync(settings, "replay-failed", "--destination", "dst-cli", "--since", "2020-01-01")
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout.startswith("0 delivery(ies) of dst-cli in Error since 2020-01-01")
+
+
+def test_a_resync_stops_rather_than_skip_a_record_whose_schema_the_registry_cannot_give(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """A registry outage during a resync: the record written in the Confluent wire format is asked
+    for again, then the resync stops with an error naming it (its checkpoint lets it resume), instead
+    of reporting a complete resync that silently left that absence out."""
+    # A registry URL where nothing listens: every schema look-up fails as in an outage.
+    settings = make_settings(
+        bootstrap, tmp_path, schema_registry_url="http://127.0.0.1:9", schema_registry_retry_for=1.0
+    )
+    create_topics(settings)
+    try:
+        http_destination(settings, "http://127.0.0.1:9/hook", "dst-registry")
+        good = [make_event(f"abs-{i:03d}") for i in range(3)]
+        produce_events(settings, good)
+        confluent = make_event("abs-confluent")
+        # magic byte 0, schema id 7 (big-endian), then an Avro body: the Confluent wire format
+        produce_raw(settings, [(confluent.key.encode(), b"\x00\x00\x00\x00\x07" + b"\x02" * 40, None)])
+        with pytest.raises(ResyncError, match=r"not available .*run the resync again to resume"):
+            run_resync(settings, ResyncRequest("dst-registry", rate=10_000))
+    finally:
+        delete_topics(settings)
