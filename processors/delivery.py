@@ -8,11 +8,11 @@ Threads and tasks:
 - the *poll thread* (a thread of its own, not asyncio's default executor) owns the consumer: it polls, gates the retry topics (:class:`DelayGate`: a record
   is never admitted before its due time), pauses/resumes partitions, commits, and hands each admitted
   record to the event loop;
-- the *event loop* runs one ordered lane per key (:class:`KeyLanes`): records of one key are handled
+- the *event loop* runs one ordered lane per key (:class:`streams.lanes.KeyLanes`): records of one key are handled
   one after the other, keys run in parallel, bounded by ``settings.delivery_concurrency`` and by a
   per-destination share of it (:class:`streams.slots.GroupSlots`: at most half of what the other
   destinations leave), so hanging destinations, even several, never take every slot; it also serves
-  the producer's acknowledgements (:class:`AsyncProducer`);
+  the producer's acknowledgements (:class:`streams.async_producer.AsyncProducer`);
 - each connector's blocking client library runs on threads of that destination
   (:mod:`connectors.executor`), and one attempt has a total deadline (``attempt_deadline``): a
   destination that hangs or drips its answer holds a lane only that long, then the delivery goes to
@@ -53,13 +53,12 @@ import functools
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions
 from connectors.exceptions import BackpressureError, ConfigurationError, ConnectorError, RetryableError
@@ -78,14 +77,16 @@ from schemas.delivery import (
 )
 from schemas.destination import Destination
 from schemas.errors import SchemaError
+from streams.async_producer import AsyncProducer
 from streams.deadletter import dead_letter_copy
 from streams.delay import DelayGate, Partition, due_at_header
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer, try_produce
+from streams.kafka import group_id, make_consumer, make_producer
+from streams.lanes import KeyLanes
+from streams.offsets import OffsetTracker
 from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
-from streams.slots import GroupSlots
 from streams.state import StateStore
 from streams.threads import run_in_thread
 from streams.topics import Topics
@@ -103,184 +104,9 @@ leave: one hanging destination leaves half to everyone else, two leave a quarter
 MANUAL = "MANUAL"
 """Key state status of a delivery an operator marked as processed."""
 
-Job = Callable[[], Awaitable[None]]
-
 
 class DeliveryWorkerError(ProcessorError):
     """The worker cannot go on (its poll loop or a record's handling failed unexpectedly)."""
-
-
-# -- offsets --------------------------------------------------------------------------------------
-
-
-class OffsetTracker:
-    """Per partition: the offsets handed out and not done yet. Thread-safe (poll thread + loop).
-
-    The committable offset of a partition is the lowest offset not done, or one past the last
-    offset handed out when all are done.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[Partition, set[int]] = {}
-        self._next: dict[Partition, int] = {}
-
-    def started(self, partition: Partition, offset: int) -> None:
-        with self._lock:
-            self._pending.setdefault(partition, set()).add(offset)
-            self._next[partition] = offset + 1
-
-    def done(self, partition: Partition, offset: int) -> None:
-        with self._lock:
-            self._pending.get(partition, set()).discard(offset)
-
-    def in_flight(self) -> int:
-        with self._lock:
-            return sum(len(p) for p in self._pending.values())
-
-    def idle(self, partitions: set[Partition]) -> set[Partition]:
-        """Partitions with records handed out and none of them pending."""
-        with self._lock:
-            return {p for p in partitions if p in self._next and not self._pending.get(p)}
-
-    def committable(
-        self, partitions: set[Partition], positions: dict[Partition, int]
-    ) -> dict[Partition, int]:
-        """``positions``: the consumer's positions of idle partitions, which are past transaction
-        markers (committing them leaves no phantom lag of one on transactional topics)."""
-        with self._lock:
-            return {
-                p: min(self._pending[p]) if self._pending.get(p) else max(self._next[p], positions.get(p, 0))
-                for p in partitions
-                if p in self._next
-            }
-
-    def forget(self, partitions: set[Partition]) -> None:
-        with self._lock:
-            for p in partitions:
-                self._pending.pop(p, None)
-                self._next.pop(p, None)
-
-
-# -- key-level concurrency ------------------------------------------------------------------------
-
-
-class KeyLanes:
-    """One ordered lane per key, lanes in parallel; ``total`` jobs at once, shared by groups.
-
-    A group (a destination) may hold at most 1/``share`` of the slots the other groups leave
-    (:class:`GroupSlots`), so groups whose jobs hang hold a bounded part and live groups always
-    find slots.
-    """
-
-    def __init__(self, total: int, share: int) -> None:
-        self.slots = GroupSlots(total, share)
-        self._queues: dict[str, deque[Job]] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._drains = 0
-        """How many drains began: a job taken off its queue before a drain, and still waiting for a
-        slot when it began, is dropped like the queued ones."""
-
-    def submit(self, key: str, group: str, job: Job) -> None:
-        self._queues.setdefault(key, deque()).append(job)
-        if key not in self._tasks:
-            self._tasks[key] = asyncio.create_task(self._run(key, group), name=f"lane {key}")
-
-    async def _run(self, key: str, group: str) -> None:
-        queue = self._queues[key]
-        try:
-            while queue:
-                job = queue.popleft()
-                drains = self._drains
-                await self.slots.acquire(group)
-                if drains != self._drains:  # drained while it waited for a slot: not started
-                    self.slots.release(group)
-                    continue
-                try:
-                    await job()
-                finally:
-                    self.slots.release(group)
-        finally:
-            del self._queues[key], self._tasks[key]
-
-    async def drain(self) -> None:
-        """Drops the jobs not started, queued or waiting for a slot (their offsets stay uncommitted),
-        and waits for the running ones."""
-        self._drains += 1
-        for queue in self._queues.values():
-            queue.clear()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-
-# -- Kafka output ---------------------------------------------------------------------------------
-
-
-class AsyncProducer:
-    """A producer whose sends are awaitable (acknowledged by Kafka), served on the event loop.
-
-    While acknowledgements are awaited, a task of the loop polls the producer every millisecond and
-    the callbacks settle their futures directly. A thread of its own polling the producer (as before)
-    cost 13% of the worker's CPU in GIL hand-overs and thread-safe wake-ups of the loop
-    (docs/performance.md); nothing is polled while nothing is awaited.
-    Built and used in the event loop's thread only.
-    """
-
-    POLL_INTERVAL = 0.001
-
-    def __init__(self, producer: Producer, loop: asyncio.AbstractEventLoop) -> None:
-        self._producer = producer
-        self._loop = loop
-        self._pending = 0
-        self._awaited = asyncio.Event()
-        self._poller = loop.create_task(self._serve())
-
-    async def _serve(self) -> None:
-        while True:
-            if self._pending == 0:
-                self._awaited.clear()
-                await self._awaited.wait()
-            self._producer.poll(0)
-            await asyncio.sleep(self.POLL_INTERVAL)
-
-    async def send(
-        self,
-        topic: str,
-        key: str,
-        value: bytes | None,
-        *,
-        partition: int | None = None,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        done: asyncio.Future[None] = self._loop.create_future()
-
-        def acknowledged(err: object, _msg: Message) -> None:
-            self._pending -= 1
-            if done.done():
-                return
-            if err is None:
-                done.set_result(None)
-            else:
-                done.set_exception(DeliveryWorkerError(f"Kafka did not accept a record: {err}"))
-
-        while not try_produce(
-            self._producer,
-            topic,
-            key.encode(),
-            value,
-            partition=partition,
-            headers=list(headers or []),
-            on_delivery=acknowledged,
-        ):  # local queue full: let the callbacks catch up
-            self._producer.poll(0)
-            await asyncio.sleep(0.05)
-        self._pending += 1
-        self._awaited.set()
-        await done
-
-    def close(self) -> None:
-        """Waits for what is in flight (its callbacks run here), then stops polling."""
-        self._producer.flush(30)
-        self._poller.cancel()
 
 
 # -- connectors -----------------------------------------------------------------------------------
