@@ -87,7 +87,7 @@ from streams.offsets import OffsetTracker
 from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
-from streams.state import StateStore
+from streams.state import DirectStore
 from streams.threads import run_in_thread
 from streams.topics import Topics
 
@@ -256,7 +256,7 @@ class DeliveryWorker:
         self.settings = settings
         self.topics = Topics(settings)
         self._stage_of = {topic: i + 1 for i, topic in enumerate(self.topics.retries)}
-        self.store = StateStore(settings, self.topics.delivery_state)
+        self.store = DirectStore(settings, self.topics.delivery_state)
         self.destinations = DestinationTable(settings)
         self.connectors = ConnectorCache(
             SecretBox.from_settings(settings), ConnectorOptions.from_settings(settings)
@@ -657,15 +657,7 @@ class DeliveryWorker:
         return KeyState.from_bytes(raw) if raw is not None else None
 
     async def _save(self, partition: int, key: str, state: KeyState) -> None:
-        self.store.put(partition, key, state.to_bytes())
-        writes = self.store.take_writes()
-        self.store.commit()
-        await asyncio.gather(
-            *(
-                self._producer_().send(w.topic, (w.key or b"").decode(), w.value, partition=w.partition)
-                for w in writes
-            )
-        )
+        await self.store.put(partition, key, state.to_bytes(), producer=self._producer_())
 
     async def _status(
         self, delivery: Delivery, status: Status, attempt: int, *, manual: bool = False, **extra: Any
