@@ -20,7 +20,7 @@ if [ -z "${ABSYNC_TEST_SCHEMA_REGISTRY_URL:-}" ]; then
 fi
 start=$(date +%s)
 set +e
-.venv/bin/pytest "$@"
+.venv/bin/pytest --durations=25 "$@"
 rc=$?
 set -e
 echo "make test: pytest took $(( $(date +%s) - start ))s"
