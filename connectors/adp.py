@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import ssl
 import tempfile
 import time
@@ -45,71 +44,26 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
+from connectors.adp_payloads import DEFAULT_ENDPOINTS, DEFAULT_TEMPLATES, render, variables
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
+from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
 from connectors.egress_clients import guarded_client
-from connectors.exceptions import (
-    BackpressureError,
-    ConfigurationError,
-    ConnectorError,
-    PermanentError,
-    RetryableError,
-)
+from connectors.exceptions import ConfigurationError, ConnectorError, PermanentError, RetryableError
 from connectors.registry import register
+from connectors.wire import Answer, send_recorded, status_error
 from schemas.delivery import Delivery, Operation
 from schemas.destination import Destination
-from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind, HalfDay
+from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 from streams.logging import MASK
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TOKEN_URL = "https://accounts.adp.com/auth/oauth/v2/token"
 DEFAULT_API_BASE_URL = "https://api.adp.com"
-DEFAULT_ENDPOINTS = {
-    "request": "/events/hr/v1/worker.leave.absence.request",
-    "cancel": "/events/hr/v1/worker.leave.cancel",
-}
-DEFAULT_TEMPLATES: dict[str, Any] = {
-    "request": {
-        "events": [
-            {
-                "data": {
-                    "eventContext": {
-                        "associateOID": "{associate_oid}",
-                        "workAssignmentID": "{work_assignment_id}",
-                    },
-                    "transform": {
-                        "effectiveDateTime": "{start_date_time}",
-                        "workerLeave": {
-                            "leaveAbsence": {
-                                "startDateTime": "{start_date_time}",
-                                "expectedEndDateTime": "{end_date_time}",
-                                "leaveTypeCode": {"codeValue": "{leave_code}"},
-                            }
-                        },
-                    },
-                }
-            }
-        ]
-    },
-    "cancel": {
-        "events": [
-            {
-                "data": {
-                    "eventContext": {
-                        "associateOID": "{associate_oid}",
-                        "workAssignmentID": "{work_assignment_id}",
-                        "leaveStartDate": "{start_date}",
-                    }
-                }
-            }
-        ]
-    },
-}
 TOKEN_MARGIN = 60.0
 """Seconds before ``expires_in`` at which a cached token is renewed (a tenth of a short lifetime)."""
 BACKPRESSURE_STATUSES = (429, 503)
 NO_CERTIFICATE = "Proper client SSL certificate was not presented"
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 @dataclass
@@ -118,70 +72,45 @@ class _Token:
     renew_at: float
 
 
-def variables(
-    event: AbsenceEvent, associate_oid: str, work_assignment_id: str | None, leave_code: str | None
-) -> dict[str, str | None]:
-    """The placeholders a template may use, for one absence.
-
-    Date-times are local to the absence's time zone, without offset (ADP's samples): a morning ends
-    and an afternoon starts at 12:00; a full last day ends at 23:59:59; an hourly absence uses its hours.
-    """
-    a, e = event.absence, event.employee
-    start_clock = a.start_time or ("12:00" if a.start_half == HalfDay.PM else "00:00")
-    end_clock = a.end_time or ("12:00" if a.end_half == HalfDay.AM else "23:59:59")
-    return {
-        "associate_oid": associate_oid,
-        "work_assignment_id": work_assignment_id,
-        "leave_code": leave_code,
-        "start_date": a.start_date.isoformat(),
-        "end_date": a.end_date.isoformat(),
-        "start_date_time": f"{a.start_date.isoformat()}T{_clock(start_clock)}",
-        "end_date_time": f"{a.end_date.isoformat()}T{_clock(end_clock)}",
-        "start_half": a.start_half.value,
-        "end_half": a.end_half.value,
-        "half_days": str(len(a.half_days())),
-        "absence_id": a.id,
-        "leave_account_id": a.leave_account.id,
-        "leave_account_name": a.leave_account.name,
-        "employee_id": e.id,
-        "employee_number": e.employee_number,
-        "employee_name": e.display_name,
-    }
+class AdpSettings(KindSettings):
+    client_id: Any = setting("ADP's client id (required).")
+    token_url: HttpUrlSetting = setting(f"The token endpoint (default {DEFAULT_TOKEN_URL}).")
+    api_base_url: HttpUrlSetting = setting(f"The API base URL (default {DEFAULT_API_BASE_URL}).")
+    ca_bundle: Any = setting("A CA bundle (PEM file path) to trust instead of the system's.")
+    mutual_tls: Any = setting("Present the client certificate (default true).")
+    leave_codes: Any = setting("Leave account (or category) id -> ADP leave code.")
+    associates: Any = setting("Employee id -> ADP associateOID.")
+    associates_by_employee_number: Any = setting("Employee number -> ADP associateOID.")
+    work_assignment_ids: Any = setting("Employee id (or associateOID) -> work assignment id.")
+    endpoints: Any = setting("Operation (request, cancel) -> path or https URL.")
+    templates: Any = setting("Operation -> payload template (placeholders: connectors.adp.variables).")
 
 
-def render(template: Any, values: Mapping[str, str | None]) -> Any:
-    """The template with its ``{placeholders}`` filled; a key whose whole value is empty is left out.
-
-    Unknown placeholders are a configuration error (a typo must not reach the payroll).
-    """
-    if isinstance(template, dict):
-        out = {k: render(v, values) for k, v in template.items()}
-        return {k: v for k, v in out.items() if v is not None and v != {}}
-    if isinstance(template, list):
-        return [render(v, values) for v in template]
-    if not isinstance(template, str):
-        return template
-    names = _PLACEHOLDER.findall(template)
-    unknown = [n for n in names if n not in values]
-    if unknown:
-        raise ConfigurationError(
-            f"template placeholder {{{unknown[0]}}} is unknown; known: {', '.join(values)}"
-        )
-    whole = _PLACEHOLDER.fullmatch(template)
-    if whole:
-        return values[whole.group(1)]
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)] or "", template)
-
-
-def _clock(hhmm: str) -> str:
-    return hhmm if hhmm.count(":") == 2 else f"{hhmm}:00"
+DECLARATION = KindDeclaration(
+    kind="adp",
+    label="ADP Workforce Now",
+    settings=AdpSettings,
+    secrets=(
+        secret("client_secret", "Client secret"),
+        secret("client_cert_pem", "Client certificate (PEM)", multiline=True),
+        secret("client_key_pem", "Client private key (PEM)", multiline=True),
+        secret("client_key_password", "Private key password"),
+    ),
+    form=(
+        FormField("client_id", "Client id", required=True),
+        FormField("token_url", "Token URL", "url"),
+        FormField("api_base_url", "API base URL", "url"),
+        FormField("mutual_tls", "Use the client certificate (mutual TLS)", "checkbox"),
+    ),
+    endpoint_settings=("token_url", "api_base_url", "endpoints", "ca_bundle"),
+)
 
 
 @register
 class AdpConnector(Connector):
     """Sends approved absences to ADP as leaves of absence and cancels them."""
 
-    kind = "adp"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -314,7 +243,7 @@ class AdpConnector(Connector):
         recorder: CallRecorder,
         *,
         missing_ok: bool = False,
-    ) -> httpx.Response:
+    ) -> Answer:
         """POSTs one rendered event; renews the token once on 401; returns a 2xx (or a 404 if missing_ok)."""
         path = self.endpoints.get(operation)
         if not path:
@@ -372,23 +301,32 @@ class AdpConnector(Connector):
         data: dict[str, str] | None = None,
         shown_body: str | None = None,
         mask_answer: bool = False,
-    ) -> httpx.Response:
+    ) -> Answer:
         """One recorded POST. The token call shows ``shown_body`` and hides a successful answer."""
         if self._client is None:
             raise RuntimeError("AdpConnector.setup() was not awaited")
-        call = recorder.start("POST", url, headers, shown_body if shown_body is not None else content)
+        request = self._client.build_request("POST", url, content=content, data=data, headers=headers)
         try:
-            response = await self._client.post(url, content=content, data=data, headers=headers)
+            return await send_recorded(
+                self._client,
+                request,
+                recorder,
+                limit=None,
+                shown_request=shown_body,
+                mask_answer=(lambda answer: "<token, masked>" if answer.is_success else None)
+                if mask_answer
+                else None,
+                error_text=lambda exc: (
+                    _transport_error(url, exc).message
+                    if isinstance(exc, httpx.TransportError | ssl.SSLError)
+                    else f"{type(exc).__name__}: {exc}"
+                ),
+            )
         except (httpx.TransportError, ssl.SSLError) as exc:  # httpcore lets a TLS alert out unwrapped
-            error = _transport_error(url, exc)
-            recorder.finish(call, error=error.message)
-            raise error from exc
-        answer = "<token, masked>" if mask_answer and response.is_success else response.text
-        recorder.finish(call, response.status_code, response.headers, answer)
-        return response
+            raise _transport_error(url, exc) from exc
 
 
-def _event_id(response: httpx.Response) -> str | None:
+def _event_id(response: Answer) -> str | None:
     try:
         events = response.json().get("events") or []
         return str(events[0]["eventID"]) if events and events[0].get("eventID") else None
@@ -396,7 +334,7 @@ def _event_id(response: httpx.Response) -> str | None:
         return None
 
 
-def adp_message(response: httpx.Response) -> str:
+def adp_message(response: Answer) -> str:
     """ADP's own words from any of its error shapes (validation ``response``, ``exceptionMessages``,
     ``confirmMessage``), else the start of the body."""
     try:
@@ -420,15 +358,12 @@ def adp_message(response: httpx.Response) -> str:
     return "; ".join(messages) or response.text[:300]
 
 
-def _api_error(response: httpx.Response) -> ConnectorError:
+def _api_error(response: Answer) -> ConnectorError:
     status, message = response.status_code, adp_message(response)
     detail = f"ADP answered {status}: {message}"
-    if status in BACKPRESSURE_STATUSES:
-        return BackpressureError(
-            detail, retry_after=_seconds(response.headers.get("Retry-After")), status_code=status
-        )
-    if status >= 500:
-        return RetryableError(detail, status_code=status)
+    error = _status_error(response, detail)
+    if not isinstance(error, PermanentError):
+        return error
     if NO_CERTIFICATE in response.text:
         return ConfigurationError(f"{detail}; give the ADP-signed client certificate", status_code=status)
     if status in (401, 403):
@@ -436,21 +371,28 @@ def _api_error(response: httpx.Response) -> ConnectorError:
             f"{detail}; check that the ADP application is entitled to the worker leave API",
             status_code=status,
         )
-    return PermanentError(detail, status_code=status)
+    return error
 
 
-def _token_error(response: httpx.Response, client_id: str) -> ConnectorError:
+def _token_error(response: Answer, client_id: str) -> ConnectorError:
     status, message = response.status_code, adp_message(response)
     detail = f"ADP token endpoint answered {status}: {message}"
-    if status in BACKPRESSURE_STATUSES:
-        return BackpressureError(
-            detail, retry_after=_seconds(response.headers.get("Retry-After")), status_code=status
-        )
-    if status >= 500:
-        return RetryableError(detail, status_code=status)
+    error = _status_error(response, detail)
+    if not isinstance(error, PermanentError):
+        return error
     return ConfigurationError(
         f"{detail}; check client_id {client_id!r}, the client secret and the client certificate",
         status_code=status,
+    )
+
+
+def _status_error(response: Answer, detail: str) -> ConnectorError:
+    """ADP's 429 and 503 are rate limits even without a Retry-After (see connectors.wire)."""
+    return status_error(
+        response.status_code,
+        detail,
+        retry_after=response.headers.get("Retry-After"),
+        always_backpressure=BACKPRESSURE_STATUSES,
     )
 
 
@@ -471,10 +413,3 @@ def _transport_error(url: str, exc: httpx.TransportError | ssl.SSLError) -> Conn
             f"POST {url}: {text} (connection closed; if it persists, check the client certificate)"
         )
     return RetryableError(f"POST {url}: {text}")
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return float(retry_after) if retry_after else None
-    except ValueError:
-        return None

@@ -1,26 +1,35 @@
-"""The connector contract.
+"""The connector contracts: a lifecycle every connector shares, and two ways of being fed.
 
-A connector is built once per destination (and rebuilt when the destination's revision changes):
+Lifecycle (:class:`BaseConnector`), the same for every kind; a connector is built once per
+destination (and rebuilt when the destination's revision changes):
 
-1. ``__init__(destination, secrets, options)``: stores its arguments, validates settings, **no I/O**.
-2. ``await setup()``: opens HTTP clients, token caches... Called once before the first delivery.
-3. ``await deliver(delivery, recorder)``: makes the destination hold the delivery's state:
-   ``UPSERT`` creates or updates, ``DELETE`` removes (an already-absent item is a success). It must be
-   idempotent: the same delivery may come twice (after a crash) and must have one effect. It records
-   every HTTP call it makes in ``recorder`` (secrets masked), returns a :class:`DeliveryOutcome` on
-   success and raises a :mod:`connectors.exceptions` error on failure.
+1. ``__init__(destination, secrets, options)``: stores its arguments, validates settings, **no I/O**
+   (no connection, no thread, no file): building a connector for a bad destination fails at once with
+   a :class:`connectors.exceptions.ConfigurationError` and costs nothing else.
+2. ``await setup()``: opens HTTP clients, token caches... Called once before the first use.
+3. the kind's work: :meth:`Connector.deliver` (per-change) or :meth:`DigestConnector.publish` (digest);
 4. ``await test_connection(recorder)``: a harmless call that proves URL and credentials work.
-5. ``await close()``.
+5. ``await close()``: releases everything; the connector is not used again.
+
+Two contracts, chosen by the kind's declaration (:mod:`connectors.declaration`, ``digest``):
+
+- :class:`Connector`, **per-change**: the delivery worker calls ``deliver(delivery, recorder)`` once
+  per absence change the fan-out routed to the destination (see its docstring for the guarantees);
+- :class:`DigestConnector`, **digest**: the fan-out routes no change to it; a scheduler of its own
+  (Slack: :mod:`processors.slack_scheduler`) calls ``publish`` with the digest of a day.
+
+:mod:`connectors.registry` hands out one or the other (``delivery_connector_class``,
+``digest_connector_class``), typed: no caller casts.
 
 Execution: a connector never blocks the event loop. A blocking client library (exchangelib, msal,
-google-api-python-client) runs through :meth:`Connector.run_blocking`, on threads that belong to this
-destination (:class:`connectors.executor.BlockingExecutor`, ``blocking_threads`` of them), never on
-asyncio's default executor. One attempt (``deliver``) has a total deadline,
-:attr:`Connector.attempt_deadline`, enforced by the delivery worker: past it the attempt is
+google-api-python-client) runs through :meth:`BaseConnector.run_blocking`, on threads that belong to
+this destination (:class:`connectors.executor.BlockingExecutor`, ``blocking_threads`` of them), never
+on asyncio's default executor. One attempt (``deliver``) has a total deadline,
+:attr:`BaseConnector.attempt_deadline`, enforced by the delivery worker: past it the attempt is
 cancelled and ends as a retryable timeout, whatever the destination is doing (a slow drip included).
 
-``delivery.event`` always carries the *latest* state of the absence for this destination (the
-processor drops superseded deliveries before calling the connector).
+Every HTTP call is recorded in the attempt's :class:`CallRecorder` (secrets masked, bodies cut);
+:mod:`connectors.wire` has the helpers that do it, parse Retry-After and map a status to an error.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from connectors.declaration import KindDeclaration
 from connectors.egress import DEFAULT_POLICY, EgressPolicy
 from connectors.executor import BlockingExecutor
 from connectors.redact import Redactor, guard_methods, header_forms, secret_forms
@@ -224,15 +234,20 @@ def pretty_json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-class Connector(abc.ABC):
-    """Base class of every connector. Subclasses set ``kind`` and implement ``deliver``."""
+class BaseConnector(abc.ABC):
+    """The lifecycle every connector shares (module docstring). A concrete connector subclasses
+    :class:`Connector` or :class:`DigestConnector` and sets ``declaration``; ``kind`` follows from it."""
 
     kind: ClassVar[str]
+    declaration: ClassVar[KindDeclaration]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every connector's ``setup``/``deliver``/``test_connection``/``publish`` lets no error out
         with a secret in it, and answers a refused address with one uniform error (connectors.redact)."""
         super().__init_subclass__(**kwargs)
+        declaration = cls.__dict__.get("declaration")
+        if declaration is not None:
+            cls.kind = declaration.kind
         guard_methods(cls)
 
     def __init__(
@@ -273,18 +288,16 @@ class Connector(abc.ABC):
             self._executor.close()
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
-        """Opens clients. Called once, before the first delivery."""
-
-    @abc.abstractmethod
-    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        """Makes the destination hold ``delivery.event``'s state (or remove it)."""
+        """Opens clients. Called once, before the first use; the only place (with the calls after
+        it) where a connector may do I/O."""
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
-        """A harmless call that proves the configuration works. Default: nothing to test."""
+        """A harmless call that proves the configuration works (no effect a user sees), recorded in
+        ``recorder``; raises a :mod:`connectors.exceptions` error. Default: nothing to test."""
         return DeliveryOutcome(summary="nothing to test for this kind")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Releases clients."""
+        """Releases clients. Called once; safe after a failed ``setup``."""
 
     def secret(self, name: str) -> str:
         from connectors.exceptions import ConfigurationError
@@ -312,3 +325,63 @@ class Connector(abc.ABC):
                 f"destination {self.destination.id}: {name} must be a positive integer, got {value!r}"
             )
         return value
+
+
+class Connector(BaseConnector):
+    """The **per-change** contract: one :class:`schemas.delivery.Delivery` at a time.
+
+    Guarantees a connector gives (and its tests prove against its fake):
+
+    - ``deliver`` makes the destination hold ``delivery.event``'s state: ``UPSERT`` creates or
+      updates, ``DELETE`` removes (an already-absent item is a success);
+    - it is idempotent: the same delivery may come twice (after a crash, a lost answer) and has one
+      effect;
+    - it returns a :class:`DeliveryOutcome` on success and raises a :mod:`connectors.exceptions`
+      error on failure (the worker decides retry or Error from the type alone);
+    - it records every HTTP call it makes in ``recorder``, secrets masked.
+
+    What the worker guarantees in return: ``delivery.event`` is the *latest* state of the absence for
+    this destination (superseded deliveries are dropped before the call); one key's deliveries never
+    run concurrently; an attempt past :attr:`attempt_deadline` is cancelled.
+    """
+
+    @abc.abstractmethod
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        """Makes the destination hold ``delivery.event``'s state (or remove it)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where a digest is, and what was done to put it there ("posted" or "updated")."""
+
+    ts: str
+    action: str
+
+
+class DigestConnector(BaseConnector):
+    """The **digest** contract: one text per destination and day, kept up to date in place.
+
+    The fan-out routes no absence change to a digest kind (its declaration says ``digest=True``);
+    its scheduler renders the day's text and calls :meth:`publish`, on the scheduler's own thread
+    (``publish`` is synchronous and may block for one call timeout per call it makes).
+
+    Guarantees a connector gives:
+
+    - after ``publish`` returns, the destination shows ``text`` as the digest of ``day``, exactly
+      once: a known digest (``ts``) is updated in place; an unknown one is first looked for (a crash
+      may have lost its ``ts``) and posted only when absent;
+    - it returns where the digest is (:class:`Published`) and raises a :mod:`connectors.exceptions`
+      error on failure (the scheduler pauses the destination accordingly);
+    - it records every call in ``recorder``, secrets masked.
+    """
+
+    channel: str
+    """Where the digest goes (a change of it starts a new digest)."""
+
+    @abc.abstractmethod
+    def publish(
+        self, day: str, text: str, ts: str | None, day_starts_at: float, recorder: CallRecorder
+    ) -> Published:
+        """Makes the destination hold ``text`` as the digest of ``day`` (ISO date): updates it, or
+        posts it once. ``ts`` is the digest's id when the caller knows it; ``day_starts_at`` (epoch
+        seconds, the local midnight) bounds the search for a digest the caller does not know."""

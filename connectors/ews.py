@@ -56,6 +56,15 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.declaration import (
+    CALENDAR_FORM,
+    CalendarSettingsModel,
+    FormField,
+    HttpUrlSetting,
+    KindDeclaration,
+    secret,
+    setting,
+)
 from connectors.egress_clients import GuardedAdapter, bind_policy, unbind_policy
 from connectors.ews_protocol import NoSessionAvailable, ThrottleSafeProtocol
 from connectors.exceptions import (
@@ -66,6 +75,7 @@ from connectors.exceptions import (
     RetryableError,
 )
 from connectors.registry import register
+from connectors.wire import parse_retry_after, record
 from schemas.delivery import Delivery
 from schemas.destination import Destination
 
@@ -150,26 +160,25 @@ class RecordingAdapter(GuardedAdapter):
         proxies: dict[str, str] | None = None,
     ) -> requests.Response:
         recorder = _current_recorder.get()
-        call = None
-        if recorder is not None:
-            headers = {
-                k: v if isinstance(v, str) else v.decode("latin-1") for k, v in request.headers.items()
-            }
-            body = request.body if isinstance(request.body, str | bytes) else None
-            call = recorder.start(request.method or "POST", request.url or "", headers, body)
-        try:
-            response: requests.Response = super().send(
+
+        def send() -> requests.Response:
+            return super(RecordingAdapter, self).send(
                 request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
             )
-        except Exception as exc:
-            if recorder is not None and call is not None:
-                recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
-            raise
-        if recorder is not None and call is not None:
-            recorder.finish(
-                call, response.status_code, response.headers, None if stream else response.content
-            )
-        return response
+
+        if recorder is None:
+            return send()
+        headers = {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in request.headers.items()}
+        body = request.body if isinstance(request.body, str | bytes) else None
+        return record(
+            recorder,
+            request.method or "POST",
+            request.url or "",
+            headers,
+            body,
+            send,
+            lambda response: (response.status_code, response.headers, None if stream else response.content),
+        )
 
 
 def _install_exchangelib_hooks() -> None:
@@ -187,11 +196,41 @@ def _install_exchangelib_hooks() -> None:
     ews_logger.setLevel(max(ews_logger.getEffectiveLevel(), logging.INFO))
 
 
+class EwsSettings(CalendarSettingsModel):
+    server_url: HttpUrlSetting = setting(
+        "The EWS endpoint, https://mail.example.com/EWS/Exchange.asmx (required)."
+    )
+    username: Any = setting("The service account, DOMAIN\\user or user@domain (required).")
+    auth_type: Any = setting("NTLM (default) or basic.")
+    server_version: Any = setting("e.g. Exchange2016 (default).")
+    test_mailbox: Any = setting("A mailbox for the connection test (proves impersonation).")
+    max_connections: Any = setting("Connections (and threads) to Exchange.")
+
+
+DECLARATION = KindDeclaration(
+    kind="ews",
+    label="Exchange calendar (EWS)",
+    settings=EwsSettings,
+    secrets=(secret("password", "Service account password"),),
+    form=(
+        FormField(
+            "server_url", "EWS URL", "url", required=True, help="https://mail.example.com/EWS/Exchange.asmx"
+        ),
+        FormField("username", "Service account", required=True, help="DOMAIN\\user or user@domain."),
+        FormField("auth_type", "Authentication", "select", options=("NTLM", "basic")),
+        FormField("server_version", "Server version", help="e.g. Exchange2016."),
+        FormField("test_mailbox", "Mailbox for the connection test"),
+        *CALENDAR_FORM,
+    ),
+    endpoint_settings=("server_url",),
+)
+
+
 @register
 class EwsConnector(Connector):
     """Keeps one calendar item per absence in the employee's Exchange mailbox."""
 
-    kind = "ews"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -422,9 +461,9 @@ class EwsConnector(Connector):
 
 
 def _retry_after(recorder: CallRecorder) -> float | None:
-    """The failed call's ``Retry-After`` in seconds (the delay form only), if it sent one."""
+    """The failed call's ``Retry-After`` in seconds (:func:`connectors.wire.parse_retry_after`), if it
+    sent one asking for a wait (0 means "now": the normal retry ladder)."""
     if not recorder.calls:
         return None
     headers = {k.lower(): v for k, v in recorder.calls[-1].response_headers.items()}
-    value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() and int(value) > 0 else None
+    return parse_retry_after(headers.get("retry-after")) or None

@@ -29,10 +29,20 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.calendar import CalendarEvent, CalendarSettings, google_event_id, wanted_event
+from connectors.declaration import (
+    CALENDAR_FORM,
+    CalendarSettingsModel,
+    FormField,
+    HttpUrlSetting,
+    KindDeclaration,
+    secret,
+    setting,
+)
 from connectors.egress import EgressPolicy
 from connectors.egress_clients import httplib2_connection_type
-from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
+from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.registry import register
+from connectors.wire import Shown, record, status_error
 from schemas.delivery import Delivery
 from schemas.destination import Destination
 
@@ -68,24 +78,55 @@ class _RecordingHttp(httplib2.Http):  # type: ignore[misc]
     ) -> Any:  # type: ignore[override]
         is_token = uri == self.token_uri
         kwargs["connection_type"] = httplib2_connection_type(self.egress, uri)
-        call = self.recorder.start(
-            method, uri, headers or {}, "<JWT assertion, masked>" if is_token else body
+
+        def shown(result: tuple[Any, Any]) -> Shown:
+            response, content = result
+            return (
+                response.status,
+                dict(response),
+                "<access token, masked>" if is_token and response.status == 200 else content,
+            )
+
+        return record(
+            self.recorder,
+            method,
+            uri,
+            headers or {},
+            "<JWT assertion, masked>" if is_token else body,
+            lambda: super(_RecordingHttp, self).request(uri, method, body=body, headers=headers, **kwargs),
+            shown,
+            errors=(OSError, httplib2.HttpLib2Error),
         )
-        try:
-            response, content = super().request(uri, method, body=body, headers=headers, **kwargs)
-        except (OSError, httplib2.HttpLib2Error) as exc:
-            self.recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
-            raise
-        shown = "<access token, masked>" if is_token and response.status == 200 else content
-        self.recorder.finish(call, response.status, dict(response), shown)
-        return response, content
+
+
+class GoogleSettings(CalendarSettingsModel):
+    token_uri: HttpUrlSetting = setting(f"The token endpoint (default {DEFAULT_TOKEN_URI}).")
+    api_root: HttpUrlSetting = setting(f"The API root (default {DEFAULT_API_ROOT}).")
+    test_user: Any = setting("A mailbox of the domain, for the connection test (proves delegation).")
+    auto_decline_mode: Any = setting(f"One of {', '.join(AUTO_DECLINE_MODES)} (default declineNone).")
+    decline_message: Any = setting("The message of declined meetings.")
+
+
+DECLARATION = KindDeclaration(
+    kind="google",
+    label="Google Calendar",
+    settings=GoogleSettings,
+    secrets=(secret("service_account_json", "Service account key (JSON)", multiline=True),),
+    form=(
+        FormField("test_user", "User for the connection test", help="A mailbox of the domain."),
+        FormField("auto_decline_mode", "Decline meetings during absences", help="e.g. declineNone."),
+        FormField("decline_message", "Decline message"),
+        *CALENDAR_FORM,
+    ),
+    endpoint_settings=("token_uri", "api_root"),
+)
 
 
 @register
 class GoogleCalendarConnector(Connector):
     """Keeps one out-of-office event per absence in the employee's Google calendar."""
 
-    kind = "google"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -223,13 +264,10 @@ def _error_for(exc: HttpError) -> Exception:
     status = int(exc.status_code)
     reasons, message = _reasons(exc)
     detail = f"Google Calendar answered {status} {','.join(reasons)}: {message}"
-    if status == 429 or (status == 403 and set(reasons) & set(RATE_LIMIT_REASONS)):
-        retry_after = exc.resp.get("retry-after")
-        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
-        return BackpressureError(detail, retry_after=seconds, status_code=status)
-    if status >= 500:
-        return RetryableError(detail, status_code=status)
-    return PermanentError(detail, status_code=status)
+    throttled = status == 403 and bool(set(reasons) & set(RATE_LIMIT_REASONS))
+    return status_error(
+        status, detail, retry_after=exc.resp.get("retry-after"), throttled=throttled, backpressure_statuses=()
+    )
 
 
 def _reasons(exc: HttpError) -> tuple[list[str], str]:

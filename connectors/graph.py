@@ -32,15 +32,20 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
 from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.declaration import (
+    CALENDAR_FORM,
+    CalendarSettingsModel,
+    FormField,
+    HttpUrlSetting,
+    KindDeclaration,
+    secret,
+    setting,
+)
 from connectors.egress import EgressPolicy
 from connectors.egress_clients import GuardedAdapter, guarded_client
-from connectors.exceptions import (
-    BackpressureError,
-    ConfigurationError,
-    PermanentError,
-    RetryableError,
-)
+from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.registry import register
+from connectors.wire import Answer, Shown, record, send_recorded, status_error
 from schemas.delivery import Delivery
 from schemas.destination import Destination
 
@@ -86,26 +91,53 @@ class _TokenSession(requests.Session):
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
         recorder = _recorder.get()
+        if recorder is None:
+            return super().request(method, url, *args, **kwargs)
         is_token = method.upper() == "POST"  # msal only POSTs to the token endpoint
-        shown_request = "<client credentials, masked>" if is_token else ""
-        call = recorder.start(method, url, {}, shown_request) if recorder else None
-        try:
-            response = super().request(method, url, *args, **kwargs)
-        except requests.RequestException as exc:
-            if recorder and call:
-                recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
-            raise
-        if recorder and call:
+
+        def shown(response: requests.Response) -> Shown:
             body = "<access token, masked>" if is_token and response.ok else response.text
-            recorder.finish(call, response.status_code, dict(response.headers), body)
-        return response
+            return response.status_code, dict(response.headers), body
+
+        return record(
+            recorder,
+            method,
+            url,
+            {},
+            "<client credentials, masked>" if is_token else "",
+            lambda: super(_TokenSession, self).request(method, url, *args, **kwargs),
+            shown,
+            errors=(requests.RequestException,),
+        )
+
+
+class GraphSettings(CalendarSettingsModel):
+    tenant_id: Any = setting("The Microsoft Entra tenant id (required).")
+    client_id: Any = setting("The app registration's application (client) id (required).")
+    authority_host: HttpUrlSetting = setting(f"The identity platform (default {DEFAULT_AUTHORITY_HOST}).")
+    graph_base_url: HttpUrlSetting = setting(f"Graph's base URL (default {DEFAULT_GRAPH_BASE_URL}).")
+    ca_bundle: Any = setting("A CA bundle (PEM file path) to trust instead of the system's.")
+
+
+DECLARATION = KindDeclaration(
+    kind="graph",
+    label="Microsoft 365 calendar (Graph)",
+    settings=GraphSettings,
+    secrets=(secret("client_secret", "Client secret"),),
+    form=(
+        FormField("tenant_id", "Microsoft Entra tenant id", required=True),
+        FormField("client_id", "Application (client) id", required=True),
+        *CALENDAR_FORM,
+    ),
+    endpoint_settings=("authority_host", "tenant_id", "graph_base_url", "ca_bundle"),
+)
 
 
 @register
 class GraphConnector(Connector):
     """Keeps one out-of-office event per absence in the employee's Office 365 calendar."""
 
-    kind = "graph"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -210,7 +242,7 @@ class GraphConnector(Connector):
         recorder: CallRecorder,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """One Graph call, recorded; returns 2xx answers and a 404 on one event, raises otherwise."""
         if self._client is None:
             raise RuntimeError("GraphConnector.setup() was not awaited")
@@ -222,17 +254,16 @@ class GraphConnector(Connector):
             content=pretty_json(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
-        hooks = recorder.httpx_hooks()
-        for on_request in hooks["request"]:
-            await on_request(request)
         try:
-            response = await self._client.send(request)
+            response = await send_recorded(
+                self._client,
+                request,
+                recorder,
+                limit=None,
+                error_text=lambda exc: f"{method} {url}: {type(exc).__name__}: {exc}",
+            )
         except httpx.TransportError as exc:
-            message = f"{method} {url}: {type(exc).__name__}: {exc}"
-            recorder.fail_open_calls(message)
-            raise RetryableError(message) from exc
-        for on_response in hooks["response"]:
-            await on_response(response)
+            raise RetryableError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return response
         code, message = _graph_error(response)
@@ -295,7 +326,7 @@ class GraphConnector(Connector):
             raise ConfigurationError(f"authority {self.authority} is not usable: {exc}") from exc
 
 
-def _graph_error(response: httpx.Response) -> tuple[str, str]:
+def _graph_error(response: Answer) -> tuple[str, str]:
     try:
         error = response.json().get("error", {})
         return str(error.get("code", "")), str(error.get("message", ""))
@@ -304,12 +335,11 @@ def _graph_error(response: httpx.Response) -> tuple[str, str]:
 
 
 def _error_for(status: int, code: str, message: str, email: str, retry_after: str | None) -> Exception:
-    """The connector error for a failed Graph answer (see connectors.exceptions)."""
+    """The connector error for a failed Graph answer (see connectors.exceptions and connectors.wire)."""
     detail = f"Graph answered {status} {code}: {message}".strip()
-    if status in BACKPRESSURE_STATUSES and (status == 429 or retry_after):
-        return BackpressureError(detail, retry_after=_seconds(retry_after), status_code=status)
-    if status >= 500:
-        return RetryableError(detail, status_code=status)
+    error = status_error(status, detail, retry_after=retry_after, backpressure_statuses=BACKPRESSURE_STATUSES)
+    if not isinstance(error, PermanentError):
+        return error
     if status == 404 and code in NO_MAILBOX_CODES:
         return PermanentError(f"no mailbox for {email} ({detail})", status_code=status)
     if status in (401, 403):
@@ -318,11 +348,4 @@ def _error_for(status: int, code: str, message: str, email: str, retry_after: st
             "Calendars.ReadWrite, its admin consent and the mailboxes the app may reach",
             status_code=status,
         )
-    return PermanentError(detail, status_code=status)
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return float(retry_after) if retry_after else None
-    except ValueError:
-        return None
+    return error

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import email.utils
 import hashlib
 import hmac
 import json
@@ -40,26 +39,15 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from connectors.base import (
-    CallRecorder,
-    Connector,
-    ConnectorOptions,
-    DeliveryOutcome,
-    RecordedCall,
-    read_body,
-)
+from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
 from connectors.egress_clients import guarded_client
-from connectors.exceptions import (
-    BackpressureError,
-    ConfigurationError,
-    PermanentError,
-    RetryableError,
-)
+from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.registry import register
+from connectors.wire import Answer, send_recorded, status_error
 from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery, Operation
 from schemas.destination import Destination
 from schemas.models import AbsenceEvent, AbsenceStatus
-from streams.logging import MASK
 from streams.settings import parse_duration
 
 log = structlog.get_logger(__name__)
@@ -71,20 +59,10 @@ SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets are 24 to 64 random bytes
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 EXCERPT_CHARS = 300
-NOT_READ = "... [cut: the rest of the answer was not read]"
 DEFAULT_MAX_CONNECTIONS = 32
 POOL_CONNECTIONS = 4
 """Connections per httpx client: measured on the worker, 1.8 ms of CPU per delivered event with pools
 of 4 connections, 2.0 ms with 8 and 4.5 ms with one pool of 32 (its cost grows with its size)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What the receiver answered: status, headers, and the first RESPONSE_BODY_LIMIT bytes only."""
-
-    status_code: int
-    headers: httpx.Headers
-    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,22 +104,6 @@ def sign(keys: list[bytes], message_id: str, timestamp: int, body: bytes) -> str
     return " ".join(
         "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode() for key in keys
     )
-
-
-def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None when absent or bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
 
 
 def to_json_bytes(data: Any) -> bytes:
@@ -227,11 +189,51 @@ def lucca_bodies(event: AbsenceEvent) -> list[dict[str, Any]]:
 # -- the connector ----------------------------------------------------------------------------------
 
 
+class HttpSettings(KindSettings):
+    url: HttpUrlSetting = setting("Where absence changes are sent (required).")
+    format: Any = setting(f"Payload format: {', '.join(FORMATS)} (default {FORMATS[0]}).")
+    method_mode: Any = setting("rest: PUT/DELETE {url}/{absence id}; post: POST {url} for every change.")
+    auth: Any = setting(f"Authentication: {', '.join(AUTH_MODES)}.")
+    auth_header_name: Any = setting("The header carrying the secret auth_header_value (auth: header).")
+    timeout: Any = setting("One call's timeout, e.g. 10s (default: the service's).")
+    x_version: Any = setting("lucca.legacy: the X-Version header (default 1).")
+    max_connections: Any = setting(f"Connections to the receiver (default {DEFAULT_MAX_CONNECTIONS}).")
+
+
+DECLARATION = KindDeclaration(
+    kind="http",
+    label="Webhook (HTTP)",
+    settings=HttpSettings,
+    secrets=(
+        secret(
+            "signing_secrets",
+            "Signing secrets",
+            "whsec_..., newest first; several (separated by commas or spaces) during a rotation.",
+        ),
+        secret("username", "Basic user name"),
+        secret("password", "Basic password"),
+        secret("token", "Bearer token"),
+        secret("auth_header_value", "Authentication header value"),
+    ),
+    form=(
+        FormField("url", "URL", "url", required=True, help="Where absence changes are sent."),
+        FormField("format", "Payload format", "select", options=FORMATS),
+        FormField(
+            "method_mode", "Method", "select", options=METHOD_MODES, help="rest: PUT/DELETE per absence."
+        ),
+        FormField("auth", "Authentication", "select", options=AUTH_MODES),
+        FormField("auth_header_name", "Authentication header name", help="Only for header authentication."),
+        FormField("timeout", "Timeout", help="e.g. 10s; empty: the service default."),
+    ),
+    endpoint_settings=("url",),
+)
+
+
 @register
 class HttpConnector(Connector):
     """Sends absence changes to one HTTP endpoint (see the module docstring and docs/http-sync.md)."""
 
-    kind = "http"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -370,7 +372,7 @@ class HttpConnector(Connector):
             for doc in lucca_bodies(delivery.event)
         ]
 
-    async def _send(self, request: _Request, recorder: CallRecorder) -> _Answer:
+    async def _send(self, request: _Request, recorder: CallRecorder) -> Answer:
         """Sends one request (signed with a fresh timestamp) and records it, secrets masked. The
         answer's body is read up to RESPONSE_BODY_LIMIT bytes and no further."""
         if not self._clients:
@@ -389,49 +391,27 @@ class HttpConnector(Connector):
         http_request = client.build_request(
             request.method, request.url, content=request.body, headers=headers
         )
-        hooks = recorder.httpx_hooks()
-        for on_request in hooks["request"]:
-            await on_request(http_request)
-        self._mask_recorded(http_request)
-        try:
-            response = await client.send(http_request, stream=True)
-            try:
-                body = await read_body(response, RESPONSE_BODY_LIMIT)
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException as exc:
-            message = (
-                f"{request.method} {request.url}: no answer within {self.timeout:g} s ({type(exc).__name__})"
-            )
-            recorder.fail_open_calls(message)
-            raise RetryableError(message) from exc
-        except httpx.TransportError as exc:
-            message = f"{request.method} {request.url}: {type(exc).__name__}: {exc}"
-            recorder.fail_open_calls(message)
-            raise RetryableError(message) from exc
-        text = body.decode("utf-8", errors="replace")
-        call = http_request.extensions.get("absync_call")
-        if isinstance(call, RecordedCall):
-            shown = text
-            if len(body) > RESPONSE_BODY_LIMIT:
-                shown = (
-                    body[: RESPONSE_BODY_LIMIT - len(NOT_READ)].decode("utf-8", errors="replace") + NOT_READ
-                )
-            recorder.finish(call, response.status_code, response.headers, shown)
-        return _Answer(response.status_code, response.headers, text)
 
-    def _mask_recorded(self, request: httpx.Request) -> None:
-        """Masks every header we derived from a secret, whatever its name (custom auth headers too)."""
-        call = request.extensions.get("absync_call")
-        if not isinstance(call, RecordedCall):
-            return
-        secret_names = {name.lower() for name in self.auth_headers} | {"webhook-signature"}
-        for name in call.request_headers:
-            if name.lower() in secret_names:
-                call.request_headers[name] = MASK
+        def error_text(exc: BaseException) -> str:
+            if isinstance(exc, httpx.TimeoutException):
+                return f"{request.method} {request.url}: no answer within {self.timeout:g} s ({type(exc).__name__})"
+            return f"{request.method} {request.url}: {type(exc).__name__}: {exc}"
+
+        try:
+            return await send_recorded(
+                client,
+                http_request,
+                recorder,
+                limit=RESPONSE_BODY_LIMIT,
+                # Every header derived from a secret is masked, whatever its name (custom auth headers too).
+                secret_headers=[*self.auth_headers, "webhook-signature"],
+                error_text=error_text,
+            )
+        except httpx.TransportError as exc:
+            raise RetryableError(error_text(exc)) from exc
 
     @staticmethod
-    def _raise_for_status(request: _Request, response: _Answer, *, deleting: bool) -> None:
+    def _raise_for_status(request: _Request, response: Answer, *, deleting: bool) -> None:
         """Maps the answer to the connector exceptions (rules in docs/http-sync.md, "Outcomes")."""
         status = response.status_code
         if 200 <= status < 300:
@@ -441,11 +421,14 @@ class HttpConnector(Connector):
         where = f"{request.method} {request.url} answered {status}"
         excerpt = response.text[:EXCERPT_CHARS].strip()
         detail = f"{where}: {excerpt}" if excerpt else where
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429 or (status == 503 and retry_after is not None):
-            raise BackpressureError(detail, retry_after=retry_after, status_code=status)
-        if status in RETRYABLE_STATUSES or status >= 500:
-            raise RetryableError(detail, status_code=status)
+        error = status_error(
+            status,
+            detail,
+            retry_after=response.headers.get("Retry-After"),
+            retryable_statuses=RETRYABLE_STATUSES,
+        )
+        if not isinstance(error, PermanentError):
+            raise error
         if status == 410:
             raise PermanentError(f"{where}: the receiver says this endpoint is gone", status_code=status)
         if 300 <= status < 400:
@@ -453,7 +436,7 @@ class HttpConnector(Connector):
             raise PermanentError(
                 f"{where}: redirects are not followed, update the url (to {location})", status_code=status
             )
-        raise PermanentError(detail, status_code=status)
+        raise error
 
     # -- test connection ----------------------------------------------------------------------------
 

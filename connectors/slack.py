@@ -2,9 +2,9 @@
 
 A Slack destination does not get one message per absence change: it gets one post per working day
 (see :mod:`processors.slack_scheduler`, which decides when, and :mod:`processors.slack_message`,
-which writes it). So :meth:`SlackConnector.deliver`, called by the delivery worker for the absence
-changes the fan-out routes to every matching destination, sends nothing; the Slack calls are
-:meth:`SlackConnector.publish` and :meth:`SlackConnector.test_connection`.
+which writes it). So it is a :class:`connectors.base.DigestConnector` (its declaration says
+``digest=True``): the fan-out routes it no change, and its calls are :meth:`SlackConnector.publish`
+and :meth:`SlackConnector.test_connection`.
 
 Idempotency: every post carries Slack message metadata ``absync_daily_post`` naming the destination
 and the day. When the caller knows no message yet (first post of the day, or a record lost in a crash
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import urllib.error
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -32,18 +31,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.slack_response import SlackResponse
 
-from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.base import CallRecorder, ConnectorOptions, DeliveryOutcome, DigestConnector, Published
+from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
 from connectors.egress import EgressPolicy
 from connectors.egress_clients import urllib_opener
-from connectors.exceptions import (
-    BackpressureError,
-    ConfigurationError,
-    ConnectorError,
-    PermanentError,
-    RetryableError,
-)
+from connectors.exceptions import ConfigurationError, ConnectorError, PermanentError, RetryableError
 from connectors.registry import register
-from schemas.delivery import Delivery
+from connectors.wire import Shown, record, status_error
 from schemas.destination import Destination
 from streams.logging import MASK
 
@@ -62,6 +56,7 @@ BAD_TOKEN = (
     "account_inactive",
     "missing_scope",
 )
+TRANSPORT_ERRORS = (SlackRequestError, urllib.error.URLError, TimeoutError, OSError)
 TEMPORARY = ("internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited")
 
 
@@ -84,19 +79,43 @@ class GuardedWebClient(WebClient):  # type: ignore[misc]
         return {"status": resp.code, "headers": resp.headers, "body": body}
 
 
-@dataclass(frozen=True)
-class Published:
-    """Where the day's post is, and what was done to put it there ("posted" or "updated")."""
+class SlackSettings(KindSettings):
+    channel: Any = setting("The channel id, e.g. C0123ABCD (required).")
+    channel_name: Any = setting("The channel's name for messages, e.g. #hr-private.")
+    base_url: HttpUrlSetting = setting(f"Slack's Web API (default {DEFAULT_BASE_URL}).")
+    post_time: Any = setting("Local time of the daily post, HH:MM (default 09:00).")
+    time_zone: Any = setting("The post's time zone (default Europe/Paris).")
+    working_days: Any = setting("ISO weekdays with a post, 1 = Monday (default 1 to 5).")
+    group_by: Any = setting("Group the post's lines by this (e.g. department).")
+    group_names: Any = setting("Group id -> name shown in the post.")
+    show_tomorrow: Any = setting("Also list tomorrow's absences.")
+    show_leave_type: Any = setting("Show the leave type of each absence.")
+    language: Any = setting("The post's language (default en).")
 
-    ts: str
-    action: str
+
+DECLARATION = KindDeclaration(
+    kind="slack",
+    label="Slack",
+    settings=SlackSettings,
+    secrets=(secret("bot_token", "Bot token", "xoxb-...; scopes chat:write and channels:history."),),
+    form=(
+        FormField("channel", "Channel id", required=True, help="e.g. C0123ABCD; invite the app to it."),
+        FormField("channel_name", "Channel name", help="For messages, e.g. #hr-absences."),
+        FormField("post_time", "Post time", help="Local time, HH:MM (default 09:00)."),
+        FormField("time_zone", "Time zone", help="e.g. Europe/Paris."),
+        FormField("show_tomorrow", "Also list tomorrow's absences", "checkbox"),
+        FormField("show_leave_type", "Show the leave type", "checkbox"),
+    ),
+    endpoint_settings=("base_url",),
+    digest=True,
+)
 
 
 @register
-class SlackConnector(Connector):
+class SlackConnector(DigestConnector):
     """Posts and updates the daily absence message of one destination in one channel."""
 
-    kind = "slack"
+    declaration = DECLARATION
 
     def __init__(
         self,
@@ -109,9 +128,6 @@ class SlackConnector(Connector):
         self.channel_name = str(self.setting("channel_name") or self.channel)
         self.base_url = str(self.setting("base_url", DEFAULT_BASE_URL)).rstrip("/") + "/"
         self._client: WebClient | None = None
-
-    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        return DeliveryOutcome(summary="nothing sent: absences reach Slack in the daily post")
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
         return await self.run_blocking(self.check_channel, recorder)
@@ -204,24 +220,34 @@ class SlackConnector(Connector):
     def _api(self, recorder: CallRecorder, method: str, verb: str, params: dict[str, Any]) -> SlackResponse:
         """One Web API call, recorded (token masked); raises a connector error unless ``ok``."""
         client = self._web()
-        call = recorder.start(
-            verb, f"{self.base_url}{method}", {"Authorization": f"Bearer {MASK}"}, json.dumps(params)
-        )
+
+        def send() -> tuple[SlackResponse, bool]:
+            try:
+                if verb == "GET":
+                    return client.api_call(method, http_verb="GET", params=params), True
+                return client.api_call(method, json=params), True
+            except SlackApiError as exc:
+                return exc.response, False  # an answer all the same: recorded as one
+
+        def shown(result: tuple[SlackResponse, bool]) -> Shown:
+            answer = result[0]
+            return answer.status_code, _headers(answer), json.dumps(answer.data, default=str)
+
         try:
-            if verb == "GET":
-                response = client.api_call(method, http_verb="GET", params=params)
-            else:
-                response = client.api_call(method, json=params)
-        except SlackApiError as exc:
-            answer: SlackResponse = exc.response
-            recorder.finish(call, answer.status_code, _headers(answer), json.dumps(answer.data, default=str))
-            raise self._error(method, answer) from None
-        except (SlackRequestError, urllib.error.URLError, TimeoutError, OSError) as exc:
-            recorder.finish(call, error=f"{type(exc).__name__}: {exc}")
+            response, ok = record(
+                recorder,
+                verb,
+                f"{self.base_url}{method}",
+                {"Authorization": f"Bearer {MASK}"},
+                json.dumps(params),
+                send,
+                shown,
+                errors=TRANSPORT_ERRORS,
+            )
+        except TRANSPORT_ERRORS as exc:
             raise RetryableError(f"Slack {method}: {type(exc).__name__}: {exc}") from exc
-        recorder.finish(
-            call, response.status_code, _headers(response), json.dumps(response.data, default=str)
-        )
+        if not ok:
+            raise self._error(method, response) from None
         return response
 
     def _error(self, method: str, answer: SlackResponse) -> ConnectorError:
@@ -229,10 +255,7 @@ class SlackConnector(Connector):
         code = str(data.get("error", f"HTTP {answer.status_code}"))
         detail = f"Slack {method} answered {answer.status_code} {code}"
         if answer.status_code == 429 or code == "ratelimited":
-            retry_after = _headers(answer).get("retry-after")
-            return BackpressureError(
-                detail, retry_after=float(retry_after) if retry_after else None, status_code=429
-            )
+            return status_error(429, detail, retry_after=_headers(answer).get("retry-after"), throttled=True)
         if answer.status_code >= 500 or code in TEMPORARY:
             return RetryableError(detail, status_code=answer.status_code)
         if code in NOT_INVITED:

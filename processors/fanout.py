@@ -52,6 +52,7 @@ from typing import Any
 import structlog
 from confluent_kafka import Message, TopicPartition
 
+from connectors.registry import receives_changes
 from processors.validation import (
     ErrorKind,
     InvalidRecord,
@@ -233,7 +234,7 @@ class FanoutProcessor(Processor):
         outputs: list[Output] = []
         held: set[str] = set()
         for destination in sorted(self._table.all(event.tenant), key=lambda d: d.id):
-            if not destination.receives_changes:
+            if not receives_changes(destination):
                 continue  # the Slack post reads the daily projection instead
             if not destination.enabled:
                 if destination.id in state.held:
@@ -258,7 +259,7 @@ class FanoutProcessor(Processor):
             )
         bound = log.bind(destination=destination_id, absence_id=request.absence.id, version=request.version)
         destination = self._resync_destination(destination_id)
-        if destination is None or not destination.enabled or not destination.receives_changes:
+        if destination is None or not destination.enabled or not receives_changes(destination):
             bound.warning("resync request for an unknown or disabled destination skipped")
             return []
         if destination.tenant != request.tenant:

@@ -60,6 +60,7 @@ from pathlib import Path
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from connectors.registry import receives_changes
 from processors import ProcessorError
 from processors.fanout import RESYNC_DESTINATION_HEADER, replay_operation
 from processors.validation import (
@@ -227,7 +228,7 @@ def load_destination(settings: Settings, destination_id: str) -> Destination:
         raise ResyncError(f"unknown destination {destination_id!r}")
     if not destination.enabled:
         raise ResyncError(f"destination {destination_id!r} is disabled: enable it before a resync")
-    if not destination.receives_changes:
+    if not receives_changes(destination):
         raise ResyncError(f"destination {destination_id!r} does not receive absence changes")
     return destination
 

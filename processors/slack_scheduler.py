@@ -45,14 +45,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
 
 import structlog
 from confluent_kafka import Message
 
-from connectors.base import CallRecorder, ConnectorOptions
+from connectors.base import CallRecorder, ConnectorOptions, DigestConnector
 from connectors.exceptions import BackpressureError, ConnectorError, PermanentError
-from connectors.registry import connector_class
+from connectors.registry import digest_connector_class
 from processors.slack_daily import Clock, DailyAbsencesProcessor, DailyAbsenceTable, utc_now
 from processors.slack_message import PostSettings, PostSettingsError, render
 from schemas.destination import ChangeSelection, Destination
@@ -70,21 +69,6 @@ POST_PREFIX = "post|"
 PERMANENT_PAUSE = 900.0
 KEEP_RECORDS_DAYS = 7
 OWNER_PARTITION = 0
-
-
-class Published(Protocol):
-    ts: str
-    action: str
-
-
-class DailyPoster(Protocol):
-    """What the scheduler needs of the Slack connector (found through the registry)."""
-
-    channel: str
-
-    def publish(
-        self, day: str, text: str, ts: str | None, day_starts_at: float, recorder: CallRecorder
-    ) -> Published: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +119,7 @@ class SlackScheduler(Processor):
         self._retry_delay = settings.retry_delays[0]
         self._box = SecretBox.from_settings(settings)
         self._options = ConnectorOptions.from_settings(settings)
-        self._connectors: dict[str, tuple[int, DailyPoster]] = {}
+        self._connectors: dict[str, tuple[int, DigestConnector]] = {}
         self._paused: dict[tuple[str, int], float] = {}
         """(destination id, revision) -> monotonic time before which it is not tried (a fix resumes it)."""
         self._next_tick = 0.0
@@ -224,13 +208,12 @@ class SlackScheduler(Processor):
             ts=published.ts,
         )
 
-    def _connector(self, destination: Destination) -> DailyPoster:
+    def _connector(self, destination: Destination) -> DigestConnector:
         cached = self._connectors.get(destination.id)
         if cached is not None and cached[0] == destination.revision:
             return cached[1]
         secrets = self._box.decrypt_all(destination.secrets)
-        connector = connector_class(destination.kind)(destination, secrets, self._options)
-        poster = cast(DailyPoster, connector)
+        poster = digest_connector_class(destination.kind)(destination, secrets, self._options)
         self._connectors[destination.id] = (destination.revision, poster)
         return poster
 

@@ -1,18 +1,61 @@
-"""A destination: where absence changes go, and which ones (filters)."""
+"""A destination: where absence changes go, and which ones (filters).
+
+The kinds themselves (their names, settings, secrets) are declared by the connectors
+(:mod:`connectors.declaration`). This layer cannot import them: it sees them through the
+:class:`KindCatalog` that :mod:`connectors.registry` installs when it is imported. A process that
+validates destinations without having imported it fails loudly (:func:`kind_catalog`), never
+accepts an unchecked kind.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from schemas.models import AbsenceEvent
 
-KINDS = ("http", "graph", "ews", "google", "slack", "adp")
-DIGEST_KINDS = ("slack",)
-"""Kinds fed by a daily digest (the Slack post) rather than one delivery per absence change."""
+
+class KindCatalog(Protocol):
+    """The destination kinds, as the lower layers need them (implemented by connectors.registry)."""
+
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind's name."""
+        ...
+
+    def check(self, kind: str, settings: Mapping[str, Any]) -> None:
+        """Raises ValueError (one line per problem) when ``kind`` is unknown or ``settings`` do not
+        fit its settings model."""
+        ...
+
+    def url_settings(self) -> frozenset[str]:
+        """Names of the settings, of any kind, that must be http(s) URLs."""
+        ...
+
+    def endpoint_settings(self, kind: str) -> tuple[str, ...]:
+        """The settings of ``kind`` that decide where its secrets are sent."""
+        ...
+
+
+_catalog: KindCatalog | None = None
+
+
+def use_kind_catalog(catalog: KindCatalog) -> None:
+    """Installs the process's kind catalog (done by importing :mod:`connectors.registry`)."""
+    global _catalog
+    _catalog = catalog
+
+
+def kind_catalog() -> KindCatalog:
+    """The installed catalog; RuntimeError when none is (import connectors.registry first)."""
+    if _catalog is None:
+        raise RuntimeError(
+            "no destination kind catalog: import connectors.registry before validating destinations"
+        )
+    return _catalog
 
 
 class ChangeSelection(enum.StrEnum):
@@ -74,11 +117,6 @@ class Destination:
     def matches(self, event: AbsenceEvent) -> bool:
         """Whether this destination should hold this absence (tenant and filters; not the change kind)."""
         return self.enabled and event.tenant == self.tenant and self.filters.matches(event)
-
-    @property
-    def receives_changes(self) -> bool:
-        """Whether the fan-out sends this destination one delivery per absence change."""
-        return self.kind not in DIGEST_KINDS
 
     def to_avro(self) -> dict[str, Any]:
         return {

@@ -8,8 +8,11 @@ validated with the same rules wherever a destination comes from:
 - types are strict where a YAML or JSON coercion would surprise: ``enabled`` is ``true`` or
   ``false`` (the string ``"false"`` is an error, never "enabled"), names, filter values and
   secrets are strings;
-- every setting named like an address (:data:`URL_SETTINGS`) is an ``http://`` or ``https://`` URL
-  with a host;
+- ``kind`` is a kind some connector declares, and ``settings`` fit that kind's settings model, as
+  told by the :class:`schemas.destination.KindCatalog` (:mod:`connectors.registry`; this layer cannot
+  import connectors, so a process without the catalog refuses to validate rather than guess);
+- every setting that some kind declares as an address (:meth:`KindCatalog.url_settings`) is an
+  ``http://`` or ``https://`` URL with a host, whatever the destination's kind;
 - everything is bounded: lengths of names and filter values, number of filter values and secrets,
   size of settings, and the size of the whole write (:data:`MAX_WRITE_BYTES`), so that a
   destination always fits in one Kafka record.
@@ -24,30 +27,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
-from schemas.destination import KINDS, ChangeSelection
+from schemas.destination import ChangeSelection, kind_catalog
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
-URL_SETTINGS = frozenset(
-    {
-        "url",
-        "token_url",
-        "token_uri",
-        "api_base_url",
-        "api_root",
-        "base_url",
-        "graph_base_url",
-        "authority_host",
-        "server_url",
-    }
-)
-"""Settings that say where absync connects (and sends secrets): http(s) URLs only."""
 MAX_FILTER_VALUES = 5000
 MAX_SECRETS = 32
 MAX_SETTINGS_BYTES = 64 * 1024
@@ -97,17 +94,31 @@ class DestinationUpdate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=400, strict=True)
-    kind: Literal[KINDS]  # type: ignore[valid-type]
+    kind: str = Field(
+        strict=True,
+        max_length=40,
+        json_schema_extra=lambda schema: schema.update(enum=list(kind_catalog().kinds())),
+    )
     enabled: bool = Field(default=True, strict=True)
     filters: FiltersModel = FiltersModel()
     changes: Annotated[ChangeSelection, BeforeValidator(_upper)] = ChangeSelection.ALL
     settings: dict[str, Any] = {}
     secrets: dict[str, SecretValue] = Field(default={}, description="Write-only.", max_length=MAX_SECRETS)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        known = kind_catalog().kinds()
+        if kind not in known:
+            raise ValueError(f"Input should be {', '.join(repr(k) for k in known)}")
+        return kind
+
     @model_validator(mode="after")
     def _bounded_and_http(self) -> DestinationUpdate:
-        for name in sorted(URL_SETTINGS & set(self.settings)):
+        catalog = kind_catalog()
+        for name in sorted(catalog.url_settings() & set(self.settings)):
             check_http_url(f"settings.{name}", self.settings[name])
+        catalog.check(self.kind, self.settings)
         if len(json.dumps(self.settings, default=str)) > MAX_SETTINGS_BYTES:
             raise ValueError(f"settings are larger than {MAX_SETTINGS_BYTES} bytes")
         if len(self.model_dump_json()) > MAX_WRITE_BYTES:

@@ -19,7 +19,7 @@ import structlog
 from confluent_kafka import KafkaException, Message
 
 from schemas.codec import AvroCodec, codec_for
-from schemas.destination import KINDS, ChangeSelection, Destination, Filters
+from schemas.destination import ChangeSelection, Destination, Filters, kind_catalog
 from schemas.errors import SchemaError
 from streams.destination_input import load_yaml_documents, validate_documents
 from streams.kafka import make_producer, read_compacted
@@ -32,18 +32,6 @@ log = structlog.get_logger(__name__)
 
 class DestinationError(ValueError):
     """A destination definition is invalid (the message says which field)."""
-
-
-ENDPOINT_SETTINGS: dict[str, tuple[str, ...]] = {
-    "http": ("url",),
-    "graph": ("authority_host", "tenant_id", "graph_base_url", "ca_bundle"),
-    "google": ("token_uri", "api_root"),
-    "slack": ("base_url",),
-    "adp": ("token_url", "api_base_url", "endpoints", "ca_bundle"),
-    "ews": ("server_url",),
-}
-"""Per kind, the settings that decide where the secrets are sent (or whom TLS trusts to receive
-them): changing one of these requires entering the secrets again (see :func:`merge_secrets`)."""
 
 
 def _where(value: Any) -> Any:
@@ -62,7 +50,7 @@ def endpoint_changes(previous: Destination, kind: str, settings: Mapping[str, An
         return ["kind"]
     return [
         name
-        for name in ENDPOINT_SETTINGS.get(kind, ())
+        for name in kind_catalog().endpoint_settings(kind)
         if _where(settings.get(name)) != _where(previous.settings.get(name))
     ]
 
@@ -71,8 +59,8 @@ def merge_secrets(
     previous: Destination | None, kind: str, settings: Mapping[str, Any], entered: Mapping[str, bytes]
 ) -> dict[str, bytes]:
     """The secrets of a write: ``entered`` (encrypted) over the previous ones, which are kept as long
-    as they go where they went before. Secrets are bound to their endpoint: when a setting of
-    :data:`ENDPOINT_SETTINGS` changes, every previous secret must be entered again in the same write,
+    as they go where they went before. Secrets are bound to their endpoint: when one of the kind's
+    ``endpoint_settings`` (:mod:`connectors.declaration`) changes, every previous secret must be entered again in the same write,
     else :class:`DestinationError` names the changed settings and the secrets to re-enter (so a
     configure operator cannot redirect a stored token to a host of their own)."""
     if previous is None:
@@ -208,8 +196,9 @@ def destination_from_dict(
     for required in ("id", "tenant", "name", "kind"):
         if not isinstance(data.get(required), str) or not data[required]:
             raise DestinationError(f"destination field {required!r} is required")
-    if data["kind"] not in KINDS:
-        raise DestinationError(f"kind must be one of {', '.join(KINDS)}, got {data['kind']!r}")
+    known = kind_catalog().kinds()
+    if data["kind"] not in known:
+        raise DestinationError(f"kind must be one of {', '.join(known)}, got {data['kind']!r}")
     filters = data.get("filters") or {}
     if not isinstance(filters, dict):
         raise DestinationError("filters must be a mapping")

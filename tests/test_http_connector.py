@@ -25,8 +25,9 @@ from connectors.exceptions import (
     PermanentError,
     RetryableError,
 )
-from connectors.http import HttpConnector, parse_retry_after
+from connectors.http import HttpConnector
 from connectors.registry import connector_class
+from connectors.wire import parse_retry_after
 from schemas.delivery import Delivery, Operation, delivery_id_for
 from schemas.destination import Destination
 from schemas.models import (

@@ -13,6 +13,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+import connectors.registry  # noqa: F401 - installs the kind catalog the validation below reads
 from schemas.destination import Destination
 from streams.destinations import (
     DestinationError,

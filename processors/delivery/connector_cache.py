@@ -1,6 +1,6 @@
 """The delivery worker's connectors: one set-up connector per destination (:class:`ConnectorCache`).
 
-Connectors are built only through :func:`connectors.registry.connector_class`, from the destination
+Connectors are built only through :func:`connectors.registry.delivery_connector_class`, from the destination
 as re-read at send time, with its secrets decrypted here (a secret that cannot be decrypted is a
 :class:`connectors.exceptions.ConfigurationError`, never a crash).
 """
@@ -11,7 +11,7 @@ import asyncio
 
 from connectors.base import Connector, ConnectorOptions
 from connectors.exceptions import ConfigurationError
-from connectors.registry import connector_class
+from connectors.registry import delivery_connector_class
 from schemas.destination import Destination
 from streams.secrets import SecretBox, SecretDecryptionError
 
@@ -44,7 +44,7 @@ class ConnectorCache:
                 secrets = self._box.decrypt_all(destination.secrets)
             except SecretDecryptionError as exc:
                 raise ConfigurationError(str(exc)) from None
-            connector = connector_class(destination.kind)(destination, secrets, self._options)
+            connector = delivery_connector_class(destination.kind)(destination, secrets, self._options)
             await connector.setup()
             self._items[destination.id] = (destination.revision, connector)
             return connector

@@ -12,7 +12,7 @@ from connectors.base import CallRecorder, ConnectorOptions
 from connectors.egress import EgressPolicy
 from connectors.egress_clients import DEFAULT_MAX_RESPONSE_BYTES
 from connectors.exceptions import ConnectorError, PermanentError
-from connectors.http import NOT_READ
+from connectors.wire import NOT_READ
 from schemas.delivery import RESPONSE_BODY_LIMIT
 from tests.connectors.deliveries import make_delivery
 from tests.connectors.egress_targets import HugeAnswer, open_target

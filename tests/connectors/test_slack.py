@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder
-from connectors.exceptions import BackpressureError, PermanentError
-from connectors.registry import connector_class
+from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError
+from connectors.registry import connector_class, delivery_connector_class
 from connectors.slack import SlackConnector
 from processors.slack_message import PostSettings, render
 from processors.slack_scheduler import run_together, runtimes
@@ -27,7 +27,6 @@ from streams.kafka import make_producer
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics
-from tests.connectors.deliveries import make_delivery
 from tests.fakes.loopback import loopback_options
 from tests.fakes.slack import FakeSlack
 from tests.streams_helpers import READ_LIMIT, produce_events
@@ -197,13 +196,15 @@ def test_uninvited_private_channel_is_a_permanent_error_naming_it(slack: FakeSla
     assert slack.count("chat.postMessage") == 0
 
 
-async def test_connection_check_and_per_absence_deliveries_send_nothing(slack: FakeSlack) -> None:
+async def test_connection_check_and_no_per_absence_delivery(slack: FakeSlack) -> None:
     connector = slack_connector(slack)
     recorder = CallRecorder(connector.secrets)
     outcome = await connector.test_connection(recorder)
     assert outcome.summary == "absync can post in #hr-absences"
     assert slack.token not in str([vars(c) for c in recorder.calls])
-    assert "daily post" in (await connector.deliver(make_delivery(), CallRecorder())).summary
+    assert not hasattr(connector, "deliver")  # a digest connector: the fan-out routes it no change
+    with pytest.raises(ConfigurationError, match="no per-change deliveries"):
+        delivery_connector_class("slack")
     assert slack.channels[CHANNEL].messages == []
 
 

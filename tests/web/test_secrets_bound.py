@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from connectors.registry import declarations
 from schemas.destination import Destination
-from streams.destinations import ENDPOINT_SETTINGS, DestinationError, merge_secrets
+from streams.destinations import DestinationError, merge_secrets
 from tests.fakes.receiver import Receiver
 from tests.web.conftest import Api
 
@@ -69,7 +70,7 @@ def _destination(kind: str, settings: dict[str, Any]) -> Destination:
     )
 
 
-@pytest.mark.parametrize(("kind", "name"), [(k, n) for k, names in ENDPOINT_SETTINGS.items() for n in names])
+@pytest.mark.parametrize(("kind", "name"), [(d.kind, n) for d in declarations() for n in d.endpoint_settings])
 def test_every_endpoint_setting_binds_the_secrets(kind: str, name: str) -> None:
     before = _destination(kind, {name: "https://a.example"})
     with pytest.raises(DestinationError, match=rf"{name} changed.*enter them again.*\bs\b"):

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
 from absync.web.auth import SESSION_HEADER, Principal, Right
-from absync.web.console.forms import KIND_LABELS, SECRETS, SETTINGS
+from absync.web.console.forms import DEFAULT_KIND, form_fields, kind_labels
 from absync.web.console.session import (
     close_session,
     cross_origin,
@@ -175,31 +175,34 @@ def delivery_page(request: Request, delivery_id: str) -> Response:
 
 @router.get("/console/destinations")
 def destinations_page(request: Request) -> Response:
-    return _guarded(request, "destinations.html", Right.CONFIGURE, kinds=KIND_LABELS)
+    return _guarded(request, "destinations.html", Right.CONFIGURE, kinds=kind_labels())
 
 
 @router.get("/console/destinations/new")
 def new_destination_page(request: Request, kind: str = "http") -> Response:
-    kind = kind if kind in KIND_LABELS else "http"
     return _destination_form(request, kind, None)
 
 
 @router.get("/console/destinations/{destination_id}")
 def edit_destination_page(request: Request, destination_id: str, kind: str = "http") -> Response:
-    return _destination_form(request, kind if kind in KIND_LABELS else "http", destination_id)
+    return _destination_form(request, kind, destination_id)
 
 
 def _destination_form(request: Request, kind: str, destination_id: str | None) -> Response:
     """The same form creates and edits; when editing, the script loads the destination and, if its
-    kind differs from ``kind``, reloads the page with the right one."""
+    kind differs from ``kind``, reloads the page with the right one. An unknown kind shows the
+    default kind's form."""
+    kinds = kind_labels()
+    kind = kind if kind in kinds else DEFAULT_KIND
+    settings_fields, secret_fields = form_fields(kind)
     return _guarded(
         request,
         "destination.html",
         Right.CONFIGURE,
         kind=kind,
-        kinds=KIND_LABELS,
-        settings_fields=SETTINGS[kind],
-        secret_fields=SECRETS[kind],
+        kinds=kinds,
+        settings_fields=settings_fields,
+        secret_fields=secret_fields,
         destination_id=destination_id,
     )
 
