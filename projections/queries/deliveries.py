@@ -1,8 +1,9 @@
-"""Read side of the view, used by the web API (sync; pass an ``Engine`` or a ``Connection``).
+"""Deliveries and their attempts, as the view holds them (sync; pass an ``Engine`` or a ``Connection``).
 
 ``tenant=None`` means every tenant (an admin token); otherwise rows of other tenants are invisible.
 Lists are keyset-paginated on (updated_at desc, delivery_id desc): the cursor is opaque to clients
-and stable while rows are added.
+and stable while rows are added. :func:`changes_since` and :func:`latest_update` serve the live
+stream (``/api/v1/deliveries/stream``): changes in the order they reached the view.
 """
 
 from __future__ import annotations
@@ -11,20 +12,18 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
-from projections.db import attempts, deliveries, delivery_counts, destinations
+from projections.db import attempts, deliveries, delivery_counts
 from projections.exceptions import BadCursorError
+from projections.queries.base import Bind, connection
 
-HEALTH_WINDOW = 100
-"""The success rate of a destination is computed over its last this many finished deliveries."""
 MAX_LIMIT = 500
+CHANGES_PAGE = 500
+"""At most this many rows per read of :func:`changes_since` (per window)."""
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,42 +80,8 @@ class Page:
     next_cursor: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class DestinationHealth:
-    success_rate: float | None
-    """Successful / finished (SUCCESSFUL or ERROR) over the last HEALTH_WINDOW; None when none."""
-    last_error: str | None
-    last_error_at: dt.datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class DestinationView:
-    id: str
-    tenant: str
-    name: str
-    kind: str
-    enabled: bool
-    filters: dict[str, list[str]]
-    changes: str
-    settings: dict[str, Any]
-    secret_names: list[str]
-    revision: int
-    updated_at: dt.datetime
-    updated_by: str
-
-
 _SUMMARY_COLUMNS = [deliveries.c[name] for name in DeliverySummary.__slots__]
 _ATTEMPT_COLUMNS = [attempts.c[name] for name in AttemptView.__slots__]
-_DESTINATION_COLUMNS = [destinations.c[name] for name in DestinationView.__slots__]
-
-
-@contextmanager
-def _connection(bind: Engine | Connection) -> Iterator[Connection]:
-    if isinstance(bind, Connection):
-        yield bind
-    else:
-        with bind.connect() as conn:
-            yield conn
 
 
 def encode_cursor(updated_at: dt.datetime, delivery_id: str) -> str:
@@ -142,7 +107,7 @@ def _like_pattern(term: str) -> str:
 
 
 def list_deliveries(
-    bind: Engine | Connection,
+    bind: Bind,
     *,
     tenant: str | None,
     status: str | None = None,
@@ -189,19 +154,19 @@ def list_deliveries(
         .order_by(c.updated_at.desc(), c.delivery_id.desc())
         .limit(limit + 1)
     )
-    with _connection(bind) as conn:
+    with connection(bind) as conn:
         rows = conn.execute(query).all()
     items = [DeliverySummary(*row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1].updated_at, items[-1].delivery_id) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
 
 
-def get_delivery(bind: Engine | Connection, delivery_id: str, *, tenant: str | None) -> DeliveryDetail | None:
+def get_delivery(bind: Bind, delivery_id: str, *, tenant: str | None) -> DeliveryDetail | None:
     """One delivery with its attempts (by number), or None (also when it belongs to another tenant)."""
     query = sa.select(*_SUMMARY_COLUMNS).where(deliveries.c.delivery_id == delivery_id)
     if tenant is not None:
         query = query.where(deliveries.c.tenant == tenant)
-    with _connection(bind) as conn:
+    with connection(bind) as conn:
         row = conn.execute(query).first()
         if row is None:
             return None
@@ -213,9 +178,7 @@ def get_delivery(bind: Engine | Connection, delivery_id: str, *, tenant: str | N
     return DeliveryDetail(delivery=DeliverySummary(*row), attempts=[AttemptView(*a) for a in attempt_rows])
 
 
-def count_by_status(
-    bind: Engine | Connection, *, tenant: str | None, destination_id: str | None = None
-) -> dict[str, int]:
+def count_by_status(bind: Bind, *, tenant: str | None, destination_id: str | None = None) -> dict[str, int]:
     """Number of deliveries per status (statuses without deliveries are absent); reads the counts the
     projector keeps, not the deliveries."""
     c = delivery_counts.c
@@ -224,53 +187,32 @@ def count_by_status(
         query = query.where(c.tenant == tenant)
     if destination_id is not None:
         query = query.where(c.destination_id == destination_id)
-    with _connection(bind) as conn:
+    with connection(bind) as conn:
         return {status: int(count) for status, count in conn.execute(query) if count}
 
 
-def destination_health(bind: Engine | Connection, destination_id: str) -> DestinationHealth:
+def changes_since(
+    bind: Bind, watermark: dt.datetime, *, tenant: str | None, lookback: dt.timedelta
+) -> list[DeliverySummary]:
+    """Rows that landed late in the window ``(watermark - lookback, watermark]``, then rows changed
+    after ``watermark``; each part oldest change first and at most :data:`CHANGES_PAGE` rows (the
+    next read goes on from the newest returned). A row may come back in both reads of the window:
+    the caller skips what it has sent."""
     c = deliveries.c
-    finished = (
-        sa.select(c.status)
-        .where(c.destination_id == destination_id, c.status.in_(("SUCCESSFUL", "ERROR")))
-        .order_by(c.status_at.desc())
-        .limit(HEALTH_WINDOW)
-        .subquery()
-    )
-    rate_query = sa.select(
-        sa.func.count(),
-        sa.func.coalesce(sa.func.sum(sa.case((finished.c.status == "SUCCESSFUL", 1), else_=0)), 0),
-    )
-    error_query = (
-        sa.select(c.last_error, c.status_at)
-        .where(c.destination_id == destination_id, c.status == "ERROR", c.last_error.is_not(None))
-        .order_by(c.status_at.desc())
-        .limit(1)
-    )
-    with _connection(bind) as conn:
-        total, successful = conn.execute(rate_query).one()
-        last = conn.execute(error_query).first()
-    return DestinationHealth(
-        success_rate=int(successful) / int(total) if total else None,
-        last_error=last.last_error if last else None,
-        last_error_at=last.status_at if last else None,
-    )
-
-
-def list_destinations(bind: Engine | Connection, tenant: str | None) -> list[DestinationView]:
-    query = sa.select(*_DESTINATION_COLUMNS).order_by(destinations.c.name, destinations.c.id)
+    base = sa.select(*_SUMMARY_COLUMNS).order_by(c.updated_at, c.delivery_id).limit(CHANGES_PAGE)
     if tenant is not None:
-        query = query.where(destinations.c.tenant == tenant)
-    with _connection(bind) as conn:
-        return [DestinationView(*row) for row in conn.execute(query)]
+        base = base.where(c.tenant == tenant)
+    late = base.where(c.updated_at > watermark - lookback, c.updated_at <= watermark)
+    new = base.where(c.updated_at > watermark)
+    with connection(bind) as conn:
+        return [DeliverySummary(*row) for query in (late, new) for row in conn.execute(query)]
 
 
-def get_destination(
-    bind: Engine | Connection, destination_id: str, tenant: str | None
-) -> DestinationView | None:
-    query = sa.select(*_DESTINATION_COLUMNS).where(destinations.c.id == destination_id)
+def latest_update(bind: Bind, *, tenant: str | None) -> dt.datetime:
+    """The newest ``updated_at`` of the (tenant's) deliveries; :data:`EPOCH` when there are none."""
+    query = sa.select(sa.func.max(deliveries.c.updated_at))
     if tenant is not None:
-        query = query.where(destinations.c.tenant == tenant)
-    with _connection(bind) as conn:
-        row = conn.execute(query).first()
-    return DestinationView(*row) if row else None
+        query = query.where(deliveries.c.tenant == tenant)
+    with connection(bind) as conn:
+        latest: dt.datetime | None = conn.execute(query).scalar()
+    return latest or EPOCH

@@ -1,0 +1,65 @@
+"""Read side of the view (and the destination audit trail), used by the web API and the CLI.
+
+Every function takes an ``Engine`` or a ``Connection`` and returns typed, frozen dataclasses, never
+rows. ``tenant=None`` means every tenant; otherwise rows of other tenants are invisible. The
+modules: :mod:`.deliveries` (deliveries, attempts, counts, the live stream's changes),
+:mod:`.destinations` (destinations, health, audit trail).
+"""
+
+from projections.queries.base import Bind
+from projections.queries.deliveries import (
+    CHANGES_PAGE,
+    EPOCH,
+    MAX_LIMIT,
+    AttemptView,
+    DeliveryDetail,
+    DeliverySummary,
+    Page,
+    changes_since,
+    count_by_status,
+    decode_cursor,
+    encode_cursor,
+    get_delivery,
+    latest_update,
+    list_deliveries,
+)
+from projections.queries.destinations import (
+    HEALTH_WINDOW,
+    MAX_AUDIT_LIMIT,
+    AuditRecord,
+    DestinationHealth,
+    DestinationView,
+    audit_trail,
+    destination_health,
+    get_destination,
+    list_destinations,
+    record_audit,
+)
+
+__all__ = [
+    "CHANGES_PAGE",
+    "EPOCH",
+    "HEALTH_WINDOW",
+    "MAX_AUDIT_LIMIT",
+    "MAX_LIMIT",
+    "AttemptView",
+    "AuditRecord",
+    "Bind",
+    "DeliveryDetail",
+    "DeliverySummary",
+    "DestinationHealth",
+    "DestinationView",
+    "Page",
+    "audit_trail",
+    "changes_since",
+    "count_by_status",
+    "decode_cursor",
+    "destination_health",
+    "encode_cursor",
+    "get_delivery",
+    "get_destination",
+    "latest_update",
+    "list_deliveries",
+    "list_destinations",
+    "record_audit",
+]
