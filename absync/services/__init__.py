@@ -1,0 +1,1 @@
+"""Operations shared by the web API, the console (through the API) and the CLI."""
