@@ -1,22 +1,20 @@
-"""The FastAPI application: ``/api/v1`` (see :mod:`absync.web.api`), health, readiness, metrics.
+"""The FastAPI application: ``/api/v1`` (see :mod:`absync.web.routes`), health, readiness, metrics.
 
 Edges: request bodies are capped before anything reads them (:mod:`absync.web.limits`),
 ``/metrics`` needs the metrics token or an all-tenant API token, and ``/docs`` is served from
 local files (:mod:`absync.web.docs`; no ReDoc, no CDN).
 
-``create_app`` wires what the routes share (:class:`AppState`): the projection database (migrated
-here), one idempotent Kafka producer for commands, the destinations table read from Kafka (started
-with the app, caught up before the first request) and the secret box. Tests pass their own engine
-and producer.
+``create_app`` wires what the routes share (:class:`absync.web.state.AppState`): the projection
+database (migrated here), one idempotent Kafka producer for commands, the destinations table read
+from Kafka (started with the app, caught up before the first request), the destination-write
+service and the secret box. Tests pass their own engine and producer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 import structlog
@@ -25,19 +23,20 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from absync.web.api import router
+from absync.services.destinations import DestinationService
 from absync.web.auth import metrics_access
 from absync.web.console import router as console_router
 from absync.web.docs import router as docs_router
 from absync.web.limits import BodyLimit
 from absync.web.metrics import make_registry
+from absync.web.routes import router
+from absync.web.state import AppState
 from projections.db import engine_for, migrate
 from streams.destinations import DestinationTable
 from streams.kafka import make_producer
@@ -48,19 +47,6 @@ from streams.topics import Topics
 log = structlog.get_logger(__name__)
 
 READY_TIMEOUT = 3.0
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    engine: Engine
-    producer: Producer
-    destinations: DestinationTable
-    box: SecretBox
-    metrics: CollectorRegistry
-    producer_lock: threading.Lock = field(default_factory=threading.Lock)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    """Set when the server stops: open event streams end."""
 
 
 class Health(BaseModel):
@@ -79,11 +65,13 @@ def create_app(
 ) -> FastAPI:
     engine = engine or engine_for(settings)
     migrate(engine)
+    destinations = DestinationTable(settings)
     state = AppState(
         settings=settings,
         engine=engine,
         producer=producer or make_producer(settings),
-        destinations=DestinationTable(settings),
+        destinations=destinations,
+        destination_writes=DestinationService(settings, destinations, engine),
         box=SecretBox.from_settings(settings),
         metrics=make_registry(settings, engine),
     )

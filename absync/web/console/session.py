@@ -22,18 +22,15 @@ import hashlib
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import Request, Response
 
 from absync.web.auth import Principal, hash_token, principal_for
+from absync.web.state import AppState, app_state
 from projections.db import console_sessions
 from streams.secrets import SecretDecryptionError
-
-if TYPE_CHECKING:
-    from absync.web.app import AppState
 
 COOKIE = "__Host-absync_session"
 DEV_COOKIE = "absync_session"
@@ -43,8 +40,7 @@ LIFETIME_SECONDS = 12 * 3600
 
 
 def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.absync
-    return state
+    return app_state(request)
 
 
 def _development(request: Request) -> bool:

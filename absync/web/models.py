@@ -1,0 +1,176 @@
+"""The API's response models and the error responses its routes declare (OpenAPI).
+
+A model here is a contract with clients: ``DestinationOut`` never carries a secret value (names
+only, each masked), ``AttemptOut`` and ``RecordedCallOut`` carry what the connectors recorded with
+secrets already masked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.delivery import CommandKind, Status
+from schemas.destination import ChangeSelection
+from streams.destination_input import FiltersModel
+from streams.logging import MASK
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid API token."},
+    403: {"model": Problem, "description": "The token lacks the right."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "Unknown (or other tenant's)."}
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "Not possible in this state."}
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "Kafka did not acknowledge."}
+}
+BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"model": Problem, "description": "The body is not JSON."}}
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    delivery_id: str
+    destination_id: str
+    tenant: str
+    absence_id: str
+    version: int
+    change: str = Field(description="created, approved, updated, cancelled, deleted...")
+    operation: Literal["UPSERT", "DELETE"]
+    employee_id: str
+    employee_name: str
+    employee_email: str | None
+    start_date: dt.date
+    end_date: dt.date
+    status: Status
+    manual: bool = Field(description="Marked as processed by an operator.")
+    trigger: str
+    attempt_count: int
+    next_retry_at: dt.datetime | None
+    last_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    status_id: str
+    number: int
+    started_at: dt.datetime
+    duration_ms: float
+    trigger: str
+    request_method: str
+    request_url: str
+    request_headers: dict[str, str] = Field(description="Secrets masked.")
+    request_body: str
+    response_status: int | None
+    response_headers: dict[str, str]
+    response_body: str | None = Field(description="Cut at 20 kB.")
+    error: str | None
+    calls: list[dict[str, Any]] = Field(description="Every HTTP call of the attempt, secrets masked.")
+
+
+class DeliveryDetailOut(DeliveryOut):
+    attempts: list[AttemptOut]
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class DeliveryStats(BaseModel):
+    counts: dict[Status, int] = Field(description="Every status, 0 included.")
+    total: int
+
+
+class CommandAccepted(BaseModel):
+    command_id: str
+    kind: CommandKind
+    delivery_id: str
+
+
+class Me(BaseModel):
+    name: str
+    right: Literal["view", "configure"]
+    tenant: str | None = Field(description="null: every tenant.")
+
+
+class DestinationOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    kind: str
+    enabled: bool
+    filters: FiltersModel
+    changes: ChangeSelection
+    settings: dict[str, Any]
+    secrets: dict[str, str] = Field(description=f"Secret names; values are always {MASK!r}.")
+    revision: int
+    updated_at: dt.datetime
+    updated_by: str
+
+
+class DestinationDetailOut(DestinationOut):
+    deliveries: dict[Status, int] = Field(description="Deliveries of this destination per status.")
+    success_rate: float | None = Field(description="Over its last 100 finished deliveries.")
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+class RecordedCallOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    method: str
+    url: str
+    request_headers: dict[str, str]
+    request_body: str
+    started_at: dt.datetime
+    duration_ms: float
+    response_status: int | None
+    response_headers: dict[str, str]
+    response_body: str | None
+    error: str | None
+
+
+class ConnectionTest(BaseModel):
+    ok: bool
+    summary: str | None = Field(description="What the destination answered (ok).")
+    error: str | None = Field(description="Why it failed (not ok).")
+    calls: list[RecordedCallOut] = Field(description="The calls made, secrets masked.")
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    destination_id: str
+    tenant: str
+    actor: str
+    action: str
+    changes: dict[str, Any] = Field(description="field -> {from, to}; secret values masked.")
+    at: dt.datetime
+
+
+class ResyncOut(BaseModel):
+    destination_id: str
+    running: bool
+    phase: str
+    done: int = Field(description="Offsets of ``absences`` replayed so far.")
+    total: int = Field(description="Offsets to replay.")
+    upserts: int
+    deletes: int
+    completed: bool
+    error: str | None

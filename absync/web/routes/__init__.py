@@ -1,0 +1,28 @@
+"""The operator API, under ``/api/v1``: one module of routes per resource.
+
+- :mod:`.deliveries`: list, counts, one delivery (from the SQL view);
+- :mod:`.stream`: the live stream of delivery changes (server-sent events);
+- :mod:`.commands`: Retry and Mark as processed (a ``Command`` produced to Kafka);
+- :mod:`.destinations`: destinations (from the destinations topic; writes through
+  :mod:`absync.services.destinations`), connection test, audit trail;
+- :mod:`.resync`: resync of a destination;
+- :mod:`.me`: who the token is.
+
+Writes never touch the view: the view follows from Kafka. Rights: every route needs a token;
+``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations``. A
+tenant-limited token gets 404 for other tenants' objects. Response models: :mod:`absync.web.models`.
+"""
+
+from fastapi import APIRouter
+
+from absync.web.routes import commands, deliveries, destinations, me, resync, stream
+
+router = APIRouter(prefix="/api/v1")
+router.include_router(stream.router)  # before deliveries: /deliveries/stream is not a delivery id
+router.include_router(deliveries.router)
+router.include_router(commands.router)
+router.include_router(destinations.router)
+router.include_router(resync.router)
+router.include_router(me.router)
+
+__all__ = ["router"]

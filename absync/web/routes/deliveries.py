@@ -1,0 +1,78 @@
+"""``/api/v1/deliveries``: the list (filtered, keyset-paginated), the counts per status and one
+delivery with its attempts. Read-only, from the SQL view; right ``view``. Retry and Mark as
+processed are in :mod:`absync.web.routes.commands`, the live stream in
+:mod:`absync.web.routes.stream`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from absync.web.auth import Viewer
+from absync.web.models import ERRORS, NOT_FOUND, DeliveryDetailOut, DeliveryPage, DeliveryStats
+from absync.web.routes.common import DeliveryId, IsoDate, invalid, visible_delivery
+from absync.web.state import app_state
+from projections import queries
+from projections.exceptions import BadCursorError
+from schemas.delivery import Status
+
+router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
+
+
+@router.get("", response_model=DeliveryPage, summary="List deliveries, newest change first")
+def list_deliveries(
+    request: Request,
+    principal: Viewer,
+    status_: Annotated[Status | None, Query(alias="status")] = None,
+    destination: Annotated[str | None, Query(description="Destination id.", max_length=200)] = None,
+    employee: Annotated[
+        str | None, Query(description="Part of the employee's name or email.", max_length=200)
+    ] = None,
+    absence: Annotated[str | None, Query(description="Absence id.", max_length=200)] = None,
+    date_from: Annotated[IsoDate | None, Query(description="Absences ending on or after.")] = None,
+    date_to: Annotated[IsoDate | None, Query(description="Absences starting on or before.")] = None,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
+) -> queries.Page:
+    try:
+        return queries.list_deliveries(
+            app_state(request).engine,
+            tenant=principal.tenant,
+            status=status_.value if status_ else None,
+            destination_id=destination,
+            employee=employee,
+            absence_id=absence,
+            date_from=date_from,
+            date_to=date_to,
+            cursor=cursor,
+            limit=limit,
+        )
+    except BadCursorError as exc:
+        raise invalid(("query", "cursor"), "not a cursor from this API: pass next_cursor back as is") from exc
+
+
+@router.get("/stats", response_model=DeliveryStats, summary="Number of deliveries per status")
+def delivery_stats(
+    request: Request,
+    principal: Viewer,
+    destination: Annotated[str | None, Query(description="Only this destination.", max_length=200)] = None,
+) -> DeliveryStats:
+    counts = queries.count_by_status(
+        app_state(request).engine, tenant=principal.tenant, destination_id=destination
+    )
+    full = {s: counts.get(s.value, 0) for s in Status}
+    return DeliveryStats(counts=full, total=sum(full.values()))
+
+
+@router.get(
+    "/{delivery_id}",
+    response_model=DeliveryDetailOut,
+    responses=NOT_FOUND,
+    summary="One delivery with its attempts",
+)
+def get_delivery(request: Request, principal: Viewer, delivery_id: DeliveryId) -> dict[str, Any]:
+    detail = visible_delivery(app_state(request), principal, delivery_id)
+    return {**asdict(detail.delivery), "attempts": [asdict(a) for a in detail.attempts]}

@@ -1,0 +1,52 @@
+"""``/api/v1/destinations/{id}/resync``: send a destination what it should hold now (a replay of
+absences, in a thread of this process; see :mod:`absync.web.resync_jobs`). Right ``configure``.
+
+At most one resync per destination runs in a process: starting one while it runs returns its
+progress; a disabled destination is refused (409).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from absync.web.auth import Configurer
+from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, ResyncOut
+from absync.web.resync_jobs import ResyncJob
+from absync.web.routes.common import DestinationId, not_found, visible_destination
+from absync.web.state import app_state
+
+router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRORS)
+
+
+@router.post(
+    "/{destination_id}/resync",
+    response_model=ResyncOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Send the destination what it should hold now (replay of absences, in the background)",
+    description="Starts a resync unless one is running (then returns its progress).",
+)
+def start_resync(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
+    state = app_state(request)
+    destination = visible_destination(state, principal, destination_id)
+    if not destination.enabled:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
+    job = state.resync_jobs.get(destination_id)
+    if job is None or not job.running:
+        job = state.resync_jobs[destination_id] = ResyncJob(state.settings, destination_id).start()
+    return job.out()
+
+
+@router.get(
+    "/{destination_id}/resync",
+    response_model=ResyncOut,
+    responses=NOT_FOUND,
+    summary="Progress of the destination's resync started by this API process",
+)
+def resync_progress(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
+    state = app_state(request)
+    visible_destination(state, principal, destination_id)
+    job = state.resync_jobs.get(destination_id)
+    if job is None:
+        raise not_found("resync")
+    return job.out()

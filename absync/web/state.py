@@ -1,0 +1,48 @@
+"""What the web routes share, in a module of its own: :class:`AppState`, built once by
+:func:`absync.web.app.create_app` and read by every route through :func:`app_state`.
+
+It imports no route module, so the app, the API routes and the console all import it without an
+import circle.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from confluent_kafka import Producer
+from fastapi import Request
+from prometheus_client.registry import CollectorRegistry
+from sqlalchemy.engine import Engine
+
+from absync.services.destinations import DestinationService
+from absync.web.resync_jobs import ResyncJob
+from streams.destinations import DestinationTable
+from streams.secrets import SecretBox
+from streams.settings import Settings
+
+
+@dataclass
+class AppState:
+    """One per application (process): the projection database, one idempotent producer for
+    commands (used under ``producer_lock``), the destinations table read from Kafka, the writes to
+    it, the secret box and the metrics registry."""
+
+    settings: Settings
+    engine: Engine
+    producer: Producer
+    destinations: DestinationTable
+    destination_writes: DestinationService
+    box: SecretBox
+    metrics: CollectorRegistry
+    producer_lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the server stops: open event streams end."""
+    resync_jobs: dict[str, ResyncJob] = field(default_factory=dict)
+    """The resyncs started by this process, by destination id (the newest per destination)."""
+
+
+def app_state(request: Request) -> AppState:
+    """The state of the application serving ``request``."""
+    state: AppState = request.app.state.absync
+    return state
