@@ -1,30 +1,33 @@
 """``absync destinations apply FILE.yaml | list | disable ID | delete ID``.
 
-Every command reads the destinations topic first (the table), so ``apply`` keeps the encrypted secrets
-of an existing destination that the YAML leaves out (secrets are write-only) and bumps its revision.
-``list`` shows the names of secrets, never their values.
+Writes go through :class:`absync.services.destinations.DestinationService`, as the API's do: the
+command reads the destinations topic first (the table), so ``apply`` keeps the encrypted secrets of
+an existing destination that the YAML leaves out (secrets are write-only) and bumps its revision;
+a write that changes nothing (``apply`` of an unchanged destination without secrets, ``disable`` of
+a disabled one) publishes nothing. Every published write appends an audit record to the projection
+database (``ABSYNC_DATABASE_URL``, the one the API reads ``/destinations/{id}/audit`` from) with the
+actor :func:`cli_actor`; the database is reached (and migrated) before anything is written, so a
+write the CLI publishes is audited. ``list`` shows the names of secrets, never their values.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime as dt
+import getpass
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import connectors.registry  # noqa: F401 - installs the kind catalog the validation below reads
-from schemas.destination import Destination
-from streams.destinations import (
-    DestinationError,
-    DestinationTable,
-    delete_destination,
-    load_yaml,
-    merge_secrets,
-    publish_destination,
-)
+from absync.services.destinations import DestinationNotFound, DestinationService
+from projections.db import engine_for, migrate
+from streams.destinations import DestinationError, DestinationTable, load_yaml
 from streams.secrets import SecretBox
 from streams.settings import InsecureSettings, Settings, get_settings, require_production_ready
+
+CLI_ACTOR_PREFIX = "cli:"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +46,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action.set_defaults(func=func)
 
 
+def cli_actor() -> str:
+    """Who a CLI write is audited as (and the destination's ``updated_by``): ``cli:`` and the OS
+    user running the command, as :func:`getpass.getuser` names it (``LOGNAME``, ``USER``, ``LNAME``,
+    ``USERNAME``, then the password database), else ``cli:uid-<uid>``. It is a statement, not an
+    authentication: whoever runs the CLI holds the service's Kafka and database credentials."""
+    try:
+        return f"{CLI_ACTOR_PREFIX}{getpass.getuser()}"
+    except (OSError, KeyError):
+        return f"{CLI_ACTOR_PREFIX}uid-{os.getuid()}"
+
+
 def _table(settings: Settings) -> DestinationTable:
     table = DestinationTable(settings).start()
     try:
@@ -50,6 +64,21 @@ def _table(settings: Settings) -> DestinationTable:
     finally:
         table.close()
     return table
+
+
+@contextmanager
+def _writes(settings: Settings) -> Iterator[DestinationService]:
+    """The write service over a table kept up to date while the command runs (so each write is read
+    back) and the audit database (migrated first: unreachable, the command stops before writing)."""
+    engine = engine_for(settings)
+    migrate(engine)
+    table = DestinationTable(settings).start()
+    try:
+        table.wait_ready(30)
+        yield DestinationService(settings, table, engine)
+    finally:
+        table.close()
+        engine.dispose()
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -64,21 +93,15 @@ def run_apply(args: argparse.Namespace) -> int:
     except (OSError, DestinationError) as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    table = _table(settings)
-    merged: list[tuple[Destination, Destination | None]] = []
-    for destination in loaded:  # every document checked before any is written
-        previous = table.get(destination.id)
-        if previous is not None:
-            try:
-                secrets = merge_secrets(previous, destination.kind, destination.settings, destination.secrets)
-            except DestinationError as exc:
-                sys.stderr.write(f"{args.file}: destination {destination.id}: {exc}\n")
-                return 1
-            destination = dataclasses.replace(destination, secrets=secrets, revision=previous.revision + 1)
-        merged.append((destination, previous))
-    for destination, previous in merged:
-        publish_destination(settings, destination)
-        verb = "updated" if previous else "created"
+    with _writes(settings) as writes:
+        try:  # every document checked (and merged) before any is written
+            written = writes.apply(loaded, actor=cli_actor())
+        except DestinationError as exc:
+            sys.stderr.write(f"{args.file}: {exc}\n")
+            return 1
+    for outcome in written:
+        destination = outcome.destination
+        verb = "created" if outcome.previous is None else "updated" if outcome.published else "unchanged"
         sys.stdout.write(
             f"{verb} {destination.id} (tenant {destination.tenant}, revision {destination.revision})\n"
         )
@@ -96,32 +119,23 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing(settings: Settings, destination_id: str) -> Destination | None:
-    destination = _table(settings).get(destination_id)
-    if destination is None:
-        sys.stderr.write(f"no destination {destination_id!r}\n")
-    return destination
-
-
 def run_disable(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    destination = _existing(settings, args.id)
-    if destination is None:
-        return 1
-    publish_destination(
-        settings,
-        dataclasses.replace(
-            destination, enabled=False, revision=destination.revision + 1, updated_at=dt.datetime.now(dt.UTC)
-        ),
-    )
+    with _writes(get_settings()) as writes:
+        try:
+            writes.set_enabled(args.id, False, actor=cli_actor())
+        except DestinationNotFound:
+            sys.stderr.write(f"no destination {args.id!r}\n")
+            return 1
     sys.stdout.write(f"disabled {args.id}\n")
     return 0
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    if _existing(settings, args.id) is None:
-        return 1
-    delete_destination(settings, args.id)
+    with _writes(get_settings()) as writes:
+        try:
+            writes.delete(args.id, actor=cli_actor())
+        except DestinationNotFound:
+            sys.stderr.write(f"no destination {args.id!r}\n")
+            return 1
     sys.stdout.write(f"deleted {args.id}\n")
     return 0

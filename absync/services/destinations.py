@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 from sqlalchemy.engine import Engine
 
+import connectors.registry  # noqa: F401 - installs the kind catalog merge_secrets reads
 from projections import queries
 from schemas.destination import Destination
 from streams.destinations import (
