@@ -9,6 +9,8 @@ A connector class carries a :class:`KindDeclaration` as its ``declaration`` clas
   connector reads, with its description; a setting typed :data:`HttpUrlSetting` must be an
   ``http(s)://`` URL with a host (checked when a destination is written);
 - ``secrets``: its secrets, write-only (the console shows an empty field; the API never returns them);
+  a secret may be uploaded as a file (:func:`secret_file`: the console reads it in the browser, bounded)
+  and may carry a ``check`` run on every write of a new value (API, console and CLI alike);
 - ``form``: the settings the console form shows (label, type, help, required); anything else goes in
   the form's "Other settings" JSON box, so a setting is never out of reach;
 - ``endpoint_settings``: the settings that decide where the secrets are sent (or whom TLS trusts to
@@ -22,6 +24,7 @@ connector knows, and ``kind`` matches its module), so a kind cannot register hal
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -29,8 +32,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 FIELD_TYPES = ("text", "url", "select", "checkbox", "textarea")
 """Input types of a setting's form field."""
-SECRET_TYPES = ("secret", "secret_text")
-"""Input types of a secret's form field: one line (password input) or several (PEM, JSON key)."""
+SECRET_TYPES = ("secret", "secret_text", "secret_file")
+"""Input types of a secret's form field: one line (password input), several (PEM), or a file the
+operator uploads (a JSON key file): read in the browser, never shown back."""
+MAX_SECRET_FILE_BYTES = 16 * 1024
+"""Upper bound of an uploaded secret file: a secret's bound (streams.destination_input.SecretValue)."""
 
 
 def check_http_url(value: Any) -> Any:
@@ -88,11 +94,32 @@ class FormField:
     help: str = ""
     options: tuple[str, ...] = ()
     """The choices of a ``select``."""
+    accept: str = ""
+    """For a ``secret_file``: the file types the browser offers (the ``accept`` attribute)."""
+    max_bytes: int = 0
+    """For a ``secret_file``: the largest file accepted (checked in the browser before it is read)."""
+    check: Callable[[str], None] | None = None
+    """For a secret: raises ValueError, with a message that never contains the value, when a newly
+    written value cannot be what the connector needs (e.g. a file that is not a service-account key)."""
 
 
 def secret(name: str, label: str, help: str = "", *, multiline: bool = False) -> FormField:
     """A write-only secret's field."""
     return FormField(name, label, "secret_text" if multiline else "secret", help=help)
+
+
+def secret_file(
+    name: str,
+    label: str,
+    help: str = "",
+    *,
+    accept: str,
+    check: Callable[[str], None] | None = None,
+    max_bytes: int = MAX_SECRET_FILE_BYTES,
+) -> FormField:
+    """A write-only secret the operator uploads as a file (e.g. a JSON key file), at most
+    ``max_bytes``; ``check`` validates a new value when a destination is written."""
+    return FormField(name, label, "secret_file", help=help, accept=accept, max_bytes=max_bytes, check=check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +137,21 @@ class KindDeclaration:
     @property
     def secret_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.secrets)
+
+    def check_secrets(self, secrets: Mapping[str, str]) -> None:
+        """Raises ValueError naming each newly written secret (a non-empty value) its ``check``
+        refuses; the message never contains a secret's value. Empty values (kept) are not checked."""
+        problems = []
+        for field in self.secrets:
+            value = secrets.get(field.name)
+            if field.check is None or not value:
+                continue
+            try:
+                field.check(value)
+            except ValueError as exc:
+                problems.append(f"secrets.{field.name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def check_declaration(declaration: KindDeclaration, module: str) -> None:
@@ -132,6 +174,12 @@ def check_declaration(declaration: KindDeclaration, module: str) -> None:
             raise TypeError(f"{where}: secret {field.name!r} has type {field.type!r}")
         if field.name in known:
             raise TypeError(f"{where}: {field.name!r} is declared as a setting and as a secret")
+        if (field.type == "secret_file") != (field.max_bytes > 0 and bool(field.accept)):
+            raise TypeError(
+                f"{where}: secret {field.name!r}: accept and max_bytes go with type 'secret_file'"
+            )
+        if field.max_bytes > MAX_SECRET_FILE_BYTES:
+            raise TypeError(f"{where}: secret {field.name!r}: max_bytes above {MAX_SECRET_FILE_BYTES}")
     unknown = set(declaration.endpoint_settings) - known
     if unknown:
         raise TypeError(f"{where}: endpoint settings {sorted(unknown)} are not in its settings model")

@@ -35,7 +35,7 @@ from connectors.declaration import (
     FormField,
     HttpUrlSetting,
     KindDeclaration,
-    secret,
+    secret_file,
     setting,
 )
 from connectors.egress import EgressPolicy
@@ -99,6 +99,32 @@ class _RecordingHttp(httplib2.Http):  # type: ignore[misc]
         )
 
 
+def check_service_account_json(value: str) -> None:
+    """Raises ValueError, saying what is wrong and never quoting the file, unless ``value`` is a
+    service-account key file as Google Cloud's console downloads it (JSON, ``type``
+    ``service_account``, a ``client_email`` and a PEM ``private_key`` google-auth can load)."""
+    try:
+        info = json.loads(value)
+    except ValueError:
+        raise ValueError("not a JSON file; upload the service account's JSON key file") from None
+    if not isinstance(info, dict):
+        raise ValueError("not a service-account key file (the JSON is not an object)")
+    if info.get("type") != "service_account":
+        raise ValueError(
+            "not a service-account key file ('type' is not 'service_account'): create a key of the "
+            "service account (IAM > Service accounts > Keys > Add key > JSON)"
+        )
+    missing = [k for k in ("client_email", "private_key") if not isinstance(info.get(k), str) or not info[k]]
+    if missing:
+        raise ValueError(f"the service-account key file has no {' or '.join(missing)}")
+    try:
+        service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            {**info, "token_uri": info.get("token_uri") or DEFAULT_TOKEN_URI}, scopes=SCOPES
+        )
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("the private_key of the service-account key file cannot be read") from None
+
+
 class GoogleSettings(CalendarSettingsModel):
     token_uri: HttpUrlSetting = setting(f"The token endpoint (default {DEFAULT_TOKEN_URI}).")
     api_root: HttpUrlSetting = setting(f"The API root (default {DEFAULT_API_ROOT}).")
@@ -111,7 +137,15 @@ DECLARATION = KindDeclaration(
     kind="google",
     label="Google Calendar",
     settings=GoogleSettings,
-    secrets=(secret("service_account_json", "Service account key (JSON)", multiline=True),),
+    secrets=(
+        secret_file(
+            "service_account_json",
+            "Service account key (JSON file)",
+            "The key file downloaded from Google Cloud (IAM > Service accounts > Keys), at most 16 kB.",
+            accept=".json,application/json",
+            check=check_service_account_json,
+        ),
+    ),
     form=(
         FormField("test_user", "User for the connection test", help="A mailbox of the domain."),
         FormField("auto_decline_mode", "Decline meetings during absences", help="e.g. declineNone."),

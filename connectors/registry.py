@@ -148,6 +148,13 @@ class _Catalog:
             ]
             raise ValueError("; ".join(problems)) from None
 
+    def check_secrets(self, kind: str, secrets: Mapping[str, str]) -> None:
+        try:
+            found = declaration(kind)
+        except ConfigurationError as exc:
+            raise ValueError(exc.message) from None
+        found.check_secrets(secrets)
+
     def url_settings(self) -> frozenset[str]:
         return frozenset().union(*(d.settings.url_settings() for d in declarations()))
 

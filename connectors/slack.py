@@ -47,6 +47,8 @@ DEFAULT_BASE_URL = "https://slack.com/api/"
 METADATA_TYPE = "absync_daily_post"
 HISTORY_PAGES = 5
 """Pages of 200 messages searched for the day's post (a channel busier than that gets a new post)."""
+LANGUAGES = ("en", "fr")
+"""The post's languages (those processors.slack_message writes; the first is the default)."""
 NOT_INVITED = ("not_in_channel", "channel_not_found", "is_archived")
 BAD_TOKEN = (
     "invalid_auth",
@@ -103,6 +105,7 @@ DECLARATION = KindDeclaration(
         FormField("channel_name", "Channel name", help="For messages, e.g. #hr-absences."),
         FormField("post_time", "Post time", help="Local time, HH:MM (default 09:00)."),
         FormField("time_zone", "Time zone", help="e.g. Europe/Paris."),
+        FormField("language", "Language", "select", options=LANGUAGES, help="The post's language."),
         FormField("show_tomorrow", "Also list tomorrow's absences", "checkbox"),
         FormField("show_leave_type", "Show the leave type", "checkbox"),
     ),

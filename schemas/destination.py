@@ -31,6 +31,11 @@ class KindCatalog(Protocol):
         fit its settings model."""
         ...
 
+    def check_secrets(self, kind: str, secrets: Mapping[str, str]) -> None:
+        """Raises ValueError (one part per problem, never a secret's value) when a newly written
+        secret of ``kind`` (non-empty) is refused by the check its kind declares."""
+        ...
+
     def url_settings(self) -> frozenset[str]:
         """Names of the settings, of any kind, that must be http(s) URLs."""
         ...

@@ -13,6 +13,9 @@ validated with the same rules wherever a destination comes from:
   import connectors, so a process without the catalog refuses to validate rather than guess);
 - every setting that some kind declares as an address (:meth:`KindCatalog.url_settings`) is an
   ``http://`` or ``https://`` URL with a host, whatever the destination's kind;
+- a secret written anew (non-empty) passes the check its kind declares, if any
+  (:meth:`KindCatalog.check_secrets`: e.g. Google's key file must be a service-account key), and
+  no error message contains a secret's value;
 - everything is bounded: lengths of names and filter values, number of filter values and secrets,
   size of settings, and the size of the whole write (:data:`MAX_WRITE_BYTES`), so that a
   destination always fits in one Kafka record.
@@ -119,6 +122,7 @@ class DestinationUpdate(BaseModel):
         for name in sorted(catalog.url_settings() & set(self.settings)):
             check_http_url(f"settings.{name}", self.settings[name])
         catalog.check(self.kind, self.settings)
+        catalog.check_secrets(self.kind, self.secrets)
         if len(json.dumps(self.settings, default=str)) > MAX_SETTINGS_BYTES:
             raise ValueError(f"settings are larger than {MAX_SETTINGS_BYTES} bytes")
         if len(self.model_dump_json()) > MAX_WRITE_BYTES:

@@ -20,7 +20,9 @@ import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaException, Producer
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -104,7 +106,20 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     _add_operational_routes(app, state)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 without the ``input`` (and ``ctx``) of each error: the input of a refused
+    destination write is the whole body, secrets included, and an answer never contains a secret.
+    Each error keeps ``type``, ``loc`` and ``msg`` (without pydantic's "Value error, " prefix)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"type": e["type"], "loc": e["loc"], "msg": str(e["msg"]).removeprefix("Value error, ")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

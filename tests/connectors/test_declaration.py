@@ -18,6 +18,7 @@ from connectors.declaration import (
     KindDeclaration,
     KindSettings,
     check_declaration,
+    secret_file,
 )
 from connectors.exceptions import ConfigurationError
 from connectors.registry import (
@@ -29,6 +30,7 @@ from connectors.registry import (
     kinds,
     receives_changes,
 )
+from processors import slack_message
 from schemas.destination import Destination, kind_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +131,24 @@ def test_a_half_declared_kind_cannot_register() -> None:
     )
     with pytest.raises(TypeError, match="as a setting and as a secret"):
         check_declaration(both, "connectors.teams")
+    no_bound = KindDeclaration(
+        "teams", "Teams", TeamsSettings, (FormField("key_file", "Key", "secret_file"),), ()
+    )
+    with pytest.raises(TypeError, match="accept and max_bytes"):
+        check_declaration(no_bound, "connectors.teams")
+    too_big = KindDeclaration(
+        "teams",
+        "Teams",
+        TeamsSettings,
+        (secret_file("key_file", "Key", accept=".json", max_bytes=1 << 20),),
+        (),
+    )
+    with pytest.raises(TypeError, match="max_bytes above"):
+        check_declaration(too_big, "connectors.teams")
+
+
+def test_the_slack_form_offers_the_languages_the_post_is_written_in() -> None:
+    form = {f.name: f for f in declaration("slack").form}
+    assert {"channel", "post_time", "language"} <= set(form)
+    assert form["language"].options == slack_message.LANGUAGES
+    assert declaration("slack").secret_names == ("bot_token",)

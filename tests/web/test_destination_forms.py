@@ -5,6 +5,7 @@ field ever carries a value."""
 from __future__ import annotations
 
 import html
+import json
 from http.cookies import SimpleCookie
 
 import httpx
@@ -12,7 +13,10 @@ import pytest
 
 from absync.web.console.session import COOKIE
 from connectors.registry import declaration, declarations
+from tests.connectors.egress_targets import SERVICE_ACCOUNT
 from tests.web.conftest import Api
+
+SERVICE_ACCOUNT_INFO = json.loads(SERVICE_ACCOUNT)
 
 
 def _browser(api: Api) -> httpx.Client:
@@ -57,3 +61,55 @@ def test_an_unknown_kind_shows_the_default_form(api: Api, kind: str) -> None:
         page = browser.get("/console/destinations/new", params={"kind": kind})
     assert page.status_code == 200
     assert all(f'data-setting="{f.name}"' in page.text for f in declaration("http").form)
+
+
+def _google(secret: str) -> dict[str, object]:
+    return {
+        "id": "dst-google",
+        "tenant": "acme",
+        "name": "Google",
+        "kind": "google",
+        "settings": {"test_user": "jane@acme.com"},
+        "secrets": {"service_account_json": secret},
+    }
+
+
+def test_a_google_key_file_is_checked_when_written_and_never_echoed(api: Api) -> None:
+    key = json.dumps(SERVICE_ACCOUNT_INFO)
+    wrong = {
+        "not json": "-----BEGIN PRIVATE KEY-----\nMIIEv-not-json-at-all\n",
+        "a user credential": json.dumps({"type": "authorized_user", "client_secret": "cs-5e1f9a7b"}),
+        "no private key": json.dumps({**SERVICE_ACCOUNT_INFO, "private_key": ""}),
+        "a broken key": json.dumps(
+            {**SERVICE_ACCOUNT_INFO, "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"}
+        ),
+    }
+    expected = {
+        "not json": "not a JSON file",
+        "a user credential": "not a service-account key file ('type' is not 'service_account')",
+        "no private key": "has no private_key",
+        "a broken key": "private_key of the service-account key file cannot be read",
+    }
+    with api.client("configure") as admin:
+        for what, secret in wrong.items():
+            refused = admin.post("/api/v1/destinations", json=_google(secret))
+            assert refused.status_code == 422, (what, refused.text)
+            message = refused.json()["detail"][0]["msg"]
+            assert message.startswith("secrets.service_account_json: "), (what, message)
+            assert expected[what] in message, (what, message)
+            for line in secret.splitlines():
+                assert line[-10:] not in refused.text, what  # the file is never echoed back
+        # A bad setting next to a good key: refused, and the key is not in the answer either.
+        bad_url = _google(key)
+        bad_url["settings"] = {"token_uri": "ftp://example.com/token"}
+        refused = admin.post("/api/v1/destinations", json=bad_url)
+        assert refused.status_code == 422 and "settings.token_uri" in refused.text
+        assert "PRIVATE KEY" not in refused.text and "input" not in refused.json()["detail"][0]
+        created = admin.post("/api/v1/destinations", json=_google(key))
+        assert created.status_code == 201, created.text
+        assert created.json()["secrets"] == {"service_account_json": "***"}
+        # An update that leaves the secret out keeps it (a kept value is not checked again).
+        update = {k: v for k, v in _google("").items() if k not in ("id", "tenant")}
+        kept = admin.put("/api/v1/destinations/dst-google", json={**update, "name": "Google calendars"})
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["secrets"] == {"service_account_json": "***"}

@@ -419,7 +419,18 @@ function destinationPage() {
     }
   }
 
-  function collect() {
+  async function secretValue(el) {
+    if (el.type !== "file") return el.value;
+    const file = el.files[0];
+    if (!file) return "";
+    const max = Number(el.dataset.maxBytes);
+    const label = el.labels[0]?.firstChild?.textContent.trim() || el.dataset.secret;
+    if (file.size > max) throw new Error(`${label}: ${file.name} is larger than ${Math.floor(max / 1024)} kB.`);
+    if (!file.size) throw new Error(`${label}: ${file.name} is empty.`);
+    return file.text(); // sent to the API only: never shown, never put back in the page
+  }
+
+  async function collect() {
     const settings = {};
     const extraText = document.getElementById("s-extra").value.trim();
     if (extraText) {
@@ -432,7 +443,10 @@ function destinationPage() {
       else if (el.value.trim()) settings[el.dataset.setting] = el.value.trim();
     }
     const secrets = {};
-    for (const el of form.querySelectorAll("[data-secret]")) if (el.value) secrets[el.dataset.secret] = el.value;
+    for (const el of form.querySelectorAll("[data-secret]")) {
+      const value = await secretValue(el);
+      if (value) secrets[el.dataset.secret] = value;
+    }
     const filters = {};
     for (const el of form.querySelectorAll("[data-filter]")) filters[el.dataset.filter] = list(el.value);
     return {
@@ -450,7 +464,7 @@ function destinationPage() {
     event.preventDefault();
     if (!form.reportValidity()) return;
     try {
-      const body = collect();
+      const body = await collect();
       if (id) await api(`/destinations/${encodeURIComponent(id)}`, { method: "PUT", body });
       else {
         body.id = form.elements.id.value.trim();
