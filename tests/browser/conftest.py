@@ -9,6 +9,7 @@ the ``http`` connector, and applying the Retry and Mark as processed commands th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -180,6 +181,14 @@ def _serve(component: HttpComponent, base_url: str) -> Callable[[], None]:
 
 @pytest.fixture
 def console(settings: Settings) -> Iterator[Console]:
+    with running_console(settings) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_console(settings: Settings) -> Iterator[Console]:
+    """The service of :class:`Console` on ``settings`` (topics created) until the block ends: for a
+    fixture of a wider scope than a test's (one console shared by a module's tests)."""
     wait_for_leaders(settings)
     settings = settings.model_copy(update={"http_port": free_port()})
     engine = engine_for(settings)

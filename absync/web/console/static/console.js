@@ -460,6 +460,9 @@ function destinationPage() {
     };
   }
 
+  // A new file chosen: the error about the previous one no longer holds.
+  form.addEventListener("change", (event) => { if (event.target.type === "file") formState.hidden = true; });
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!form.reportValidity()) return;
