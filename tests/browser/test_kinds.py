@@ -4,7 +4,8 @@ For each kind: create the destination through its form (rendered from the kind's
 "Test connection" against that kind's local fake (the real client library talks to it on loopback),
 then edit the destination and show that its secrets stay write-only: the form never shows a secret,
 and saving without entering them again keeps the stored ones working (the test still succeeds, and
-each fake checks the credential it receives). One console (broker topics, database, web server) and
+each fake checks the credential it receives); a wrong secret entered then makes the test say
+plainly that it fails, and why. One console (broker topics, database, web server) and
 one set of fakes serve the whole module; each test has its own destination id.
 
 The README's screenshots of the destination forms and of a connection test are taken here.
@@ -25,6 +26,7 @@ from streams.settings import Settings
 from streams.topics import create_topics
 from tests.browser.conftest import SCREENSHOTS, Console, running_console, sign_in
 from tests.conftest import delete_topics, make_settings
+from tests.connectors.egress_targets import SERVICE_ACCOUNT
 from tests.delivery.harness import SIGNING_SECRET
 from tests.fakes.adp import TOKEN_PATH, FakeAdp
 from tests.fakes.ews import FakeExchange
@@ -35,6 +37,23 @@ from tests.fakes.slack import FakeSlack
 pytestmark = pytest.mark.browser
 
 JANE = "jane@acme.com"
+WRONG = {
+    "client_secret": "wrong-client-secret-1d4e8a",
+    "password": "Wrong-Pa55word-7c2f9b",
+    "bot_token": "xoxb-9-9-WrongBotToken3e1",
+    "signing_secrets": "whsec_" + "A" * 32,
+    "service_account_json": SERVICE_ACCOUNT,
+}
+"""A wrong value of each kind's first secret (Google's: the key of another service account)."""
+REFUSED = {
+    "graph": "invalid_client",
+    "ews": "Exchange rejected the credentials",
+    "google": "Invalid JWT Signature",
+    "slack": "invalid_auth: check the bot token",
+    "adp": "invalid_client",
+    "http": "answered 401",
+}
+"""What the connection test says when the fake refuses the wrong secret."""
 SLACK_CHANNEL = "C0HRABSENCES"
 
 
@@ -263,6 +282,23 @@ def test_set_up_and_test_each_kind_with_write_only_secrets(
     assert [entry["action"] for entry in audit] == ["update", "create"]
     assert "secrets" not in audit[0]["changes"]
     _shows_no_secret(page, secrets)
+
+    # A wrong secret entered: saved (write-only, so unchecked against the far end), and the test
+    # says plainly that it fails, without showing the secret.
+    row.get_by_role("link", name=f"{name}, renamed").click()
+    expect(page.get_by_label("Name", exact=True)).to_have_value(f"{name}, renamed")
+    first = next(iter(secrets))
+    field = page.locator(f'[data-secret="{first}"]')
+    if first == "service_account_json":
+        field.set_input_files(_file("another-project.json", WRONG[first]))
+    else:
+        field.fill(WRONG[first])
+    page.get_by_role("button", name="Save changes").click()
+    row.get_by_role("button", name="Test connection").click()
+    failed = page.locator("#test-result").get_by_role("status")
+    expect(failed).to_contain_text("Failed: ")
+    expect(failed).to_contain_text(REFUSED[kind])
+    _shows_no_secret(page, {first: WRONG[first]})
 
 
 def test_every_declared_kind_is_set_up_here() -> None:
