@@ -86,6 +86,9 @@ class SlackSettings(KindSettings):
     post_time: Any = setting("Local time of the daily post, HH:MM (default 09:00).")
     time_zone: Any = setting("The post's time zone (default Europe/Paris).")
     working_days: Any = setting("ISO weekdays with a post, 1 = Monday (default 1 to 5).")
+    public_holidays: Any = setting(
+        "Dates with no post, never a 'back on' day: a list of at most 400 YYYY-MM-DD (checked by the post)."
+    )
     group_by: Any = setting("Group the post's lines by this (e.g. department).")
     group_names: Any = setting("Group id -> name shown in the post.")
     show_tomorrow: Any = setting("Also list tomorrow's absences.")
