@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
+from connectors.slack import MAX_PUBLIC_HOLIDAYS as slack_bound
 from processors.slack_message import MAX_PUBLIC_HOLIDAYS, PostSettings, PostSettingsError, render
 from processors.slack_scheduler import run_together, runtimes
 from schemas.destination import ChangeSelection, Destination, Filters
 from schemas.models import AbsenceStatus, ChangeKind, HalfDay
+from streams.destination_input import DestinationCreate
 from streams.destinations import publish_destination
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -185,3 +188,26 @@ def test_no_post_before_post_time_on_a_weekend_or_on_a_public_holiday(
     assert "• Pia Waiting: all day, back on Tuesday 10 March (to be approved)" in witness_monday
     assert "Jane Doe" in witness_monday and "Paula" not in witness_monday, "a refused absence is not shown"
     assert posts(slack, WITNESS) == ["2026-03-09", "2026-03-10", "2026-03-14"]
+
+
+BAD_HOLIDAYS: list[Any] = [
+    "2026-03-10",
+    ["2026-3-10"],
+    ["2026-02-30"],
+    [20260310],
+    ["2026-03-10T00:00"],
+    ["2026-01-01"] * (MAX_PUBLIC_HOLIDAYS + 1),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_HOLIDAYS, ids=range(len(BAD_HOLIDAYS)))
+def test_a_destination_write_refuses_what_the_post_would_refuse(bad: Any) -> None:
+    """The API and ``destinations apply`` check public_holidays with the post's rules (one bound)."""
+    assert slack_bound == MAX_PUBLIC_HOLIDAYS
+    document = {"id": "acme:slack", "tenant": "acme", "name": "HR", "kind": "slack"}
+    good = DestinationCreate.model_validate({**document, "settings": {"public_holidays": ["2026-05-01"]}})
+    assert good.settings["public_holidays"] == ["2026-05-01"]
+    with pytest.raises(PydanticValidationError, match=r"settings\.public_holidays"):
+        DestinationCreate.model_validate({**document, "settings": {"public_holidays": bad}})
+    with pytest.raises(PostSettingsError, match="public_holidays"):
+        PostSettings.from_settings({"public_holidays": bad})
