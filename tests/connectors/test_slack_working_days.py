@@ -9,6 +9,7 @@ destination alone has run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -152,7 +153,9 @@ def test_no_post_before_post_time_on_a_weekend_or_on_a_public_holiday(
         "Paula Pending", MONDAY, status=AbsenceStatus.REFUSED, change=ChangeKind.UPDATED, version=2
     )
     still_pending = absence("Pia Waiting", MONDAY, status=AbsenceStatus.PENDING, change=ChangeKind.CREATED)
-    produce_events(settings, [absence("Jane Doe", MONDAY), pending, refused, still_pending])
+    nora = absence("Nora Nomail", MONDAY)
+    no_email = dataclasses.replace(nora, employee=dataclasses.replace(nora.employee, email=None))
+    produce_events(settings, [absence("Jane Doe", MONDAY), pending, refused, still_pending, no_email])
     clock = Clock(paris(MONDAY, 8, 30))
     halt = threading.Event()
     parts = runtimes(settings, clock=clock, tick=0.2, worker_id="w1")
@@ -170,6 +173,7 @@ def test_no_post_before_post_time_on_a_weekend_or_on_a_public_holiday(
         assert post["text"] == (
             "*Absent today, Monday 9 March*\n"
             "• Jane Doe: all day, back on Wednesday 11 March\n"
+            "• Nora Nomail: all day, back on Wednesday 11 March\n"
             "\n"
             "*Absent on Wednesday 11 March*\n"
             "Nobody is absent."
@@ -186,6 +190,7 @@ def test_no_post_before_post_time_on_a_weekend_or_on_a_public_holiday(
     assert not thread.is_alive()
     witness_monday = slack.messages(WITNESS)[0]["text"]
     assert "• Pia Waiting: all day, back on Tuesday 10 March (to be approved)" in witness_monday
+    assert "• Nora Nomail: all day" in witness_monday, "an employee without email is shown"
     assert "Jane Doe" in witness_monday and "Paula" not in witness_monday, "a refused absence is not shown"
     assert posts(slack, WITNESS) == ["2026-03-09", "2026-03-10", "2026-03-14"]
 
