@@ -184,7 +184,7 @@ class AdpConnector(Connector):
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
         event = delivery.event
         absence = event.absence
-        if delivery.operation == Operation.DELETE or absence.status == AbsenceStatus.CANCELLED:
+        if delivery.operation == Operation.DELETE or absence.status.removed:
             return await self._cancel(event, recorder)
         if absence.status != AbsenceStatus.APPROVED:
             if event.change == ChangeKind.UPDATED:

@@ -13,6 +13,16 @@ Time rules (all in the employee's IANA zone, ``absence.time_zone``):
   the morning ends at the morning's end; its other boundaries stay at midnight;
 * an hourly absence is its own times on its day.
 
+Mailboxes (:func:`mailboxes`): an event lives in the employee's mailbox, ``employee.email``.
+
+* An employee without an email has no mailbox: an UPSERT ends in :class:`PermanentError`
+  :data:`NO_EMAIL` (Error at once; it goes out by itself with the next event of the absence that
+  carries the email, or with an operator's Retry after that event); a DELETE has nothing to remove.
+* The email changed: the delivery worker hands the connector the mailbox the destination holds the
+  absence under (:attr:`schemas.delivery.Delivery.held_email`, from its per-key state); when it is
+  another one, the connector first removes the event from that old mailbox (a mailbox that no longer
+  exists, :class:`MailboxGone`, holds nothing), then makes the new one hold it.
+
 Titles hide the reason by default ("Absent"): leave names may reveal sickness, so the template may
 use ``{leave_account_name}`` / ``{leave_category_name}`` only when ``show_leave_type`` is true.
 """
@@ -28,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from connectors.exceptions import ConfigurationError
+from connectors.exceptions import ConfigurationError, PermanentError
 from schemas.delivery import Delivery, Operation
 from schemas.models import AbsenceEvent, AbsenceStatus, HalfDay
 
@@ -37,6 +47,32 @@ DEFAULT_MORNING = "09:00-12:30"
 DEFAULT_AFTERNOON = "13:30-18:00"
 PUBLIC_PLACEHOLDERS = frozenset({"employee_name", "employee_email"})
 LEAVE_PLACEHOLDERS = frozenset({"leave_account_name", "leave_category_name"})
+
+
+NO_EMAIL = "no email for this employee"
+"""The error of a calendar delivery for an employee without an email address."""
+
+
+class MailboxGone(PermanentError):
+    """The destination has no mailbox for this address (its events, if any, went with it)."""
+
+
+def mailboxes(delivery: Delivery) -> tuple[str | None, str | None]:
+    """(the employee's mailbox now, the other mailbox the destination holds the absence under, if
+    any). Addresses compare case-insensitively (``Jane@`` and ``jane@`` are one mailbox)."""
+    current = delivery.event.employee.email or None
+    held = delivery.held_email or None
+    if held is None or (current is not None and held.lower() == current.lower()):
+        return current, None
+    return current, held
+
+
+def no_email(delivery: Delivery) -> PermanentError:
+    """The error of an UPSERT for an employee without an email (see the module docstring)."""
+    return PermanentError(
+        f"{NO_EMAIL} (employee {delivery.event.employee.id}): a calendar needs a mailbox. Publish a "
+        "change of this absence carrying the email: it is sent then (a Retry sends the latest change)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +213,7 @@ def wanted_event(delivery: Delivery, settings: CalendarSettings) -> CalendarEven
     if (
         delivery.operation == Operation.DELETE
         or event.change.removes
-        or absence.status == AbsenceStatus.CANCELLED
+        or absence.status.removed  # cancelled or refused (a pending one may be shown as tentative)
     ):
         return None
     pending = absence.status == AbsenceStatus.PENDING

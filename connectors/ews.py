@@ -55,7 +55,16 @@ from exchangelib.protocol import BaseProtocol, Protocol
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
-from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.calendar import (
+    NO_EMAIL,
+    CalendarEvent,
+    CalendarSettings,
+    MailboxGone,
+    absence_tag,
+    mailboxes,
+    no_email,
+    wanted_event,
+)
 from connectors.declaration import (
     CALENDAR_FORM,
     CalendarSettingsModel,
@@ -275,14 +284,23 @@ class EwsConnector(Connector):
         self._protocol = ThrottleSafeProtocol.build(self._config, timeout=self.options.timeout)
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        email = delivery.event.employee.email
-        if not email:
-            raise PermanentError(
-                f"employee {delivery.event.employee.id} has no email: no mailbox to write to"
-            )
+        current, moved_from = mailboxes(delivery)
         wanted = wanted_event(delivery, self.calendar)
         tag = wanted.absence_tag if wanted else absence_tag(delivery.tenant, delivery.absence_id)
-        return await self._in_thread(recorder, email, self._sync_item, email, tag, wanted)
+        moved = ""
+        if moved_from is not None:  # the email changed: the old mailbox must not keep the item
+            try:
+                removed = await self._in_thread(recorder, moved_from, self._sync_item, moved_from, tag, None)
+                moved = f" (moved: {removed.summary})"
+            except MailboxGone:
+                moved = f" (moved: {moved_from} has no mailbox any more)"
+        if current is None:
+            if wanted is not None:
+                raise no_email(delivery)
+            return DeliveryOutcome(summary=f"{NO_EMAIL}: no mailbox to remove the item from{moved}")
+        outcome = await self._in_thread(recorder, current, self._sync_item, current, tag, wanted)
+        outcome.summary += moved
+        return outcome
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
         mailbox = self.test_mailbox or (self.username if "@" in self.username else None)
@@ -426,7 +444,7 @@ class EwsConnector(Connector):
                     status_code=status,
                 )
         if isinstance(exc, _MISSING_MAILBOX):
-            return PermanentError(f"no mailbox for {mailbox} ({detail})", status_code=status)
+            return MailboxGone(f"no mailbox for {mailbox} ({detail})", status_code=status)
         if isinstance(exc, _IMPERSONATION_DENIED):
             return ConfigurationError(
                 f"the service account {self.username} may not impersonate {mailbox}: assign it the "

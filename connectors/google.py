@@ -28,7 +28,16 @@ from googleapiclient.errors import HttpError
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
-from connectors.calendar import CalendarEvent, CalendarSettings, google_event_id, wanted_event
+from connectors.calendar import (
+    NO_EMAIL,
+    CalendarEvent,
+    CalendarSettings,
+    MailboxGone,
+    google_event_id,
+    mailboxes,
+    no_email,
+    wanted_event,
+)
 from connectors.declaration import (
     CALENDAR_FORM,
     CalendarSettingsModel,
@@ -40,7 +49,7 @@ from connectors.declaration import (
 )
 from connectors.egress import EgressPolicy
 from connectors.egress_clients import httplib2_connection_type
-from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
+from connectors.exceptions import ConfigurationError, RetryableError
 from connectors.registry import register
 from connectors.wire import Shown, record, status_error
 from schemas.delivery import Delivery
@@ -205,24 +214,47 @@ class GoogleCalendarConnector(Connector):
         return DeliveryOutcome(summary=f"token acquired for {subject or credentials.service_account_email}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        email = delivery.event.employee.email or ""
-        events = self._require(self._service).events()
-        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
+        current, moved_from = mailboxes(delivery)
         event_id = google_event_id(delivery.tenant, delivery.absence_id)
         wanted = wanted_event(delivery, self.calendar)
+        moved = ""
+        if moved_from is not None:  # the email changed: the old calendar must not keep the event
+            try:
+                status = await self._delete(moved_from, event_id, recorder)
+                gone = "was already gone" if status in GONE_STATUSES else "removed"
+            except MailboxGone:
+                gone = "went with the account"
+            moved = f" (moved: the event {gone} from {moved_from}'s calendar)"
+        if current is None:
+            if wanted is not None:
+                raise no_email(delivery)
+            return DeliveryOutcome(summary=f"{NO_EMAIL}: no calendar to remove the event from{moved}")
+        email = current
         if wanted is None:
-            request = events.delete(calendarId=CALENDAR, eventId=event_id, sendUpdates="none")
-            status = await self._run(lambda: request.execute(http=http), email, tolerate=GONE_STATUSES)
+            status = await self._delete(email, event_id, recorder)
             gone = "was already gone" if status in GONE_STATUSES else "removed"
-            return DeliveryOutcome(summary=f"event {gone} from {email}'s calendar", external_id=event_id)
+            return DeliveryOutcome(
+                summary=f"event {gone} from {email}'s calendar{moved}", external_id=event_id
+            )
+        events = self._require(self._service).events()
+        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
         body = self._event_body(event_id, wanted)
         insert = events.insert(calendarId=CALENDAR, body=body, sendUpdates="none")
         if await self._run(lambda: insert.execute(http=http), email, tolerate=(409,)) != 409:
-            return DeliveryOutcome(summary=f"created event in {email}'s calendar", external_id=event_id)
+            return DeliveryOutcome(
+                summary=f"created event in {email}'s calendar{moved}", external_id=event_id
+            )
         log.info("google_event_replaced", calendar=email, event_id=event_id)  # deleted earlier, or a repeat
         update = events.update(calendarId=CALENDAR, eventId=event_id, body=body, sendUpdates="none")
         await self._run(lambda: update.execute(http=http), email)
-        return DeliveryOutcome(summary=f"updated event in {email}'s calendar", external_id=event_id)
+        return DeliveryOutcome(summary=f"updated event in {email}'s calendar{moved}", external_id=event_id)
+
+    async def _delete(self, email: str, event_id: str, recorder: CallRecorder) -> int:
+        """Deletes the event from ``email``'s calendar; returns the status (404/410: already gone)."""
+        events = self._require(self._service).events()
+        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
+        request = events.delete(calendarId=CALENDAR, eventId=event_id, sendUpdates="none")
+        return await self._run(lambda: request.execute(http=http), email, tolerate=GONE_STATUSES)
 
     def _event_body(self, event_id: str, event: CalendarEvent) -> dict[str, Any]:
         """An out-of-office event; whole days as midnight-to-midnight (Google refuses all-day OOO)."""
@@ -317,7 +349,7 @@ def _token_error(exc: google.auth.exceptions.RefreshError, email: str) -> Except
     data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
     error, description = str(data.get("error", "")), str(data.get("error_description", exc))
     if error == "invalid_grant" and "Invalid email or User ID" in description:
-        return PermanentError(f"no Google account for {email} (token endpoint: invalid_grant: {description})")
+        return MailboxGone(f"no Google account for {email} (token endpoint: invalid_grant: {description})")
     if getattr(exc, "retryable", False):
         return RetryableError(f"Google token endpoint failed: {description}")
     if error == "unauthorized_client":

@@ -31,7 +31,16 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
-from connectors.calendar import CalendarEvent, CalendarSettings, absence_tag, wanted_event
+from connectors.calendar import (
+    NO_EMAIL,
+    CalendarEvent,
+    CalendarSettings,
+    MailboxGone,
+    absence_tag,
+    mailboxes,
+    no_email,
+    wanted_event,
+)
 from connectors.declaration import (
     CALENDAR_FORM,
     CalendarSettingsModel,
@@ -181,14 +190,23 @@ class GraphConnector(Connector):
         return DeliveryOutcome(summary=f"token acquired for app {self.client_id} in tenant {self.tenant_id}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        email = delivery.event.employee.email or ""
+        current, moved_from = mailboxes(delivery)
         wanted = wanted_event(delivery, self.calendar)
         tag = wanted.absence_tag if wanted else absence_tag(delivery.tenant, delivery.absence_id)
+        moved = ""
+        if moved_from is not None:  # the email changed: the old mailbox must not keep the event
+            removed = await self._remove_all(moved_from, tag, recorder)
+            moved = f" (moved: {removed} event(s) removed from {moved_from}'s calendar)"
+        if current is None:
+            if wanted is not None:
+                raise no_email(delivery)
+            return DeliveryOutcome(summary=f"{NO_EMAIL}: no calendar to remove the event from{moved}")
+        email = current
         found = await self._find(email, tag, recorder)
         if wanted is None:
             for event_id in found:
                 await self._delete(email, event_id, recorder)
-            return DeliveryOutcome(summary=f"removed {len(found)} event(s) from {email}'s calendar")
+            return DeliveryOutcome(summary=f"removed {len(found)} event(s) from {email}'s calendar{moved}")
         body = self._event_body(wanted)
         for duplicate in found[1:]:
             log.warning("graph_duplicate_event_removed", mailbox=email, absence_tag=tag, event_id=duplicate)
@@ -196,12 +214,25 @@ class GraphConnector(Connector):
         if found:
             response = await self._call("PATCH", self._events_url(email, found[0]), email, recorder, body)
             if response.status_code != 404:
-                return DeliveryOutcome(summary=f"updated event in {email}'s calendar", external_id=found[0])
+                return DeliveryOutcome(
+                    summary=f"updated event in {email}'s calendar{moved}", external_id=found[0]
+                )
         body["transactionId"] = transaction_id(self.destination.id, tag, delivery.version)
         body["singleValueExtendedProperties"] = [{"id": PROPERTY_ID, "value": tag}]
         response = await self._call("POST", self._events_url(email), email, recorder, body)
         event_id = str(response.json().get("id", ""))
-        return DeliveryOutcome(summary=f"created event in {email}'s calendar", external_id=event_id)
+        return DeliveryOutcome(summary=f"created event in {email}'s calendar{moved}", external_id=event_id)
+
+    async def _remove_all(self, email: str, tag: str, recorder: CallRecorder) -> int:
+        """Removes the absence's events from a mailbox it moved away from; a mailbox that no longer
+        exists holds none."""
+        try:
+            found = await self._find(email, tag, recorder)
+        except MailboxGone:
+            return 0
+        for event_id in found:
+            await self._delete(email, event_id, recorder)
+        return len(found)
 
     # -- Graph calls --------------------------------------------------------------------------
     def _events_url(self, email: str, event_id: str | None = None) -> str:
@@ -341,7 +372,7 @@ def _error_for(status: int, code: str, message: str, email: str, retry_after: st
     if not isinstance(error, PermanentError):
         return error
     if status == 404 and code in NO_MAILBOX_CODES:
-        return PermanentError(f"no mailbox for {email} ({detail})", status_code=status)
+        return MailboxGone(f"no mailbox for {email} ({detail})", status_code=status)
     if status in (401, 403):
         return PermanentError(
             f"access to {email}'s calendar refused ({detail}): check the application permission "

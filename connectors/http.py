@@ -159,7 +159,7 @@ def lucca_event_name(delivery: Delivery) -> str:
 def lucca_bodies(event: AbsenceEvent) -> list[dict[str, Any]]:
     """One Lucca leave document per half-day the absence covers."""
     a, e, la = event.absence, event.employee, event.absence.leave_account
-    cancelled = a.status is AbsenceStatus.CANCELLED or event.change.removes
+    cancelled = a.status.removed or event.change.removes
     return [
         {
             "id": f"{a.id}-{day:%Y%m%d}-{half.value}",

@@ -20,13 +20,14 @@ Secret: ``bot_token`` (``xoxb-...``; scopes ``chat:write`` and ``channels:histor
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import urllib.error
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.slack_response import SlackResponse
@@ -81,6 +82,34 @@ class GuardedWebClient(WebClient):  # type: ignore[misc]
         return {"status": resp.code, "headers": resp.headers, "body": body}
 
 
+MAX_PUBLIC_HOLIDAYS = 400
+"""The most dates ``public_holidays`` may list (the same bound as the post's, processors/slack_message.py)."""
+
+
+def check_public_holidays(value: Any) -> Any:
+    """``value`` when it is a list of at most MAX_PUBLIC_HOLIDAYS dates ``YYYY-MM-DD`` (or YAML dates),
+    checked when the destination is written; the post checks it again when it reads it."""
+    if value is None:
+        return value
+    if not isinstance(value, list | tuple):
+        raise ValueError("must be a list of dates YYYY-MM-DD")
+    if len(value) > MAX_PUBLIC_HOLIDAYS:
+        raise ValueError(f"lists {len(value)} dates, more than the {MAX_PUBLIC_HOLIDAYS} allowed")
+    for index, item in enumerate(value):
+        if isinstance(item, dt.date) and not isinstance(item, dt.datetime):
+            continue
+        try:
+            if not isinstance(item, str) or len(item) != 10:
+                raise ValueError
+            dt.date.fromisoformat(item)
+        except ValueError:
+            raise ValueError(f"item {index} must be a date YYYY-MM-DD, got {str(item)[:40]!r}") from None
+    return value
+
+
+PublicHolidays = Annotated[Any, AfterValidator(check_public_holidays)]
+
+
 class SlackSettings(KindSettings):
     channel: Any = setting("The channel id, e.g. C0123ABCD (required).")
     channel_name: Any = setting("The channel's name for messages, e.g. #hr-private.")
@@ -88,6 +117,9 @@ class SlackSettings(KindSettings):
     post_time: Any = setting("Local time of the daily post, HH:MM (default 09:00).")
     time_zone: Any = setting("The post's time zone (default Europe/Paris).")
     working_days: Any = setting("ISO weekdays with a post, 1 = Monday (default 1 to 5).")
+    public_holidays: PublicHolidays = setting(
+        f"Dates with no post, never a 'back on' day: a list of at most {MAX_PUBLIC_HOLIDAYS} YYYY-MM-DD."
+    )
     group_by: Any = setting("Group the post's lines by this (e.g. department).")
     group_names: Any = setting("Group id -> name shown in the post.")
     show_tomorrow: Any = setting("Also list tomorrow's absences.")

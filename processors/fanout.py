@@ -120,7 +120,7 @@ def should_hold(destination: Destination, event: AbsenceEvent) -> bool:
     if not destination.matches(event) or event.change.removes:
         return False
     status = event.absence.status
-    if status == AbsenceStatus.CANCELLED:
+    if status.removed:  # cancelled or refused: shown nowhere
         return False
     return destination.changes == ChangeSelection.ALL or status == AbsenceStatus.APPROVED
 
@@ -132,7 +132,7 @@ def replay_operation(destination: Destination, event: AbsenceEvent) -> Operation
     done). An absence that stopped matching the filters gets nothing: the sweep handles filter changes."""
     if should_hold(destination, event):
         return Operation.UPSERT
-    removed = event.change.removes or event.absence.status == AbsenceStatus.CANCELLED
+    removed = event.change.removes or event.absence.status.removed
     return Operation.DELETE if removed and destination.matches(event) else None
 
 

@@ -41,7 +41,7 @@ from processors.validation import (
     decode_event,
 )
 from schemas.codec import AvroCodec
-from schemas.models import AbsenceEvent, AbsenceStatus
+from schemas.models import AbsenceEvent
 from streams.kafka import read_compacted
 from streams.processor import Output, Processor
 from streams.records import coordinates
@@ -69,8 +69,8 @@ def entry_key(event: AbsenceEvent) -> str:
 
 
 def is_live(event: AbsenceEvent) -> bool:
-    """Whether the absence is to be shown at all (neither cancelled nor deleted)."""
-    return not event.change.removes and event.absence.status != AbsenceStatus.CANCELLED
+    """Whether the absence is to be shown at all (neither cancelled, refused nor deleted)."""
+    return not event.change.removes and not event.absence.status.removed
 
 
 class DailyAbsencesProcessor(Processor):

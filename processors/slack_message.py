@@ -13,7 +13,8 @@ grouped by department)::
 
 A person is "all day" when both half-days are covered, else "morning" or "afternoon"; an hourly
 absence shows its hours. "Back on" names the first working day after the absence (or "the afternoon
-of" a day that ends with a morning off); a morning off today needs no "back on".
+of" a day that ends with a morning off); a morning off today needs no "back on". Working days are the
+destination's ``working_days`` less its ``public_holidays``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from schemas.models import AbsenceEvent, HalfDay
 
 LANGUAGES = ("en", "fr")
 GROUP_BY = ("department", "legal_entity")
+MAX_PUBLIC_HOLIDAYS = 400
+"""Dates a destination's ``public_holidays`` may list (a country's holidays for a good ten years)."""
 
 _WORDS: dict[str, dict[str, str]] = {
     "en": {
@@ -105,6 +108,8 @@ class PostSettings:
     time_zone: str = "Europe/Paris"
     working_days: frozenset[int] = frozenset({1, 2, 3, 4, 5})
     """ISO weekdays (1 = Monday)."""
+    public_holidays: frozenset[dt.date] = frozenset()
+    """Dates that are not working days whatever their weekday: no post, and never a "back on" day."""
     group_by: str | None = None
     group_names: Mapping[str, str] | None = None
     show_tomorrow: bool = False
@@ -126,9 +131,14 @@ class PostSettings:
             ZoneInfo(time_zone)
         except (ZoneInfoNotFoundError, ValueError):
             raise PostSettingsError(f"unknown time_zone {time_zone!r}") from None
-        days = frozenset(int(d) for d in settings.get("working_days") or (1, 2, 3, 4, 5))
-        if not days or not days <= set(range(1, 8)):
+        raw_days = settings.get("working_days") or (1, 2, 3, 4, 5)
+        weekdays = isinstance(raw_days, list | tuple) and all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in raw_days
+        )
+        days = frozenset(raw_days) if weekdays else frozenset()
+        if not days:
             raise PostSettingsError("working_days must list ISO weekdays, 1 (Monday) to 7 (Sunday)")
+        public_holidays = _holidays(settings.get("public_holidays"))
         group_by = settings.get("group_by") or None
         if group_by is not None and group_by not in GROUP_BY:
             raise PostSettingsError(f"group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
@@ -139,6 +149,7 @@ class PostSettings:
             post_time=post_time,
             time_zone=time_zone,
             working_days=days,
+            public_holidays=public_holidays,
             group_by=group_by,
             group_names={str(k): str(v) for k, v in (settings.get("group_names") or {}).items()},
             show_tomorrow=bool(settings.get("show_tomorrow", False)),
@@ -147,13 +158,45 @@ class PostSettings:
         )
 
     def is_working_day(self, day: dt.date) -> bool:
-        return day.isoweekday() in self.working_days
+        """One of ``working_days`` and not a public holiday."""
+        return day.isoweekday() in self.working_days and day not in self.public_holidays
 
     def next_working_day(self, day: dt.date) -> dt.date:
+        """The first working day after ``day`` (ends: holidays are finite, working_days not empty)."""
         following = day + dt.timedelta(days=1)
         while not self.is_working_day(following):
             following += dt.timedelta(days=1)
         return following
+
+
+def _holidays(value: Any) -> frozenset[dt.date]:
+    """``public_holidays``: a list of at most MAX_PUBLIC_HOLIDAYS dates ``YYYY-MM-DD`` (a YAML date
+    too); anything else is a PostSettingsError naming the bad entry."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list | tuple):
+        raise PostSettingsError(
+            f"public_holidays must be a list of dates YYYY-MM-DD, got {type(value).__name__}"
+        )
+    if len(value) > MAX_PUBLIC_HOLIDAYS:
+        raise PostSettingsError(
+            f"public_holidays lists {len(value)} dates, more than the {MAX_PUBLIC_HOLIDAYS} allowed"
+        )
+    days: set[dt.date] = set()
+    for index, item in enumerate(value):
+        if isinstance(item, dt.date) and not isinstance(item, dt.datetime):
+            days.add(item)
+            continue
+        text = item if isinstance(item, str) else ""
+        try:
+            if len(text) != 10:
+                raise ValueError
+            days.add(dt.date.fromisoformat(text))
+        except ValueError:
+            raise PostSettingsError(
+                f"public_holidays[{index}] must be a date YYYY-MM-DD, got {str(item)[:40]!r}"
+            ) from None
+    return frozenset(days)
 
 
 def halves_on(event: AbsenceEvent, day: dt.date) -> set[HalfDay]:

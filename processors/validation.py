@@ -6,7 +6,7 @@ topic with its ORIGINAL key, value and headers, plus headers saying why:
 - ``absync-error-kind``: ``too-large`` (an encoded event over ``ABSYNC_MAX_EVENT_BYTES``, 64 kB by
   default: not even decoded), ``decode`` (not Avro we can read), ``unknown-schema`` (a schema
   fingerprint or registry id we do not know; a registry id is first retried, see below), ``invalid``
-  (a well-formed event breaking a rule: end before start, missing email, a text field too long or
+  (a well-formed event breaking a rule: end before start, an email without @, a text field too long or
   holding a control character, a key that is not the absence's...), ``out-of-order`` (a version not
   above the latest seen for the absence), or
   ``processing`` (an unexpected error while handling a good record: a bug, kept for replay);

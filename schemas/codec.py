@@ -38,7 +38,7 @@ AVRO_DIR = Path(__file__).parent / "avro"
 
 # name -> versions, oldest first. The last one is what we write.
 SCHEMA_FILES: dict[str, list[str]] = {
-    "AbsenceEvent": ["absence_event.v1.avsc", "absence_event.v2.avsc"],
+    "AbsenceEvent": ["absence_event.v1.avsc", "absence_event.v2.avsc", "absence_event.v3.avsc"],
     "Delivery": ["delivery.v1.avsc"],
     "DeliveryStatus": ["delivery_status.v1.avsc"],
     "Command": ["command.v1.avsc"],

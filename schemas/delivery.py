@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from schemas.models import AbsenceEvent
+from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 
 RESPONSE_BODY_LIMIT = 20_000
 
@@ -66,6 +66,11 @@ class Delivery:
     attempt: int = 0
     stage: int = 0
     final: bool = False
+    held_email: str | None = field(default=None, compare=False)
+    """Not part of the Avro record: the mailbox the destination holds the absence under (the email of
+    the last UPSERT it took), set by the delivery worker from its per-key state just before the
+    connector is called; None when unknown or nothing is held. Calendar connectors move the event when
+    it differs from the employee's email (connectors/calendar.py)."""
 
     @property
     def key(self) -> str:
@@ -178,7 +183,7 @@ class DeliveryStatus:
             tenant=delivery.tenant,
             absence_id=delivery.absence_id,
             version=delivery.version,
-            change=ev.change.value.lower(),
+            change=_change_shown(ev),
             operation=delivery.operation.value,
             employee_id=ev.employee.id,
             employee_name=ev.employee.display_name,
@@ -227,6 +232,14 @@ class DeliveryStatus:
         if d.get("attempt_record") is not None:
             data["attempt_record"] = Attempt(**d["attempt_record"])
         return cls(**data)
+
+
+def _change_shown(event: AbsenceEvent) -> str:
+    """The change as operators see it: ``refused`` for a refusal (not a change kind of its own on the
+    wire: an update or a cancellation to status REFUSED), else the change kind in lower case."""
+    if event.absence.status is AbsenceStatus.REFUSED and event.change is not ChangeKind.DELETED:
+        return "refused"
+    return event.change.value.lower()
 
 
 @dataclass(frozen=True, slots=True)

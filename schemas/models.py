@@ -38,9 +38,18 @@ class ChangeKind(enum.StrEnum):
 
 
 class AbsenceStatus(enum.StrEnum):
+    """The absence's status. REFUSED exists from AbsenceEvent v3 on: on the wire it is ``status``
+    CANCELLED (what readers of v1 and v2 act on) with ``hr_status`` REFUSED (see :meth:`AbsenceEvent.to_avro`)."""
+
     PENDING = "PENDING"
     APPROVED = "APPROVED"
     CANCELLED = "CANCELLED"
+    REFUSED = "REFUSED"
+
+    @property
+    def removed(self) -> bool:
+        """True when the absence must be shown nowhere (cancelled or refused)."""
+        return self in (AbsenceStatus.CANCELLED, AbsenceStatus.REFUSED)
 
 
 class HalfDay(enum.StrEnum):
@@ -136,7 +145,7 @@ class AbsenceEvent:
             "version": self.version,
             "absence": {
                 "id": a.id,
-                "status": a.status.value,
+                "status": _wire_status(a.status).value,
                 "start_date": a.start_date,
                 "start_half": a.start_half.value,
                 "end_date": a.end_date,
@@ -152,6 +161,7 @@ class AbsenceEvent:
                 },
                 "approved_at": a.approved_at,
                 "cancelled_at": a.cancelled_at,
+                "hr_status": a.status.value if a.status is AbsenceStatus.REFUSED else None,
             },
             "employee": {
                 "id": e.id,
@@ -175,7 +185,7 @@ class AbsenceEvent:
             version=int(record["version"]),
             absence=Absence(
                 id=a["id"],
-                status=AbsenceStatus(a["status"]),
+                status=_status(a["status"], a.get("hr_status")),
                 start_date=a["start_date"],
                 start_half=HalfDay(a["start_half"]),
                 end_date=a["end_date"],
@@ -196,7 +206,7 @@ class AbsenceEvent:
                 id=e["id"],
                 display_name=e["display_name"],
                 legal_entity_id=e["legal_entity_id"],
-                email=e.get("email"),
+                email=e.get("email") or None,  # "" is no email, like null
                 employee_number=e.get("employee_number"),
                 department_id=e.get("department_id"),
             ),
@@ -233,7 +243,12 @@ class AbsenceEvent:
                 version=_int(data.get("version"), "version"),
                 absence=Absence(
                     id=_str(a, "id", "absence."),
-                    status=_enum(AbsenceStatus, a.get("status"), "absence.status"),
+                    status=_status(
+                        _enum(AbsenceStatus, a.get("status"), "absence.status"),
+                        None
+                        if a.get("hr_status") is None
+                        else _enum(AbsenceStatus, a.get("hr_status"), "absence.hr_status"),
+                    ),
                     start_date=_date(a.get("start_date"), "absence.start_date"),
                     start_half=_enum(HalfDay, a.get("start_half", "AM"), "absence.start_half"),
                     end_date=_date(a.get("end_date"), "absence.end_date"),
@@ -263,6 +278,34 @@ class AbsenceEvent:
             raise
         except (TypeError, ValueError) as exc:
             raise ValidationError(str(exc)) from exc
+
+
+def _wire_status(status: AbsenceStatus) -> AbsenceStatus:
+    """``status`` as the v1/v2 field carries it: REFUSED is CANCELLED there (removed everywhere)."""
+    return AbsenceStatus.CANCELLED if status is AbsenceStatus.REFUSED else status
+
+
+def _status(status: str, hr_status: str | None) -> AbsenceStatus:
+    """The absence's status from the ``status`` and ``hr_status`` fields (v3; see the schema's docs).
+
+    ``hr_status`` REFUSED needs ``status`` CANCELLED (so that readers of v1 and v2 remove it too);
+    any other ``hr_status`` must equal ``status``. A JSON event may also say ``status: refused`` alone.
+    Raises ValidationError otherwise: absync does not guess which of two statuses the HR system meant.
+    """
+    wire = AbsenceStatus(status)
+    if hr_status is None:
+        return wire
+    hr = AbsenceStatus(hr_status)
+    if hr is AbsenceStatus.REFUSED and wire in (AbsenceStatus.CANCELLED, AbsenceStatus.REFUSED):
+        return hr
+    if hr is AbsenceStatus.REFUSED:
+        raise ValidationError(
+            f"absence.hr_status is REFUSED but absence.status is {wire}: a refused absence has status "
+            "CANCELLED (what readers of earlier schema versions act on)"
+        )
+    if hr is not wire:
+        raise ValidationError(f"absence.hr_status {hr} contradicts absence.status {wire}")
+    return wire
 
 
 def absence_key(tenant: str, absence_id: str) -> str:
@@ -358,7 +401,9 @@ def validate(event: AbsenceEvent) -> None:
         raise ValidationError(
             f"absence ends before it starts: {a.start_date} {a.start_half} > {a.end_date} {a.end_half}"
         )
-    if not e.email or "@" not in e.email:
+    if e.email is not None and "@" not in e.email:
+        # No email is fine (ADP, HTTP and Slack do without; calendars end that delivery in Error), a
+        # malformed one is not: it would be sent as the employee's mailbox.
         raise ValidationError(f"employee {e.id} has no valid email (got {e.email!r})")
     try:
         ZoneInfo(a.time_zone)

@@ -62,7 +62,7 @@ def bad_inputs() -> list[Case]:
     backwards = replace(make_event("abs-seq", version=3), event_id="ev-old")  # abs-seq is at version 5
     wrong: list[tuple[str, AbsenceEvent, str, str]] = [
         ("end before start", make_event(end_date=start.replace(day=1)), "invalid", "ends before it starts"),
-        ("missing email", make_event(email=None), "invalid", "no valid email"),
+        ("email without @", make_event(email="jane.acme.test"), "invalid", "no valid email"),
         ("bad time zone", make_event(time_zone="Mars/Olympus_Mons"), "invalid", "unknown time zone"),
         (
             "hourly end before start",

@@ -54,7 +54,7 @@ def test_the_examples_publish_fully_and_fan_out_cleanly(settings: Settings) -> N
 def test_a_bad_line_is_reported_and_the_others_published(settings: Settings, tmp_path: Path) -> None:
     lines = EXAMPLES.read_text().splitlines()[:6]
     no_email = json.loads(lines[4])
-    no_email["employee"].pop("email")
+    no_email["employee"]["email"] = "not-an-address"  # no email is fine; a malformed one is not
     wrong_date = json.loads(lines[5])
     wrong_date["absence"]["start_date"] = "2026-13-01"
     bad_file = tmp_path / "mixed.jsonl"
@@ -91,7 +91,7 @@ def test_the_publisher_raises_what_it_cannot_deliver(settings: Settings) -> None
     """A broken event is refused at once; an event Kafka never acknowledges raises from flush()."""
     event = AbsenceEvent.from_json(json.loads(EXAMPLES.read_text().splitlines()[0]))
     with AbsencePublisher(settings) as publisher, pytest.raises(ValidationError, match="no valid email"):
-        publisher.publish(replace(event, employee=replace(event.employee, email=None)))
+        publisher.publish(replace(event, employee=replace(event.employee, email="nobody")))
 
     nowhere = settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})  # nothing listens on port 9
     publisher = AbsencePublisher(nowhere, flush_timeout=1.0)

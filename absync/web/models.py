@@ -46,7 +46,7 @@ class DeliveryOut(BaseModel):
     tenant: str
     absence_id: str
     version: int
-    change: str = Field(description="created, approved, updated, cancelled, deleted...")
+    change: str = Field(description="created, approved, updated, cancelled, refused, deleted...")
     operation: Literal["UPSERT", "DELETE"]
     employee_id: str
     employee_name: str

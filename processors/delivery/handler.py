@@ -35,7 +35,7 @@ from connectors.base import CallRecorder
 from connectors.exceptions import ConnectorError, RetryableError
 from processors.delivery.connector_cache import ConnectorCache
 from processors.delivery.retry_policy import RetryAt, next_step
-from processors.delivery.state import MANUAL, Drop, KeyState, Send, Stale, admit
+from processors.delivery.state import MANUAL, Drop, KeyState, Send, Stale, admit, held_after
 from schemas.codec import codec_for
 from schemas.delivery import Attempt, Command, CommandKind, Delivery, DeliveryStatus, Status, Trigger, now_utc
 from schemas.errors import SchemaError
@@ -189,6 +189,7 @@ class DeliveryHandler:
                 )
                 return
             state.next_stage, state.status = 0, MANUAL
+            state.held_email = held_after(latest)  # the operator says the destination holds it
             await self._conclude(
                 record.partition, state, latest, Status.SUCCESSFUL, state.attempts, manual=True
             )
@@ -234,7 +235,7 @@ class DeliveryHandler:
                 recorder = CallRecorder(connector.secrets)
                 deadline = connector.attempt_deadline
                 limit.reschedule(asyncio.get_running_loop().time() + deadline)
-                await connector.deliver(delivery, recorder)
+                await connector.deliver(delivery.evolve(held_email=state.held_email), recorder)
         except ConnectorError as exc:
             error = exc
         except TimeoutError as exc:
@@ -251,6 +252,7 @@ class DeliveryHandler:
         state.attempts = max(state.attempts, number)
         if error is None:
             state.next_stage, state.status = 0, Status.SUCCESSFUL.value
+            state.held_email = held_after(delivery)
             await self._conclude(
                 partition, state, delivery, Status.SUCCESSFUL, number, attempt_record=attempt
             )

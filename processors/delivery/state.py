@@ -1,7 +1,8 @@
 """The delivery worker's per key (destination, absence) state, and the supersede rule.
 
 Per key the worker remembers the *latest* delivery (the record itself, so an operator's Retry can
-re-send it), its attempts, and which retry stage it expects next (:class:`KeyState`). The state
+re-send it), its attempts, which retry stage it expects next, and the email the destination holds the
+absence under (calendar connectors move an event whose email changed) (:class:`KeyState`). The state
 lives in the changelog ``delivery-state`` (a :class:`streams.state.DirectStore`), restored on
 assignment.
 
@@ -22,11 +23,12 @@ So within one destination the changes of one absence go out in order, and only t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass
 
 from schemas.codec import codec_for
-from schemas.delivery import Delivery, Status
+from schemas.delivery import Delivery, Operation, Status
 
 MANUAL = "MANUAL"
 """Key state status of a delivery an operator marked as processed."""
@@ -44,6 +46,10 @@ class KeyState:
     next_stage: int
     """The retry stage expected next for the latest delivery; 0 = none pending."""
     status: str
+    held_email: str | None = None
+    """The email the destination holds the absence under: that of the last UPSERT it took (sent, or
+    marked as processed); None after a DELETE or when nothing was sent. Calendar connectors move the
+    event when the employee's email differs (:attr:`schemas.delivery.Delivery.held_email`)."""
 
     def to_bytes(self) -> bytes:
         """Field by field: ``asdict`` (a recursive copy) showed in the profile, twice per delivery."""
@@ -55,12 +61,18 @@ class KeyState:
                 "attempts": self.attempts,
                 "next_stage": self.next_stage,
                 "status": self.status,
+                "held_email": self.held_email,
             }
         ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyState:
-        return cls(**json.loads(data))
+        fields = json.loads(data)
+        # A field added by a later release is ignored (a rolling upgrade, or a rollback, reads it).
+        state = cls(**{name: value for name, value in fields.items() if name in _KEY_STATE_FIELDS})
+        if "held_email" not in fields and state.status in (Status.SUCCESSFUL.value, MANUAL):
+            state.held_email = held_after(state.delivery())  # saved before held_email existed
+        return state
 
     @classmethod
     def of(cls, delivery: Delivery, encoded: bytes) -> KeyState:
@@ -70,6 +82,14 @@ class KeyState:
 
     def delivery(self) -> Delivery:
         return Delivery.from_avro(codec_for("Delivery").decode(base64.b64decode(self.record)))
+
+
+_KEY_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(KeyState))
+
+
+def held_after(delivery: Delivery) -> str | None:
+    """The email the destination holds the absence under once ``delivery`` is done."""
+    return (delivery.event.employee.email or None) if delivery.operation is Operation.UPSERT else None
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,9 @@ def admit(state: KeyState | None, delivery: Delivery, stage: int, encoded: bytes
             and state.status in (Status.PENDING.value, Status.ERROR.value)
         ):
             previous = state
-        return Send(KeyState.of(delivery, encoded), save_first=True, supersedes=previous)
+        latest = KeyState.of(delivery, encoded)
+        latest.held_email = state.held_email if state is not None else None  # still held there
+        return Send(latest, save_first=True, supersedes=previous)
     if state is None:  # state lost (never expected): the retry itself is the best knowledge
         fresh = KeyState.of(delivery, encoded)
         fresh.next_stage = stage

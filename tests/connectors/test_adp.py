@@ -336,3 +336,15 @@ async def test_gxp_style_endpoints_and_templates_are_settings(fake: FakeAdp) -> 
     [leave] = fake.leaves[AOID]
     assert leave["comment"] == "absync abs-77 (4 half-days) for matricule 00042"
     assert leave["workAssignmentID"] is None, "the custom template sends no work assignment"
+
+
+async def test_an_employee_without_email_reaches_adp_and_a_refusal_cancels(
+    fake: FakeAdp, connector: AdpConnector
+) -> None:
+    """ADP finds the associate by employee number: the email is not needed (issue 17 item 2)."""
+    outcome = await connector.deliver(adp_delivery(email=""), CallRecorder())
+    [leave] = fake.leaves[AOID]
+    assert outcome.external_id == leave["eventID"]
+    refused = adp_delivery(email="", status=AbsenceStatus.REFUSED, change=ChangeKind.UPDATED, version=2)
+    await connector.deliver(refused, CallRecorder())
+    assert fake.leaves[AOID] == []

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from confluent_kafka import Message
 
-from schemas.codec import AVRO_DIR
+from schemas.codec import AVRO_DIR, codec_for
 from schemas.errors import SchemaNotFoundError
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 from schemas.registry import SchemaRegistryResolver
@@ -43,6 +43,8 @@ pytestmark = pytest.mark.kafka
 
 V1_TEXT = (AVRO_DIR / "absence_event.v1.avsc").read_text()
 V2_TEXT = (AVRO_DIR / "absence_event.v2.avsc").read_text()
+NEWEST_TEXT = codec_for("AbsenceEvent").text
+"""What the publisher registers and looks up (the newest AbsenceEvent)."""
 
 
 def confluent(schema_id: int, schema_text: str, record: dict[str, object]) -> bytes:
@@ -128,7 +130,7 @@ def test_a_publisher_that_may_not_register_needs_the_schema_registered(
     with pytest.raises(SchemaNotFoundError, match="not registered under subject"):
         AbsencePublisher(settings, confluent_wire_format=True, auto_register=False)
     subject = f"{Topics(settings).absences}-value"
-    registered = SchemaRegistryResolver(registry_url).register(subject, V2_TEXT)
+    registered = SchemaRegistryResolver(registry_url).register(subject, NEWEST_TEXT)
     publisher = AbsencePublisher(settings, confluent_wire_format=True, auto_register=False)
     try:
         assert publisher._schema_id == registered
@@ -220,3 +222,39 @@ def test_a_registry_down_too_long_dead_letters_with_the_reason_and_the_partition
     assert "schema registry unavailable" in reason and "attempts" in reason
     assert event_ids(deliveries) == [after.event_id]
     assert outage.refused >= 1
+
+
+def test_v3_is_accepted_by_a_full_transitive_subject_and_a_refusal_read_through_it_removes(
+    bootstrap: str, tmp_path: Path, registry_url: str
+) -> None:
+    """The registry's own check agrees with ours: under FULL_TRANSITIVE, v3 (hr_status) is accepted
+    after v1 and v2. A refusal published in the Confluent format reaches the fan-out as REFUSED."""
+    settings = make_settings(bootstrap, tmp_path, schema_registry_url=registry_url)
+    subject = f"{Topics(settings).absences}-value"
+    config = httpx.put(
+        f"{registry_url}/config/{subject}", json={"compatibility": "FULL_TRANSITIVE"}, timeout=10
+    )
+    assert config.status_code == 200, config.text
+    resolver = SchemaRegistryResolver(registry_url)
+    resolver.register(subject, V1_TEXT)
+    resolver.register(subject, V2_TEXT)
+    v3_id = resolver.register(subject, NEWEST_TEXT)
+    versions = httpx.get(f"{registry_url}/subjects/{subject}/versions", timeout=10).json()
+    assert len(versions) == 3
+    create_topics(settings)
+    try:
+        add_destination(settings, "dst-all")
+        pending = make_event()
+        refused = next_change(pending, ChangeKind.UPDATED, AbsenceStatus.REFUSED)
+        with AbsencePublisher(settings, confluent_wire_format=True) as publisher:
+            assert publisher._schema_id == v3_id
+            publisher.publish(pending)
+            publisher.publish(refused)
+        with running_fanout(settings):
+            records = read_committed(
+                settings, Topics(settings).deliveries, lambda r: refused.event_id in event_ids(r)
+            )
+    finally:
+        delete_topics(settings)
+    [_, removal] = deliveries_of(records)
+    assert (removal.operation.value, removal.event.absence.status) == ("DELETE", AbsenceStatus.REFUSED)
