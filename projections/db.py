@@ -77,6 +77,7 @@ deliveries = sa.Table(
     sa.Column("error_seen", sa.Text, doc="the error of the latest fact that carried one"),
     sa.Column("error_seen_at", UtcDateTime, doc="occurred_at of that fact"),
     sa.Column("success_at", UtcDateTime, doc="occurred_at of the latest SUCCESSFUL fact"),
+    sa.Column("external_id", sa.Text, doc="the created item's id, from the latest success that had one"),
     sa.Column("status_at", UtcDateTime, nullable=False, doc="occurred_at of the event that set `status`"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
@@ -184,7 +185,64 @@ destination_audit = sa.Table(
     sa.Index("ix_destination_audit_destination", "destination_id", "at"),
 )
 
-VIEW_TABLES = (deliveries, attempts, delivery_counts, destinations)
+destination_health = sa.Table(
+    "destination_health",
+    metadata,
+    sa.Column("destination_id", sa.String(), primary_key=True),
+    sa.Column("tenant", sa.String(), nullable=False),
+    sa.Column("last_success_at", UtcDateTime, doc="occurred_at of the latest successful attempt"),
+    sa.Column("last_failure_at", UtcDateTime, doc="occurred_at of the latest failed attempt"),
+    sa.Column(
+        "failing_since", UtcDateTime, doc="first failed attempt since the last success (None: healthy)"
+    ),
+    sa.Column("last_error", sa.Text),
+    sa.Column("window_start", UtcDateTime, doc="re-enabled at: earlier failures do not count"),
+    sa.Column("successes", sa.BigInteger, nullable=False, doc="successful attempts, ever"),
+    sa.Column("failures", sa.BigInteger, nullable=False, doc="failed attempts, ever"),
+)
+
+health_notices = sa.Table(
+    "health_notices",
+    metadata,
+    sa.Column("destination_id", sa.String(), primary_key=True),
+    sa.Column("state", sa.String(), nullable=False, doc="healthy or failing: what operators were told"),
+    sa.Column("failing_since", UtcDateTime),
+    sa.Column("disabled_revision", sa.Integer, nullable=False, doc="last auto-disable recorded"),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+health_events = sa.Table(
+    "health_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("destination_id", sa.String(), nullable=False),
+    sa.Column("tenant", sa.String(), nullable=False),
+    sa.Column("event", sa.String(), nullable=False, doc="failing, disabled or recovered"),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("notify_status", sa.String(), nullable=False, doc="pending, sent, failed or none"),
+    sa.Column("notify_attempts", sa.Integer, nullable=False),
+    sa.Column("notify_error", sa.Text),
+    sa.Column("sent_to", sa.String(), nullable=False, doc="targets done, comma-separated (slack, webhook)"),
+    sa.Column("next_try_at", UtcDateTime),
+    sa.Index("ix_health_events_destination", "destination_id", "at"),
+    sa.Index("ix_health_events_outbox", "notify_status", "next_try_at"),
+)
+
+alert_settings = sa.Table(
+    "alert_settings",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("slack_channel", sa.String()),
+    sa.Column("slack_base_url", sa.String()),
+    sa.Column("slack_token", sa.Text, doc="Fernet token (streams.secrets.SecretBox)"),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_secret", sa.Text, doc="Fernet token (streams.secrets.SecretBox)"),
+    sa.Column("updated_by", sa.String(), nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+VIEW_TABLES = (deliveries, attempts, delivery_counts, destinations, destination_health)
 """Everything rebuilt from Kafka (with the offsets of their consumer)."""
 
 

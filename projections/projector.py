@@ -53,6 +53,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
+from projections import health
 from projections.db import VIEW_TABLES, attempts, consumer_offsets, deliveries, delivery_counts, destinations
 from schemas.codec import codec_for
 from schemas.delivery import DeliveryStatus, Status
@@ -207,6 +208,9 @@ def merge(row: Row | None, fact: DeliveryStatus) -> Row:
             }
         )
     merged["last_error"] = _shown_error(merged)
+    merged.setdefault("external_id", None)
+    if fact.external_id and fact.status == Status.SUCCESSFUL and fact.occurred_at >= seen["success_at"]:
+        merged["external_id"] = fact.external_id  # the created item, as of the latest success
     return {name: without_nul(value) for name, value in merged.items()}
 
 
@@ -372,6 +376,7 @@ class Projector:
             conn.execute(deliveries.update().where(deliveries.c.delivery_id == sa.bindparam("b_id")), updates)
         self._insert_attempts(conn, new_attempts)
         self._apply_counts(conn, _count_deltas(before, after))
+        health.apply_facts(conn, facts)
 
     @staticmethod
     def _insert_attempts(conn: Connection, rows: dict[str, Row]) -> None:
@@ -407,6 +412,10 @@ class Projector:
     @staticmethod
     def _apply_destinations(conn: Connection, changes: Sequence[tuple[str, Destination | None]]) -> None:
         for destination_id, destination in changes:
+            previous = conn.execute(
+                sa.select(destinations.c.enabled).where(destinations.c.id == destination_id)
+            ).scalar()
+            health.apply_destination(conn, destination_id, previous, destination)
             conn.execute(destinations.delete().where(destinations.c.id == destination_id))
             if destination is not None:
                 conn.execute(destinations.insert().values(destination_row(destination)))

@@ -11,6 +11,10 @@ from typing import Any
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 
 RESPONSE_BODY_LIMIT = 20_000
+EXTERNAL_ID_LIMIT = 1_000
+"""Longest created-item id kept (``DeliveryStatus.external_id``); a longer one is cut."""
+NOT_SENT_DISABLED = "the destination is disabled: not sent"
+"""The error of a delivery held back because its destination is disabled (no attempt was made)."""
 
 
 def delivery_key(destination_id: str, absence_id: str) -> str:
@@ -45,6 +49,15 @@ class Status(enum.StrEnum):
 class CommandKind(enum.StrEnum):
     RETRY = "RETRY"
     MARK_PROCESSED = "MARK_PROCESSED"
+
+
+def bounded_external_id(value: object) -> str | None:
+    """A connector's created-item id as kept: text, without control characters, at most
+    :data:`EXTERNAL_ID_LIMIT` characters; None when there is none."""
+    if value is None:
+        return None
+    text = "".join(ch for ch in str(value) if ch.isprintable())
+    return text[:EXTERNAL_ID_LIMIT] or None
 
 
 def now_utc() -> dt.datetime:
@@ -172,6 +185,9 @@ class DeliveryStatus:
     next_retry_at: dt.datetime | None = None
     error: str | None = None
     attempt_record: Attempt | None = None
+    external_id: str | None = None
+    """On success: the id the destination holds the absence under (calendar event id, ADP leave id,
+    resource URL), at most :data:`EXTERNAL_ID_LIMIT` characters (schema v2; None in v1 records)."""
 
     @classmethod
     def for_delivery(cls, delivery: Delivery, status: Status, seq: int, **extra: Any) -> DeliveryStatus:
@@ -223,6 +239,7 @@ class DeliveryStatus:
             "next_retry_at": self.next_retry_at,
             "error": self.error,
             "attempt_record": None if record is None else _attempt_avro(record),
+            "external_id": self.external_id,
         }
 
     @classmethod

@@ -61,6 +61,11 @@ class DeliveryOut(BaseModel):
     last_error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    external_id: str | None = Field(
+        default=None,
+        description="What the destination holds the absence as (calendar event id, ADP leave id, "
+        "resource URL), from its latest success; null before one, or if the destination gave none.",
+    )
 
 
 class AttemptOut(BaseModel):

@@ -37,7 +37,18 @@ from processors.delivery.connector_cache import ConnectorCache
 from processors.delivery.retry_policy import RetryAt, next_step
 from processors.delivery.state import MANUAL, Drop, KeyState, Send, Stale, admit, held_after
 from schemas.codec import codec_for
-from schemas.delivery import Attempt, Command, CommandKind, Delivery, DeliveryStatus, Status, Trigger, now_utc
+from schemas.delivery import (
+    NOT_SENT_DISABLED,
+    Attempt,
+    Command,
+    CommandKind,
+    Delivery,
+    DeliveryStatus,
+    Status,
+    Trigger,
+    bounded_external_id,
+    now_utc,
+)
 from schemas.errors import SchemaError
 from streams.async_producer import AsyncProducer
 from streams.deadletter import dead_letter_copy
@@ -221,12 +232,13 @@ class DeliveryHandler:
                 delivery,
                 Status.ERROR,
                 delivery.attempt,
-                error="the destination is disabled: not sent",
+                error=NOT_SENT_DISABLED,
             )
             return
         recorder = CallRecorder()
         started, t0 = now_utc(), time.perf_counter()
         error: ConnectorError | None = None
+        external_id: str | None = None
         deadline = 0.0
         limit = asyncio.timeout(None)
         try:
@@ -235,7 +247,8 @@ class DeliveryHandler:
                 recorder = CallRecorder(connector.secrets)
                 deadline = connector.attempt_deadline
                 limit.reschedule(asyncio.get_running_loop().time() + deadline)
-                await connector.deliver(delivery.evolve(held_email=state.held_email), recorder)
+                outcome = await connector.deliver(delivery.evolve(held_email=state.held_email), recorder)
+                external_id = bounded_external_id(outcome.external_id)
         except ConnectorError as exc:
             error = exc
         except TimeoutError as exc:
@@ -254,7 +267,13 @@ class DeliveryHandler:
             state.next_stage, state.status = 0, Status.SUCCESSFUL.value
             state.held_email = held_after(delivery)
             await self._conclude(
-                partition, state, delivery, Status.SUCCESSFUL, number, attempt_record=attempt
+                partition,
+                state,
+                delivery,
+                Status.SUCCESSFUL,
+                number,
+                attempt_record=attempt,
+                external_id=external_id,
             )
             return
         step = next_step(error, delivery, self.settings, now=now_utc())

@@ -48,6 +48,8 @@ class DeliverySummary:
     last_error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    external_id: str | None
+    """The created item's id, as of the latest success (None before, or if the destination gave none)."""
 
 
 @dataclass(frozen=True, slots=True)
