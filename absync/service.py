@@ -34,6 +34,7 @@ COMPONENTS: dict[str, str] = {
     "delivery": "processors.delivery:build",
     "projection": "projections.runner:build",
     "slack": "processors.slack_scheduler:build",
+    "health": "absync.health.monitor:build",
     "http": "absync.web.server:build",
 }
 

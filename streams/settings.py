@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     """Bearer token for ``/metrics`` (besides API tokens not limited to a tenant)."""
 
+    # Destination health (absync/health)
+    auto_disable_after: Annotated[float, NoDecode] = 5 * 86400.0
+    """ABSYNC_AUTO_DISABLE_AFTER (a duration, default 5d as Svix): a destination failing without a
+    single success this long is disabled automatically; 0 never disables."""
+    health_interval: Annotated[float, NoDecode] = 60.0
+    """ABSYNC_HEALTH_INTERVAL: how often the health component looks (and sends pending alerts)."""
+
     @field_validator("kafka_properties", mode="before")
     @classmethod
     def _parse_kafka_properties(cls, value: object) -> object:
@@ -124,6 +131,14 @@ class Settings(BaseSettings):
         if not delays or any(d <= 0 for d in delays):
             raise ValueError("retry_delays needs at least one positive delay")
         return delays
+
+    @field_validator("auto_disable_after", "health_interval", mode="before")
+    @classmethod
+    def _parse_health_durations(cls, value: object) -> float:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return seconds
 
     @field_validator("schema_registry_url")
     @classmethod

@@ -4,7 +4,14 @@
 - ``absync_delivery_attempt_duration_seconds``: histogram of the attempts' durations in the view;
 - ``absync_consumer_lag{group,topic}``: records not yet processed, for every absync consumer group
   (committed offsets in Kafka) and for the projection (offsets kept in SQL, ``group="sql:<name>"``);
-- ``absync_delay_topic_backlog{topic}``: records waiting in each retry topic.
+- ``absync_delay_topic_backlog{topic}``: records waiting in each retry topic;
+- ``absync_dead_letter_records_total{topic}``: records ever written to each dead-letter topic (its end
+  offsets: retention does not lower it, so ``increase()`` is the dead-letter growth);
+- ``absync_destination_attempts_total{tenant,destination,outcome}``: attempts per destination,
+  ``outcome`` success or failure (:mod:`projections.health`; the error rate per destination);
+- ``absync_destination_failing{tenant,destination}``: 1 while the destination fails without a success
+  since, and ``absync_destination_failing_seconds``: for how long (auto-disable at
+  ``ABSYNC_AUTO_DISABLE_AFTER``); ``absync_destination_enabled``: 0 once disabled.
 
 The Kafka figures cost a few broker requests, so they are cached for ``ttl`` seconds; a broker that
 does not answer leaves them out of the scrape (``absync_kafka_metrics_up 0``) instead of failing it.
@@ -21,11 +28,11 @@ import sqlalchemy as sa
 import structlog
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.engine import Engine
 
-from projections.db import attempts, consumer_offsets, deliveries
+from projections.db import attempts, consumer_offsets, deliveries, destination_health, destinations
 from streams.kafka import make_admin
 from streams.settings import Settings
 from streams.topics import Topics
@@ -42,6 +49,8 @@ class KafkaFigures:
     """(group, topic) -> records behind."""
     backlog: dict[str, int] = field(default_factory=dict)
     """retry topic -> records not yet consumed."""
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    """dead-letter topic -> records ever written (sum of its end offsets)."""
 
 
 class KafkaLagReader:
@@ -64,7 +73,9 @@ class KafkaLagReader:
 
     def _read(self) -> KafkaFigures:
         committed = self._committed_offsets()
+        dead = [self._topics.invalid, self._topics.deliveries_invalid, self._topics.projection_invalid]
         topics = {topic for offsets in committed.values() for topic, _ in offsets} | set(self._topics.retries)
+        topics |= set(dead)
         partitions = self._partitions(topics)
         every = {tp for tps in partitions.values() for tp in tps}
         latest = self._offsets(every, OffsetSpec.latest())  # type: ignore[no-untyped-call]
@@ -88,7 +99,10 @@ class KafkaLagReader:
             )
             for topic in self._topics.retries
         }
-        return KafkaFigures(lag=lag, backlog=backlog)
+        dead_letters = {
+            topic: sum(latest.get(tp, 0) for tp in partitions[topic]) for topic in dead if topic in partitions
+        }
+        return KafkaFigures(lag=lag, backlog=backlog, dead_letters=dead_letters)
 
     def _committed_offsets(self) -> dict[str, dict[tuple[str, int], int]]:
         """group -> (topic, partition) -> next offset to read, for absync's groups (Kafka and SQL)."""
@@ -138,7 +152,45 @@ class AbsyncCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._view_metrics()
+        yield from self._health_metrics()
         yield from self._kafka_metrics()
+
+    def _health_metrics(self) -> Iterator[Metric]:
+        labels = ["tenant", "destination"]
+        attempts_total = CounterMetricFamily(
+            "absync_destination_attempts", "Delivery attempts per destination.", labels=[*labels, "outcome"]
+        )
+        failing = GaugeMetricFamily(
+            "absync_destination_failing", "1 while failing without a success since.", labels=labels
+        )
+        failing_for = GaugeMetricFamily(
+            "absync_destination_failing_seconds",
+            "Seconds since the first failure after the last success.",
+            labels=labels,
+        )
+        enabled = GaugeMetricFamily(
+            "absync_destination_enabled", "1 if enabled, 0 if disabled.", labels=labels
+        )
+        h = destination_health.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(h.tenant, h.destination_id, h.successes, h.failures, h.failing_since)
+            ).all()
+            switches = conn.execute(
+                sa.select(destinations.c.tenant, destinations.c.id, destinations.c.enabled)
+            ).all()
+        now = time.time()
+        for tenant, destination, successes, failures, since in rows:
+            attempts_total.add_metric([tenant, destination, "success"], successes)
+            attempts_total.add_metric([tenant, destination, "failure"], failures)
+            failing.add_metric([tenant, destination], 1 if since is not None else 0)
+            failing_for.add_metric([tenant, destination], max(0.0, now - since.timestamp()) if since else 0.0)
+        for tenant, destination, on in switches:
+            enabled.add_metric([tenant, destination], 1 if on else 0)
+        yield attempts_total
+        yield failing
+        yield failing_for
+        yield enabled
 
     def _view_metrics(self) -> Iterator[Metric]:
         by_status = GaugeMetricFamily(
@@ -195,6 +247,12 @@ class AbsyncCollector(Collector):
         for topic, value in sorted(figures.backlog.items()):
             backlog.add_metric([topic], value)
         yield backlog
+        dead = CounterMetricFamily(
+            "absync_dead_letter_records", "Records ever written to a dead-letter topic.", labels=["topic"]
+        )
+        for topic, value in sorted(figures.dead_letters.items()):
+            dead.add_metric([topic], value)
+        yield dead
 
 
 def make_registry(settings: Settings, engine: Engine) -> CollectorRegistry:

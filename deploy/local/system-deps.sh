@@ -24,3 +24,6 @@ if ((${#need[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# promtool checks the Prometheus alert rules (deploy/prometheus); not fatal: the tests fall back to
+# a schema check without it.
+bash "$(dirname "$0")/promtool.sh" >/dev/null || true

@@ -312,7 +312,7 @@ def container(deployment: str) -> Document:
     [
         ("absync-fanout", ["fanout"]),
         ("absync-delivery", ["delivery"]),
-        ("absync-projection", ["projection", "slack"]),
+        ("absync-projection", ["projection", "slack", "health"]),
         ("absync-api", ["http"]),
     ],
 )

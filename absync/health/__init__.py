@@ -1,0 +1,1 @@
+"""Destination health: auto-disable and operator alerts (see :mod:`absync.health.monitor`)."""
