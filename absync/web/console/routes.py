@@ -178,6 +178,18 @@ def destinations_page(request: Request) -> Response:
     return _guarded(request, "destinations.html", Right.CONFIGURE, kinds=kind_labels())
 
 
+@router.get("/console/alerts")
+def alerts_page(request: Request) -> Response:
+    """Alert settings: the configure right for every tenant (the API refuses a tenant's token too)."""
+    principal = session_principal(request)
+    if principal is not None and principal.tenant is not None:
+        return _page(
+            request, "forbidden.html", principal, status.HTTP_403_FORBIDDEN, needed="configure (every tenant)"
+        )
+    days = request.app.state.absync.settings.auto_disable_after / 86400
+    return _guarded(request, "alerts.html", Right.CONFIGURE, auto_disable_after=f"{days:g} days")
+
+
 @router.get("/console/destinations/new")
 def new_destination_page(request: Request, kind: str = "http") -> Response:
     return _destination_form(request, kind, None)

@@ -231,6 +231,7 @@ function deliveryPage() {
           item("Attempts", String(d.attempt_count)),
           item("Next retry", d.next_retry_at ? time(d.next_retry_at) : "None scheduled"),
           item("Last error", d.last_error ? h("span", { class: "error-text" }, d.last_error) : "—"),
+          item("Created item", d.external_id ? h("code", { id: "external-id" }, d.external_id) : "—"),
           item("Created", time(d.created_at)),
           item("Updated", time(d.updated_at)),
           item("Delivery id", h("code", {}, d.delivery_id)))));
@@ -483,6 +484,8 @@ function destinationPage() {
 
   if (id) {
     api(`/destinations/${encodeURIComponent(id)}`).then(fill, (error) => showState(formState, `Could not load: ${error.message}`, "error"));
+    api(`/destinations/${encodeURIComponent(id)}/health`).then(showHealth, (error) =>
+      document.getElementById("health").replaceChildren(h("p", { class: "alert error" }, `Could not load the health: ${error.message}`)));
     api(`/destinations/${encodeURIComponent(id)}/audit`).then((entries) => {
       document.getElementById("audit").replaceChildren(...entries.map((e) =>
         h("li", {}, time(e.at), ` · ${e.actor} · ${e.action}: `, Object.keys(e.changes).join(", ") || "no change")));
@@ -490,7 +493,69 @@ function destinationPage() {
   }
 }
 
+// -- destination health and alerts -----------------------------------------------------------------
+
+const HEALTH_LABELS = { healthy: "Healthy", failing: "Failing", disabled: "Disabled" };
+const HEALTH_CLASS = { healthy: "status-successful", failing: "status-error", disabled: "status-superseded" };
+const NOTIFY_LABELS = { pending: "alert pending", sent: "alert sent", failed: "alert not delivered", none: "no alert target" };
+
+function showHealth(x) {
+  const box = document.getElementById("health");
+  const item = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
+  box.setAttribute("aria-busy", "false");
+  box.replaceChildren(
+    h("p", {}, h("span", { id: "health-state", class: `badge ${HEALTH_CLASS[x.state]}` }, h("span", { class: "icon", "aria-hidden": "true" }), HEALTH_LABELS[x.state])),
+    x.disabled_automatically ? h("p", { id: "auto-disabled", class: "alert warning", role: "status" },
+      "Disabled automatically: it failed without a single success for the auto-disable period. Fix it, then enable it again.") : null,
+    h("dl", { class: "facts" },
+      item("Failing since", x.failing_since ? time(x.failing_since) : "—"),
+      item("Will be disabled at", x.disables_at ? time(x.disables_at) : "—"),
+      item("Last success", x.last_success_at ? time(x.last_success_at) : "—"),
+      item("Last failure", x.last_failure_at ? time(x.last_failure_at) : "—"),
+      item("Last error", x.last_error ? h("span", { class: "error-text" }, x.last_error) : "—"),
+      item("Attempts", `${x.successes.toLocaleString("en-GB")} successful, ${x.failures.toLocaleString("en-GB")} failed`)));
+  const list = document.getElementById("health-events");
+  list.replaceChildren(...(x.events.length ? x.events.map((e) =>
+    h("li", { "data-event": e.event }, time(e.at), " · ", h("strong", {}, e.event), ` · ${e.summary} (${NOTIFY_LABELS[e.notify_status]}${e.notify_error ? `: ${e.notify_error}` : ""})`))
+    : [h("li", {}, "Nothing to report.")]));
+}
+
+function alertsPage() {
+  const form = document.getElementById("alerts-form");
+  const state = document.getElementById("alerts-state");
+  const fields = ["slack_channel", "slack_base_url", "webhook_url"];
+
+  function fill(a) {
+    for (const name of fields) form.elements[name].value = a[name] || "";
+    form.elements.slack_token.value = form.elements.webhook_secret.value = "";
+    document.getElementById("a-slack-token-state").textContent = a.slack_token_set ? "(set)" : "(not set)";
+    document.getElementById("a-webhook-secret-state").textContent = a.webhook_secret_set ? "(set)" : "(not set)";
+    const updated = document.getElementById("alerts-updated");
+    if (a.updated_at) updated.replaceChildren(`Last changed by ${a.updated_by}, `, time(a.updated_at), ".");
+    else updated.textContent = "Not set yet.";
+    for (const fieldset of form.querySelectorAll("fieldset")) fieldset.disabled = false; // loaded: editable
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {};
+    for (const name of [...fields, "slack_token", "webhook_secret"]) {
+      const value = form.elements[name].value.trim();
+      body[name] = value || null;
+    }
+    try {
+      fill(await api("/alerts", { method: "PUT", body }));
+      showState(state, "Alert settings saved.", "success");
+    } catch (error) {
+      showState(state, `Not saved: ${error.message}`, "error");
+    }
+    state.focus();
+  });
+  api("/alerts").then(fill, (error) => showState(state, `Could not load: ${error.message}`, "error"));
+}
+
 const PAGES = {
+  alerts: alertsPage,
   deliveries: followUpPage,
   delivery: deliveryPage,
   destinations: destinationsPage,
