@@ -66,9 +66,15 @@ class HealthEvent:
         }
 
     def text(self) -> str:
-        return (
-            f"{EMOJI.get(self.event, '')} absync: {self.name} ({self.destination_id}) {self.summary}".strip()
-        )
+        """The Slack message; what operators typed (name, id) and what destinations answered (the
+        error) is escaped, so it cannot mention ``<!channel>`` or forge a link."""
+        body = slack_escape(f"absync: {self.name} ({self.destination_id}) {self.summary}")
+        return f"{EMOJI.get(self.event, '')} {body}".strip()
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities (api.slack.com/reference/surfaces/formatting)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Notifier:

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from absync.health.monitor import AUTO_DISABLE_ACTOR, HealthMonitor
+from absync.health.notify import HealthEvent
 from schemas.codec import codec_for
 from schemas.delivery import Status
 from schemas.destination import Destination
@@ -290,3 +291,21 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported(api: Api) -> N
         ]
         == 1
     )
+
+
+def test_an_alert_cannot_mention_the_channel_or_forge_a_link() -> None:
+    """Names and errors come from operators and destinations: Slack's control characters are escaped."""
+    event = HealthEvent(
+        id=7,
+        destination_id="acme:<!channel>",
+        tenant="acme",
+        name="<https://evil.example|Payroll> & co",
+        kind="http",
+        event="failing",
+        at=dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC),
+        summary="is failing since 2026-11-02 09:00 UTC: answered <!here>",
+    )
+    text = event.text()
+    assert "<" not in text and ">" not in text
+    assert "&lt;!channel&gt;" in text and "&lt;!here&gt;" in text and "&amp; co" in text
+    assert event.payload()["destination"]["name"] == "<https://evil.example|Payroll> & co"  # JSON: as is
