@@ -133,9 +133,15 @@ class HealthMonitor:
             row = rows.get(destination.id)
             if row is not None and self._due_for_disable(destination, row, now):
                 self._disable(destination, row)
+        with self.engine.connect() as conn:
+            notices = {
+                r["destination_id"]: dict(r) for r in conn.execute(sa.select(health_notices)).mappings()
+            }
         for destination in self.destinations.all():
-            with writer(self.engine.connect()) as conn, conn.begin():
-                self._record(conn, destination, rows.get(destination.id), now)
+            row = rows.get(destination.id)
+            if _has_news(destination, row, notices.get(destination.id)):  # a write lock only then
+                with writer(self.engine.connect()) as conn, conn.begin():
+                    self._record(conn, destination, row, now)
 
     def _due_for_disable(self, destination: Destination, row: dict[str, Any], now: dt.datetime) -> bool:
         since, success = row["failing_since"], row["last_success_at"]
@@ -228,7 +234,7 @@ class HealthMonitor:
             )
             self._event(conn, destination, "disabled", destination.updated_at, summary)
             state["disabled_revision"] = destination.revision
-        if state == before and notice is not None:
+        if state == before:
             return
         values = {k: state[k] for k in ("state", "failing_since", "disabled_revision")} | {"updated_at": now}
         if notice is None:
@@ -318,6 +324,17 @@ class HealthMonitor:
     def _update_event(self, event_id: int, values: dict[str, Any]) -> None:
         with writer(self.engine.connect()) as conn, conn.begin():
             conn.execute(health_events.update().where(health_events.c.id == event_id).values(values))
+
+
+def _has_news(destination: Destination, row: dict[str, Any] | None, notice: dict[str, Any] | None) -> bool:
+    """Whether :meth:`HealthMonitor._record` has something to record (read without a lock; it checks
+    again under one)."""
+    told = notice or {"state": "healthy", "disabled_revision": 0}
+    failing = row is not None and row["failing_since"] is not None
+    disabled_by_us = not destination.enabled and destination.updated_by == AUTO_DISABLE_ACTOR
+    return failing != (told["state"] == "failing") or (
+        disabled_by_us and destination.revision > told["disabled_revision"]
+    )
 
 
 def build(settings: Settings) -> HealthMonitor:

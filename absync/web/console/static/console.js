@@ -372,7 +372,7 @@ function destinationsPage() {
     return h("tr", { "data-destination-id": d.id },
       h("td", {}, h("a", { href: `/console/destinations/${encodeURIComponent(d.id)}?kind=${encodeURIComponent(d.kind)}` }, d.name), h("div", { class: "sub mono" }, d.id)),
       h("td", {}, d.kind),
-      h("td", {}, h("span", { class: `badge ${d.enabled ? "status-successful" : "status-superseded"}` }, h("span", { class: "icon", "aria-hidden": "true" }), d.enabled ? "Enabled" : "Disabled")),
+      h("td", {}, h("span", { class: `badge ${d.enabled ? "status-successful" : "status-superseded"}` }, h("span", { class: "icon", "aria-hidden": "true" }), d.enabled ? "Enabled" : d.updated_by === "absync:auto-disable" ? "Disabled (auto)" : "Disabled")),
       h("td", { class: "num" }, rate),
       h("td", { class: "why" }, d.last_error ? [h("span", { class: "error-text" }, d.last_error), h("div", { class: "sub" }, time(d.last_error_at))] : "—"),
       h("td", {}, counts),
