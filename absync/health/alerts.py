@@ -89,8 +89,9 @@ def _http_url(value: str | None, field: str) -> str | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if not value.lower().startswith(("https://", "http://")) or len(value) > 2000:
-        raise AlertSettingsError(f"{field} must be an http(s) URL of at most 2000 characters")
+    bad = not value.lower().startswith(("https://", "http://")) or len(value) > 2000
+    if bad or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise AlertSettingsError(f"{field} must be an http(s) URL of at most 2000 characters, without spaces")
     return value
 
 

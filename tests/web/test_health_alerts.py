@@ -249,6 +249,7 @@ def test_alert_secrets_are_write_only_and_bound_to_their_address(api: Api, slack
         bad_secret = admin.put(
             "/api/v1/alerts", json={"webhook_url": "https://x.example", "webhook_secret": "nope"}
         )
+        bad_url = admin.put("/api/v1/alerts", json={"webhook_url": "https://x.example/a\u0000b"})
         shown = admin.get("/api/v1/alerts")
     with api.client("acme-configure") as tenant_admin:
         tenant = tenant_admin.get("/api/v1/alerts")
@@ -259,6 +260,7 @@ def test_alert_secrets_are_write_only_and_bound_to_their_address(api: Api, slack
     assert kept.json()["slack_token_set"] is True and kept.json()["slack_channel"] == "C0OTHER"
     assert moved.status_code == 422 and "slack_token" in moved.text
     assert bad_secret.status_code == 422 and "webhook_secret" in bad_secret.text
+    assert bad_url.status_code == 422 and "webhook_url" in bad_url.text
     assert shown.json()["slack_token_set"] is True and shown.json()["updated_by"] == "admin"
     assert (tenant.status_code, view.status_code) == (403, 403)
 
