@@ -75,7 +75,17 @@ class AlertSettingsOut(BaseModel):
 
 
 class AlertSettingsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "slack_channel": "C0123ALERTS",
+                "slack_token": "xoxb-your-bot-token",
+                "webhook_url": "https://hooks.example.com/absync-alerts",
+                "webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            }
+        },
+    )
 
     slack_channel: str | None = Field(default=None, max_length=200, description="Channel id (C...) or name.")
     slack_base_url: str | None = Field(default=None, max_length=2000)
