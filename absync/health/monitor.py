@@ -104,7 +104,7 @@ class HealthMonitor:
         self.egress = EgressPolicy.from_settings(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
-        migrate(self.engine)
+        await run_in_thread(migrate, self.engine, name="health-migrate")
         self.destinations.start()
         await run_in_thread(self.destinations.wait_ready, name="health-start")
         try:
@@ -271,15 +271,7 @@ class HealthMonitor:
         settings = await run_in_thread(alerts.load, self.engine, self.box, name="health-alerts")
         notifier = Notifier(settings, self.egress)
         targets = notifier.targets()
-        e = health_events.c
-        due = (e.notify_status == "pending") & ((e.next_try_at.is_(None)) | (e.next_try_at <= now))
-        with self.engine.connect() as conn:
-            pending = [
-                dict(r)
-                for r in conn.execute(
-                    sa.select(health_events).where(due).order_by(e.id).limit(100)
-                ).mappings()
-            ]
+        pending = await run_in_thread(self._due_events, now, name="health-due")
         for item in pending:
             destination = self.destinations.get(item["destination_id"])
             event = HealthEvent(
@@ -320,6 +312,14 @@ class HealthMonitor:
                 "next_try_at": now + _backoff(tries) if status == "pending" else None,
             }
             await run_in_thread(self._update_event, item["id"], values, name="health-event")
+
+    def _due_events(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """The events to send now: pending and due, oldest first, at most 100 a tick."""
+        e = health_events.c
+        due = (e.notify_status == "pending") & ((e.next_try_at.is_(None)) | (e.next_try_at <= now))
+        with self.engine.connect() as conn:
+            query = sa.select(health_events).where(due).order_by(e.id).limit(100)
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def _update_event(self, event_id: int, values: dict[str, Any]) -> None:
         with writer(self.engine.connect()) as conn, conn.begin():

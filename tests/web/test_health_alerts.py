@@ -311,3 +311,28 @@ def test_an_alert_cannot_mention_the_channel_or_forge_a_link() -> None:
     assert "<" not in text and ">" not in text
     assert "&lt;!channel&gt;" in text and "&lt;!here&gt;" in text and "&amp; co" in text
     assert event.payload()["destination"]["name"] == "<https://evil.example|Payroll> & co"  # JSON: as is
+
+
+def test_the_health_component_runs_on_its_own_until_stopped(api: Api) -> None:
+    """``absync run``'s ``health`` component: its own destinations table, a tick every interval."""
+    create_destination(api)
+    now = millis(dt.datetime.now(dt.UTC))
+    api.seed(failure("dst-hook", now))
+    settings = api.settings.model_copy(update={"health_interval": 1.0})
+    monitor = HealthMonitor(settings, engine=api.engine, clock=lambda: now + 6 * DAY)
+    loop, stop = asyncio.new_event_loop(), asyncio.Event()
+    runner = threading.Thread(target=loop.run_until_complete, args=(monitor.run(stop),))
+    runner.start()
+    try:
+        with api.client("configure") as admin:
+            for _ in range(600):  # bounded: the first tick comes once the table caught up
+                if admin.get("/api/v1/destinations/dst-hook").json()["enabled"] is False:
+                    break
+                threading.Event().wait(0.1)
+            else:
+                pytest.fail("the health component never disabled the destination")
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        runner.join(30)
+        loop.close()
+    assert not runner.is_alive()
