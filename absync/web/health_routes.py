@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from absync.health import alerts
 from absync.health.monitor import AUTO_DISABLE_ACTOR
+from absync.web.api import BAD_BODY, ERRORS, NOT_FOUND
 from absync.web.auth import Configurer, Principal
 from projections.db import destination_health, health_events
 from schemas.destination import Destination
@@ -117,14 +118,14 @@ def _all_tenants(principal: Principal) -> None:
         )
 
 
-health_router = APIRouter(prefix="/api/v1")
+health_router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 
 @health_router.get(
     "/destinations/{destination_id}/health",
     response_model=DestinationHealthOut,
     tags=["destinations"],
-    responses={404: {"description": "Unknown (or other tenant's)."}},
+    responses=NOT_FOUND,
     summary="A destination's health, auto-disable and health history",
 )
 def destination_health_view(
@@ -178,8 +179,8 @@ def destination_health_view(
     "/alerts",
     response_model=AlertSettingsOut,
     tags=["alerts"],
-    responses={403: {"description": "The token lacks the right, or is limited to a tenant."}},
     summary="Where operator alerts go (secrets: only whether set)",
+    description="403 with a token limited to a tenant.",
 )
 def get_alerts(request: Request, principal: Configurer) -> dict[str, Any]:
     _all_tenants(principal)
@@ -191,10 +192,10 @@ def get_alerts(request: Request, principal: Configurer) -> dict[str, Any]:
     "/alerts",
     response_model=AlertSettingsOut,
     tags=["alerts"],
-    responses={403: {"description": "The token lacks the right, or is limited to a tenant."}},
+    responses=BAD_BODY,
     summary="Set where operator alerts go (Slack channel and/or signed webhook)",
     description="A secret left out (or empty) is kept, unless its address changes: then it must be "
-    "entered again. Secrets are never returned.",
+    "entered again. Secrets are never returned. 403 with a token limited to a tenant.",
 )
 def put_alerts(request: Request, principal: Configurer, body: AlertSettingsIn) -> dict[str, Any]:
     _all_tenants(principal)
