@@ -46,6 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 from absync.health import alerts
 from absync.health.notify import HealthEvent, Notifier, NotifyError
 from connectors.egress import EgressPolicy
+from connectors.registry import receives_changes
 from projections.db import (
     destination_audit,
     destination_health,
@@ -147,7 +148,7 @@ class HealthMonitor:
         since, success = row["failing_since"], row["last_success_at"]
         return bool(
             destination.enabled
-            and destination.receives_changes
+            and receives_changes(destination)
             and self.settings.auto_disable_after > 0
             and since is not None
             and (success is None or success < since)
