@@ -10,14 +10,15 @@ Every ``ABSYNC_HEALTH_INTERVAL`` (a tick, :meth:`HealthMonitor.tick`, with the t
 clock):
 
 1. *Auto-disable*: an enabled destination whose failing period began ``ABSYNC_AUTO_DISABLE_AFTER`` ago
-   or more (default 5 days, as Svix), with no success since, is disabled by a normal destination write:
-   a new revision on the ``destinations`` topic (``enabled`` false, ``updated_by``
-   :data:`AUTO_DISABLE_ACTOR`), so every worker, the fan-out and the API see it as they see an
-   operator's. It keeps its secrets and settings; an operator enables it again (its failing period then
-   starts afresh, see :mod:`projections.health`).
-2. *Record*: a disabled revision written by :data:`AUTO_DISABLE_ACTOR` and not recorded yet gets its
-   audit entry (``destination_audit``, action ``auto-disable``) and a ``disabled`` health event, once
-   (``health_notices.disabled_revision``): also after a crash between the write and the record.
+   or more (default 5 days, as Svix), with no success since, is disabled by a normal destination write
+   through :class:`absync.services.destinations.DestinationService` (as the API and the CLI write): a
+   new revision on the ``destinations`` topic (``enabled`` false, ``updated_by``
+   :data:`AUTO_DISABLE_ACTOR`) and its audit entry (action ``auto-disable``), so every worker, the
+   fan-out and the API see it as they see an operator's. It keeps its secrets and settings; an
+   operator enables it again (its failing period then starts afresh, see :mod:`projections.health`).
+2. *Record*: a disabled revision written by :data:`AUTO_DISABLE_ACTOR` and not recorded yet gets a
+   ``disabled`` health event, once (``health_notices.disabled_revision``): also after a crash between
+   the write and the record.
 3. *Transitions*: a destination that starts failing gets a ``failing`` event, one that succeeds again
    after failing a ``recovered`` event (``health_notices`` keeps what operators were last told, outside
    the view tables, so a rebuild of the view tells nobody twice).
@@ -35,7 +36,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +45,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from absync.health import alerts
 from absync.health.notify import HealthEvent, Notifier, NotifyError
+from absync.services.destinations import DestinationNotFound, DestinationService
 from connectors.egress import EgressPolicy
 from connectors.registry import receives_changes
 from projections.db import (
-    destination_audit,
     destination_health,
     engine_for,
     health_events,
@@ -57,7 +57,7 @@ from projections.db import (
     writer,
 )
 from schemas.destination import Destination
-from streams.destinations import DestinationTable, publish_destination
+from streams.destinations import DestinationTable
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.threads import run_in_thread
@@ -67,7 +67,6 @@ log = structlog.get_logger(__name__)
 AUTO_DISABLE_ACTOR = "absync:auto-disable"
 """``updated_by`` of the revision that disables a failing destination, and the audit's actor."""
 MAX_TRIES = 12
-READ_BACK_SECONDS = 10.0
 Clock = Callable[[], dt.datetime]
 
 
@@ -100,6 +99,7 @@ class HealthMonitor:
         self.engine = engine or engine_for(settings)
         self.destinations = destinations or DestinationTable(settings)
         self._own_table = destinations is None
+        self.service = DestinationService(settings, self.destinations, self.engine)
         self.clock = clock
         self.box = SecretBox.from_settings(settings)
         self.egress = EgressPolicy.from_settings(settings)
@@ -156,26 +156,24 @@ class HealthMonitor:
         )
 
     def _disable(self, destination: Destination, row: dict[str, Any]) -> None:
-        after = dataclasses.replace(
-            destination,
-            enabled=False,
-            revision=destination.revision + 1,
-            updated_at=utc_now(),
-            updated_by=AUTO_DISABLE_ACTOR,
-        )
-        publish_destination(self.settings, after)
-        deadline = time.monotonic() + READ_BACK_SECONDS
-        while time.monotonic() < deadline:
-            seen = self.destinations.get(after.id)
-            if seen is not None and seen.revision >= after.revision:
-                break
-            time.sleep(0.02)
-        log.warning(
-            "destination disabled: failing without a success",
-            destination=destination.id,
-            failing_since=row["failing_since"].isoformat(),
-            revision=after.revision,
-        )
+        """The write: the service keeps the secrets, counts the revision, reads it back, audits it.
+        A destination an operator changed meanwhile (disabled already) gets no write."""
+        try:
+            written = self.service.update(
+                destination.id,
+                lambda current: dataclasses.replace(current, enabled=False, secrets={}),
+                actor=AUTO_DISABLE_ACTOR,
+                action="auto-disable",
+            )
+        except DestinationNotFound:
+            return  # deleted meanwhile
+        if written.published:
+            log.warning(
+                "destination disabled: failing without a success",
+                destination=destination.id,
+                failing_since=row["failing_since"].isoformat(),
+                revision=written.destination.revision,
+            )
 
     def _record(
         self, conn: Connection, destination: Destination, row: dict[str, Any] | None, now: dt.datetime
@@ -222,16 +220,6 @@ class HealthMonitor:
             days = self.settings.auto_disable_after / 86400
             summary = (
                 f"was disabled automatically: {reason} (limit {days:g} days). Enable it again once fixed."
-            )
-            conn.execute(
-                destination_audit.insert().values(
-                    destination_id=destination.id,
-                    tenant=destination.tenant,
-                    actor=AUTO_DISABLE_ACTOR,
-                    action="auto-disable",
-                    changes={"enabled": {"from": True, "to": False}, "reason": reason},
-                    at=destination.updated_at,
-                )
             )
             self._event(conn, destination, "disabled", destination.updated_at, summary)
             state["disabled_revision"] = destination.revision

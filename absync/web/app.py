@@ -35,7 +35,6 @@ from absync.services.destinations import DestinationService
 from absync.web.auth import metrics_access
 from absync.web.console import router as console_router
 from absync.web.docs import router as docs_router
-from absync.web.health_routes import health_router
 from absync.web.limits import BodyLimit
 from absync.web.metrics import make_registry
 from absync.web.routes import router
@@ -102,7 +101,6 @@ def create_app(
     app.state.absync = state
     app.state.engine = engine  # read by absync.web.auth
     app.include_router(router)
-    app.include_router(health_router)
     app.include_router(console_router)
     app.include_router(docs_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

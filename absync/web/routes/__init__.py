@@ -6,23 +6,27 @@
 - :mod:`.destinations`: destinations (from the destinations topic; writes through
   :mod:`absync.services.destinations`), connection test, audit trail;
 - :mod:`.resync`: resync of a destination;
+- :mod:`.health`: a destination's health and health history (auto-disable, alerts sent);
+- :mod:`.alerts`: where operator alerts go (Slack, signed webhook; a token for every tenant);
 - :mod:`.me`: who the token is.
 
 Writes never touch the view: the view follows from Kafka. Rights: every route needs a token;
-``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations``. A
+``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations`` and ``/alerts``. A
 tenant-limited token gets 404 for other tenants' objects. Response models: :mod:`absync.web.models`.
 """
 
 from fastapi import APIRouter
 
-from absync.web.routes import commands, deliveries, destinations, me, resync, stream
+from absync.web.routes import alerts, commands, deliveries, destinations, health, me, resync, stream
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(stream.router)  # before deliveries: /deliveries/stream is not a delivery id
 router.include_router(deliveries.router)
 router.include_router(commands.router)
 router.include_router(destinations.router)
+router.include_router(health.router)
 router.include_router(resync.router)
+router.include_router(alerts.router)
 router.include_router(me.router)
 
 __all__ = ["router"]
