@@ -3,7 +3,8 @@
 Every function takes an ``Engine`` or a ``Connection`` and returns typed, frozen dataclasses, never
 rows. ``tenant=None`` means every tenant; otherwise rows of other tenants are invisible. The
 modules: :mod:`.deliveries` (deliveries, attempts, counts, the live stream's changes),
-:mod:`.destinations` (destinations, health, audit trail).
+:mod:`.destinations` (destinations, health, audit trail), :mod:`.health` (what attempts say of a
+destination, its health events).
 """
 
 from projections.queries.base import Bind
@@ -35,6 +36,13 @@ from projections.queries.destinations import (
     list_destinations,
     record_audit,
 )
+from projections.queries.health import (
+    NO_ATTEMPT,
+    AttemptHealth,
+    HealthEventView,
+    attempt_health,
+    health_history,
+)
 
 __all__ = [
     "CHANGES_PAGE",
@@ -42,6 +50,8 @@ __all__ = [
     "HEALTH_WINDOW",
     "MAX_AUDIT_LIMIT",
     "MAX_LIMIT",
+    "NO_ATTEMPT",
+    "AttemptHealth",
     "AttemptView",
     "AuditRecord",
     "Bind",
@@ -49,7 +59,9 @@ __all__ = [
     "DeliverySummary",
     "DestinationHealth",
     "DestinationView",
+    "HealthEventView",
     "Page",
+    "attempt_health",
     "audit_trail",
     "changes_since",
     "count_by_status",
@@ -58,6 +70,7 @@ __all__ = [
     "encode_cursor",
     "get_delivery",
     "get_destination",
+    "health_history",
     "latest_update",
     "list_deliveries",
     "list_destinations",

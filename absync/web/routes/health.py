@@ -7,9 +7,9 @@ and its health history (failing, disabled, recovered) with the delivery of each 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,7 @@ from absync.web.auth import Configurer
 from absync.web.models import ERRORS, NOT_FOUND
 from absync.web.routes.common import DestinationId, visible_destination
 from absync.web.state import app_state
-from projections.db import destination_health, health_events
+from projections import queries
 
 
 class HealthEventOut(BaseModel):
@@ -69,26 +69,9 @@ def destination_health_view(
     state = app_state(request)
     destination = visible_destination(state, principal, destination_id)
     after = state.settings.auto_disable_after
-    with state.engine.connect() as conn:
-        row = (
-            conn.execute(
-                sa.select(destination_health).where(destination_health.c.destination_id == destination.id)
-            )
-            .mappings()
-            .first()
-        )
-        events = (
-            conn.execute(
-                sa.select(health_events)
-                .where(health_events.c.destination_id == destination.id)
-                .order_by(health_events.c.at.desc(), health_events.c.id.desc())
-                .limit(limit)
-            )
-            .mappings()
-            .all()
-        )
-    health = dict(row) if row else {}
-    failing_since = health.get("failing_since")
+    health = queries.attempt_health(state.engine, destination.id)
+    events = queries.health_history(state.engine, destination.id, limit=limit)
+    failing_since = health.failing_since
     state_name = "disabled" if not destination.enabled else "failing" if failing_since else "healthy"
     return {
         "state": state_name,
@@ -98,10 +81,10 @@ def destination_health_view(
         if failing_since and destination.enabled and after > 0
         else None,
         "auto_disable_after_seconds": after,
-        "last_success_at": health.get("last_success_at"),
-        "last_failure_at": health.get("last_failure_at"),
-        "last_error": health.get("last_error"),
-        "successes": health.get("successes", 0),
-        "failures": health.get("failures", 0),
-        "events": [dict(e) for e in events],
+        "last_success_at": health.last_success_at,
+        "last_failure_at": health.last_failure_at,
+        "last_error": health.last_error,
+        "successes": health.successes,
+        "failures": health.failures,
+        "events": [asdict(e) for e in events],
     }
