@@ -81,6 +81,13 @@ deliveries = sa.Table(
     sa.Column("status_at", UtcDateTime, nullable=False, doc="occurred_at of the event that set `status`"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column(
+        "change_seq",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        doc="order of the projection's writes (see migration 0005): the live feed's cursor",
+    ),
     sa.Index("ix_deliveries_status", "status"),
     sa.Index("ix_deliveries_destination", "destination_id", "status_at"),
     sa.Index("ix_deliveries_employee_name", "employee_name"),
@@ -88,6 +95,7 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_dates", "start_date", "end_date"),
     sa.Index("ix_deliveries_cursor", "updated_at", "delivery_id"),
     sa.Index("ix_deliveries_tenant_cursor", "tenant", "updated_at", "delivery_id"),
+    sa.Index("ix_deliveries_change_seq", "change_seq"),
 )
 
 attempts = sa.Table(

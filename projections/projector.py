@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,13 @@ CountKey = tuple[str, str, str]
 
 def _count_key(row: Row) -> CountKey:
     return row["tenant"], row["destination_id"], row["status"]
+
+
+def _last_seen(facts: Sequence[DeliveryStatus]) -> Callable[[str], int]:
+    """Sort key: the delivery ids of ``facts`` in the order they last appear (a reader of
+    ``change_seq`` sees the rows in the order of their latest fact)."""
+    last = {fact.delivery_id: index for index, fact in enumerate(facts)}
+    return last.__getitem__
 
 
 def _count_deltas(before: dict[str, Row], after: dict[str, Row]) -> Counter[CountKey]:
@@ -363,6 +370,10 @@ class Projector:
             attempt = attempt_row(fact)
             if attempt is not None:
                 new_attempts.setdefault(fact.status_id, attempt)
+        # Numbered after every committed write: batches are serialised (the offsets locked above).
+        seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(deliveries.c.change_seq), 0))).scalar_one()
+        for number, key in enumerate(sorted(after, key=_last_seen(facts)), start=seq + 1):
+            after[key]["change_seq"] = number
         inserts = [row for key, row in after.items() if key not in before]
         updates = [
             {"b_id": key, **{k: v for k, v in row.items() if k != "delivery_id"}}
