@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -200,6 +200,40 @@ def session_live(engine: Engine, key: str) -> bool:
             )
         ).first()
     return row is not None
+
+
+def active_credentials(
+    engine: Engine, token_hashes: Collection[str], session_keys: Collection[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``token_hashes`` and console ``session_keys``, those still active (tokens: not revoked nor
+    expired; sessions: not ended nor expired): :func:`still_authenticated` for many open streams at
+    once, one query each."""
+    now = dt.datetime.now(dt.UTC)
+    tokens: set[str] = set()
+    sessions: set[str] = set()
+    with engine.connect() as conn:
+        hashes, keys = sorted(token_hashes), sorted(session_keys)
+        for start in range(0, len(hashes), 500):
+            tokens.update(
+                conn.execute(
+                    sa.select(api_tokens.c.token_hash).where(
+                        api_tokens.c.token_hash.in_(hashes[start : start + 500]),
+                        api_tokens.c.revoked_at.is_(None),
+                        sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+                    )
+                ).scalars()
+            )
+        for start in range(0, len(keys), 500):
+            sessions.update(
+                conn.execute(
+                    sa.select(console_sessions.c.id).where(
+                        console_sessions.c.id.in_(keys[start : start + 500]),
+                        console_sessions.c.ended_at.is_(None),
+                        console_sessions.c.expires_at > now,
+                    )
+                ).scalars()
+            )
+    return tokens, sessions
 
 
 def metrics_access(

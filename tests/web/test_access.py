@@ -50,7 +50,7 @@ def test_a_live_stream_ends_when_its_token_is_revoked(api: Api) -> None:
         api.seed(fact(status=Status.ERROR))  # the stream is live: it carries this change
         for line in events:
             lines.append(line)
-            if line == "event: delivery":
+            if line == "event: deliveries":
                 break
         assert revoke_token(api.engine, token_id)
         lines.extend(events)  # ends only when the server closes the stream (client timeout: 30 s)
@@ -176,5 +176,5 @@ def test_concurrent_streams_of_other_tokens_keep_going(api: Api) -> None:
         assert ended.wait(30), "the revoked token's stream did not end"
         assert "event: unauthorized" in tail
         api.seed(fact(status=Status.ERROR))
-        assert any(line == "event: delivery" for line in events)  # the other stream still carries
+        assert any(line == "event: deliveries" for line in events)  # the other stream still carries
     watcher.join(30)
