@@ -136,13 +136,16 @@ function followUpPage() {
     }
   }
 
-  async function refreshCounters() {
-    const query = filters.destination ? `?destination=${encodeURIComponent(filters.destination)}` : "";
-    const stats = await api(`/deliveries/stats${query}`);
+  function showCounters(stats) {
     for (const [status, n] of Object.entries(stats.counts)) {
       document.querySelector(`[data-count="${status}"]`).textContent = n.toLocaleString("en-GB");
     }
     document.querySelector('[data-count="total"]').textContent = stats.total.toLocaleString("en-GB");
+  }
+
+  async function refreshCounters() {
+    const query = filters.destination ? `?destination=${encodeURIComponent(filters.destination)}` : "";
+    showCounters(await api(`/deliveries/stats${query}`));
   }
 
   async function load() {
@@ -163,39 +166,74 @@ function followUpPage() {
     location.assign("?" + new URLSearchParams({ ...filters, cursor: nextCursor }));
   });
 
-  let countersTimer = null;
-  function onChange(d) {
+  // One row per delivery, latest state wins. The counters come with the batches (the server sends
+  // them when they move), so an open page costs the database nothing per change.
+  function onChange(d, fresh) {
     const existing = tbody.querySelector(`tr[data-delivery-id="${CSS.escape(d.delivery_id)}"]`);
     if (existing && !matches(d)) existing.remove();
     else if (existing) existing.replaceWith(row(d));
     else if (!cursor && matches(d)) {
       tbody.querySelector("tr.empty")?.remove();
-      const fresh = row(d);
-      fresh.classList.add("fresh");
-      tbody.prepend(fresh);
-      const rows = tbody.querySelectorAll("tr[data-delivery-id]");
-      for (let i = LIVE_ROWS_KEPT; i < rows.length; i++) rows[i].remove();
-      announce(`New delivery: ${d.employee_name}, ${STATUS_LABELS[d.status]}`);
+      const added = row(d);
+      added.classList.add("fresh");
+      tbody.prepend(added);
+      fresh.push(d);
     }
-    empty();
-    clearTimeout(countersTimer);
-    countersTimer = setTimeout(refreshCounters, 300);
   }
 
+  function onBatch(batch) {
+    const fresh = [];
+    for (const d of batch.items) onChange(d, fresh);
+    const rows = tbody.querySelectorAll("tr[data-delivery-id]");
+    for (let i = LIVE_ROWS_KEPT; i < rows.length; i++) rows[i].remove();
+    empty();
+    if (batch.stats) showCounters(batch.stats);
+    if (fresh.length === 1) announce(`New delivery: ${fresh[0].employee_name}, ${STATUS_LABELS[fresh[0].status]}`);
+    else if (fresh.length > 1) announce(`${fresh.length} new deliveries`);
+  }
+
+  // The stream first, then the rows: a change written while the page loads is in a batch held until
+  // the rows are there, and applied over them (the latest state wins). On "resync" (this page fell
+  // behind a burst, or the view was rebuilt) the page reloads; after a reconnection it loads again.
   function connect() {
-    const source = new EventSource("/console/api/deliveries/stream");
+    const stream = "/console/api/deliveries/stream" + (filters.destination ? `?destination=${encodeURIComponent(filters.destination)}` : "");
+    const source = new EventSource(stream);
+    let held = null;
     const setLive = (on, text) => {
       liveState.classList.toggle("on", on);
       liveState.querySelector(".text").textContent = text;
     };
-    source.addEventListener("open", () => setLive(true, "Live"));
+    source.addEventListener("open", () => {
+      held = [];
+      Promise.all([load(), refreshCounters()]).then(() => {
+        const batches = held;
+        held = null;
+        for (const batch of batches) onBatch(batch);
+        setLive(true, "Live");
+      }, (error) => {
+        source.close();
+        setLive(false, "Not live");
+        tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "8", role: "alert" }, `Could not load deliveries: ${error.message}`)));
+      });
+    });
     source.addEventListener("error", () => setLive(false, "Reconnecting…"));
-    source.addEventListener("delivery", (event) => onChange(JSON.parse(event.data)));
+    source.addEventListener("deliveries", (event) => {
+      const batch = JSON.parse(event.data);
+      if (held) held.push(batch);
+      else onBatch(batch);
+    });
+    source.addEventListener("resync", () => {
+      source.close();
+      setLive(false, "Catching up…");
+      location.reload();
+    });
+    source.addEventListener("unauthorized", () => {
+      source.close();
+      location.assign("/console/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
+    });
   }
 
-  Promise.all([load(), refreshCounters()]).then(connect, (error) => {
-    tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "8", role: "alert" }, `Could not load deliveries: ${error.message}`)));
-  });
+  connect();
 }
 
 // -- delivery detail --------------------------------------------------------------------------------
