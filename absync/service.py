@@ -39,10 +39,18 @@ COMPONENTS: dict[str, str] = {
 }
 
 
-def load_factory(name: str) -> Callable[[Settings], Component]:
-    """The factory of component ``name``. A module that fails to import stops the service with that
-    error: a service that starts without one of its parts, and says nothing, is worse than none."""
-    module_name, _, attr = COMPONENTS[name].partition(":")
+OWN_PROCESS: dict[str, str] = {"http": "absync.web.process:build"}
+"""Components run in a child process when the service runs more than one component: the web server
+(API and live console) then never competes with the pipeline for this process's GIL
+(:mod:`absync.web.process`). Alone (``--only http``, as on Kubernetes), it serves in-process."""
+
+
+def load_factory(name: str, *, own_process: bool = False) -> Callable[[Settings], Component]:
+    """The factory of component ``name`` (of its child-process wrapper if ``own_process`` and it has
+    one). A module that fails to import stops the service with that error: a service that starts
+    without one of its parts, and says nothing, is worse than none."""
+    target = OWN_PROCESS.get(name, COMPONENTS[name]) if own_process else COMPONENTS[name]
+    module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     factory: Callable[[Settings], Component] = getattr(module, attr)
     return factory
@@ -57,7 +65,8 @@ async def run_components(settings: Settings, only: list[str] | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    factories = [load_factory(name) for name in names]  # every import first: fail before any start
+    # Every import first: fail before any start. The web server alone serves here; with others, apart.
+    factories = [load_factory(name, own_process=len(names) > 1) for name in names]
     components = [factory(settings) for factory in factories]
     log.info("absync starting", components=[c.name for c in components])
     tasks = {asyncio.create_task(c.run(stop), name=c.name): c for c in components}

@@ -216,7 +216,11 @@ function followUpPage() {
         tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "8", role: "alert" }, `Could not load deliveries: ${error.message}`)));
       });
     });
-    source.addEventListener("error", () => setLive(false, "Reconnecting…"));
+    source.addEventListener("error", () => {
+      if (source.readyState !== EventSource.CLOSED) return setLive(false, "Reconnecting…");
+      setLive(false, "Not live"); // refused for good (signed out: api() goes to sign-in)
+      Promise.all([load(), refreshCounters()]).catch((error) => setLive(false, `Not live: ${error.message}`));
+    });
     source.addEventListener("deliveries", (event) => {
       const batch = JSON.parse(event.data);
       if (held) held.push(batch);
