@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -52,13 +55,34 @@ def _serialise(row: queries.DeliverySummary) -> str:
     return DeliveryOut.model_validate(row).model_dump_json()
 
 
+def install_feed(app: FastAPI, **options: Any) -> ChangeFeed:
+    """Makes the app's feed (``options``: :class:`ChangeFeed`'s limits) and its metrics:
+    ``absync_live_streams`` (open now) and ``absync_live_resyncs_total`` (told to resync)."""
+    feed = ChangeFeed(app.state.engine, _serialise, stopping=app.state.absync.stopping, **options)
+    app.state.feed = feed
+    app.state.absync.metrics.register(_FeedCollector(feed))
+    return feed
+
+
 def feed_of(app: FastAPI) -> ChangeFeed:
     """The process's feed (one per app), made on first use."""
     feed: ChangeFeed | None = getattr(app.state, "feed", None)
-    if feed is None:
-        feed = ChangeFeed(app.state.engine, _serialise, stopping=app.state.absync.stopping)
-        app.state.feed = feed
-    return feed
+    return feed if feed is not None else install_feed(app)
+
+
+class _FeedCollector(Collector):
+    def __init__(self, feed: ChangeFeed) -> None:
+        self.feed = feed
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "absync_live_streams", "Live streams open on this web process.", value=len(self.feed.subscribers)
+        )
+        yield CounterMetricFamily(
+            "absync_live_resyncs",
+            "Live streams told to resync (fell behind, or the view was rebuilt) since the process started.",
+            value=self.feed.resyncs,
+        )
 
 
 class LiveStream(Response):

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from absync.web.feed import ChangeFeed
-from absync.web.live import _serialise, feed_of
+from absync.web.live import feed_of, install_feed
 from schemas.delivery import DeliveryStatus, Status
-from tests.web.conftest import Api, fact, then
+from tests.web.conftest import METRICS_TOKEN, Api, fact, then
 
 WAIT = 120.0  # generous bound for "eventually" on a loaded machine
 
@@ -148,15 +147,13 @@ def big(status: DeliveryStatus, n: int) -> DeliveryStatus:
 def test_a_client_that_never_reads_is_dropped_and_the_others_keep_receiving(
     api: Api, watch: Callable[..., Watcher]
 ) -> None:
-    app = api.component.app
-    app.state.feed = ChangeFeed(api.engine, _serialise, stopping=app.state.absync.stopping, max_pending=50)
+    feed = install_feed(api.component.app, max_pending=50)
     reader = watch("view")
     # The silent client: a tiny receive buffer, one request, then never a read.
     silent = socket.create_connection(("127.0.0.1", int(api.base_url.rsplit(":", 1)[1])))
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     request = f"GET /api/v1/deliveries/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.tokens['view']}\r\n\r\n"
     silent.sendall(request.encode())
-    feed = app.state.feed
     eventually(lambda: len(feed.subscribers) == 2, "the silent client subscribed")
     try:
         written: list[DeliveryStatus] = []
@@ -169,6 +166,8 @@ def test_a_client_that_never_reads_is_dropped_and_the_others_keep_receiving(
         # ... and the silent one holds no queue in the feed any more: resynced or disconnected.
         eventually(lambda: len(feed.subscribers) == 1, "the silent client was not dropped")
         assert not reader.ended.is_set()
+        with api.client(token=METRICS_TOKEN) as client:
+            assert "absync_live_streams 1.0" in client.get("/metrics").text
         last = fact(status=Status.SUCCESSFUL)
         api.seed(last)
         eventually(lambda: reader.status_of(last.delivery_id) == "SUCCESSFUL", "reader after the drop")
