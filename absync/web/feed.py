@@ -34,13 +34,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
 from absync.web.auth import active_credentials
 from projections import queries
-from projections.db import deliveries, delivery_counts
 from schemas.delivery import Status
 
 log = structlog.get_logger(__name__)
@@ -50,8 +48,6 @@ MAX_PENDING = 2000
 """Distinct deliveries a subscriber may hold before it is told to resync (at ~500 changes per
 second, a stream four seconds behind)."""
 RECHECK_SECONDS = 2.0
-READ_ROWS = 2000
-"""Rows per query: a tick reads on until it has caught up, this many at a time."""
 
 Serialise = Callable[[queries.DeliverySummary], str]
 
@@ -306,44 +302,23 @@ class ChangeFeed:
     # -- reads (in a worker thread) -----------------------------------------------------------------
 
     def _position(self) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(deliveries.c.change_seq), 0))
-                ).scalar_one()
-            )
+        return queries.change_position(self.engine)
 
     def _read_counts(self) -> dict[tuple[str, str, str], int]:
-        table = delivery_counts
-        query = sa.select(table.c.tenant, table.c.destination_id, table.c.status, table.c.count)
-        with self.engine.connect() as conn:
-            return {(t, d, s): int(n) for t, d, s, n in conn.execute(query) if n}
+        return queries.all_counts(self.engine)
 
     def _read_changes(self, last: int) -> tuple[list[Change], dict[tuple[str, str, str], int] | None]:
         """Every row written after number ``last`` (serialised), then the counters if any changed."""
-        columns = [deliveries.c[name] for name in queries.DeliverySummary.__slots__]
         changes: list[Change] = []
         with self.engine.connect() as conn:
             while True:
-                query = (
-                    sa.select(deliveries.c.change_seq, *columns)
-                    .where(deliveries.c.change_seq > last)
-                    .order_by(deliveries.c.change_seq)
-                    .limit(READ_ROWS)
-                )
-                rows = conn.execute(query).all()
-                for seq, *values in rows:
-                    summary = queries.DeliverySummary(*values)
+                rows = queries.changes_after(conn, last)
+                for seq, row in rows:
                     changes.append(
-                        Change(
-                            seq,
-                            summary.delivery_id,
-                            summary.tenant,
-                            summary.destination_id,
-                            self.serialise(summary),
-                        )
+                        Change(seq, row.delivery_id, row.tenant, row.destination_id, self.serialise(row))
                     )
                     last = seq
-                if len(rows) < READ_ROWS:
+                if len(rows) < queries.CHANGES_PAGE:
                     break
-        return changes, (self._read_counts() if changes else None)
+            counts = queries.all_counts(conn) if changes else None
+        return changes, counts

@@ -2,7 +2,7 @@
 
 Every function takes an ``Engine`` or a ``Connection`` and returns typed, frozen dataclasses, never
 rows. ``tenant=None`` means every tenant; otherwise rows of other tenants are invisible. The
-modules: :mod:`.deliveries` (deliveries, attempts, counts, the live stream's changes),
+modules: :mod:`.deliveries` (deliveries, attempts, counts, the live feed's changes),
 :mod:`.destinations` (destinations, health, audit trail), :mod:`.health` (what attempts say of a
 destination, its health events).
 """
@@ -10,18 +10,18 @@ destination, its health events).
 from projections.queries.base import Bind
 from projections.queries.deliveries import (
     CHANGES_PAGE,
-    EPOCH,
     MAX_LIMIT,
     AttemptView,
     DeliveryDetail,
     DeliverySummary,
     Page,
-    changes_since,
+    all_counts,
+    change_position,
+    changes_after,
     count_by_status,
     decode_cursor,
     encode_cursor,
     get_delivery,
-    latest_update,
     list_deliveries,
 )
 from projections.queries.destinations import (
@@ -46,7 +46,6 @@ from projections.queries.health import (
 
 __all__ = [
     "CHANGES_PAGE",
-    "EPOCH",
     "HEALTH_WINDOW",
     "MAX_AUDIT_LIMIT",
     "MAX_LIMIT",
@@ -61,9 +60,11 @@ __all__ = [
     "DestinationView",
     "HealthEventView",
     "Page",
+    "all_counts",
     "attempt_health",
     "audit_trail",
-    "changes_since",
+    "change_position",
+    "changes_after",
     "count_by_status",
     "decode_cursor",
     "destination_health",
@@ -71,7 +72,6 @@ __all__ = [
     "get_delivery",
     "get_destination",
     "health_history",
-    "latest_update",
     "list_deliveries",
     "list_destinations",
     "record_audit",

@@ -2,8 +2,9 @@
 
 ``tenant=None`` means every tenant (an admin token); otherwise rows of other tenants are invisible.
 Lists are keyset-paginated on (updated_at desc, delivery_id desc): the cursor is opaque to clients
-and stable while rows are added. :func:`changes_since` and :func:`latest_update` serve the live
-stream (``/api/v1/deliveries/stream``): changes in the order they reached the view.
+and stable while rows are added. :func:`change_position`, :func:`changes_after` and
+:func:`all_counts` serve the live change feed (:mod:`absync.web.feed`): rows in the order the
+projection wrote them.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from projections.exceptions import BadCursorError
 from projections.queries.base import Bind, connection
 
 MAX_LIMIT = 500
-CHANGES_PAGE = 500
-"""At most this many rows per read of :func:`changes_since` (per window)."""
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+CHANGES_PAGE = 2000
+"""At most this many rows per read of :func:`changes_after`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,28 +193,30 @@ def count_by_status(bind: Bind, *, tenant: str | None, destination_id: str | Non
         return {status: int(count) for status, count in conn.execute(query) if count}
 
 
-def changes_since(
-    bind: Bind, watermark: dt.datetime, *, tenant: str | None, lookback: dt.timedelta
-) -> list[DeliverySummary]:
-    """Rows that landed late in the window ``(watermark - lookback, watermark]``, then rows changed
-    after ``watermark``; each part oldest change first and at most :data:`CHANGES_PAGE` rows (the
-    next read goes on from the newest returned). A row may come back in both reads of the window:
-    the caller skips what it has sent."""
-    c = deliveries.c
-    base = sa.select(*_SUMMARY_COLUMNS).order_by(c.updated_at, c.delivery_id).limit(CHANGES_PAGE)
-    if tenant is not None:
-        base = base.where(c.tenant == tenant)
-    late = base.where(c.updated_at > watermark - lookback, c.updated_at <= watermark)
-    new = base.where(c.updated_at > watermark)
+def change_position(bind: Bind) -> int:
+    """The greatest ``change_seq`` of the view (0 when empty): where a reader of changes starts."""
     with connection(bind) as conn:
-        return [DeliverySummary(*row) for query in (late, new) for row in conn.execute(query)]
+        return int(
+            conn.execute(sa.select(sa.func.coalesce(sa.func.max(deliveries.c.change_seq), 0))).scalar_one()
+        )
 
 
-def latest_update(bind: Bind, *, tenant: str | None) -> dt.datetime:
-    """The newest ``updated_at`` of the (tenant's) deliveries; :data:`EPOCH` when there are none."""
-    query = sa.select(sa.func.max(deliveries.c.updated_at))
-    if tenant is not None:
-        query = query.where(deliveries.c.tenant == tenant)
+def changes_after(bind: Bind, seq: int, *, limit: int = CHANGES_PAGE) -> list[tuple[int, DeliverySummary]]:
+    """The rows written after number ``seq`` (``change_seq``, see migration 0005), in the order the
+    projection wrote them, at most ``limit``: (number, row). Every tenant: the caller scopes them."""
+    query = (
+        sa.select(deliveries.c.change_seq, *_SUMMARY_COLUMNS)
+        .where(deliveries.c.change_seq > seq)
+        .order_by(deliveries.c.change_seq)
+        .limit(limit)
+    )
     with connection(bind) as conn:
-        latest: dt.datetime | None = conn.execute(query).scalar()
-    return latest or EPOCH
+        return [(number, DeliverySummary(*values)) for number, *values in conn.execute(query)]
+
+
+def all_counts(bind: Bind) -> dict[tuple[str, str, str], int]:
+    """``delivery_counts`` whole: (tenant, destination id, status) -> deliveries (zeros left out)."""
+    c = delivery_counts.c
+    with connection(bind) as conn:
+        rows = conn.execute(sa.select(c.tenant, c.destination_id, c.status, c.count))
+        return {(tenant, destination, status): int(n) for tenant, destination, status, n in rows if n}
