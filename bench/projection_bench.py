@@ -172,6 +172,7 @@ def synthetic_rows(rows: int) -> Iterator[tuple[Any, ...]]:
             "error_seen": "503 Service Unavailable" if status == "ERROR" else None,
             "error_seen_at": updated if status == "ERROR" else None,
             "success_at": updated if status == "SUCCESSFUL" else None,
+            "change_seq": i + 1,
         }
         yield tuple(_value(row, column) for column in deliveries.c)
 
