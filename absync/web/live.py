@@ -88,7 +88,7 @@ class _FeedCollector(Collector):
 class LiveStream(Response):
     """The ASGI response of ``GET /deliveries/stream`` (see the module for its events)."""
 
-    media_type = "text/event-stream"
+    media_type = None  # set in HEADERS; None keeps the documented errors JSON in the OpenAPI schema
 
     def __init__(self, request: Request, principal: Principal, destination: str | None = None) -> None:
         super().__init__()

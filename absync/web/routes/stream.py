@@ -22,6 +22,7 @@ router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
     "/stream",
     summary="Live changes (server-sent events), coalesced: see absync.web.live",
     response_class=LiveStream,
+    status_code=200,  # LiveStream takes no status_code argument for FastAPI to read it from
     responses={
         200: {
             "content": {"text/event-stream": {}},
