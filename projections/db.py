@@ -86,7 +86,7 @@ deliveries = sa.Table(
         sa.BigInteger,
         nullable=False,
         server_default="0",
-        doc="order of the projection's writes (see migration 0005): the live feed's cursor",
+        doc="order of the projection's writes (see migration 0006): the live feed's cursor",
     ),
     sa.Index("ix_deliveries_status", "status"),
     sa.Index("ix_deliveries_destination", "destination_id", "status_at"),

@@ -1,7 +1,7 @@
 """One change feed per process: the live console's source, read once, shared by every stream.
 
 Where the changes come from
-    The view, through ``deliveries.change_seq`` (migration 0005): the projection numbers every row
+    The view, through ``deliveries.change_seq`` (migration 0006): the projection numbers every row
     it writes, in commit order, so ``change_seq > last`` misses nothing and needs no lookback. The
     view rather than the ``delivery-status`` topic because the view is what a page loads: the live
     rows and a reload come from the same merged rows (out-of-order facts, superseded, manual marks:

@@ -202,7 +202,7 @@ def change_position(bind: Bind) -> int:
 
 
 def changes_after(bind: Bind, seq: int, *, limit: int = CHANGES_PAGE) -> list[tuple[int, DeliverySummary]]:
-    """The rows written after number ``seq`` (``change_seq``, see migration 0005), in the order the
+    """The rows written after number ``seq`` (``change_seq``, see migration 0006), in the order the
     projection wrote them, at most ``limit``: (number, row). Every tenant: the caller scopes them."""
     query = (
         sa.select(deliveries.c.change_seq, *_SUMMARY_COLUMNS)

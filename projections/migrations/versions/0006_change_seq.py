@@ -6,8 +6,8 @@ PostgreSQL: the ``consumer_offsets`` rows locked first), so numbers are committe
 order and a reader that remembers the greatest number it saw misses no write (unlike ``updated_at``,
 which comes from the processors' clocks). Rows written before this migration keep 0.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
