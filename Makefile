@@ -50,8 +50,13 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The suite mostly waits on the broker (group joins, transactions, retry delays): two pytest-xdist
+# workers halve the wall time on two cores. Tests sharing one per-session server (secured broker,
+# schema registry, Chromium) stay on one worker (tests/conftest.py). TEST_PARALLEL= runs serially.
+TEST_PARALLEL ?= -n 2 --dist loadgroup
+
 test: venv system-deps lint
-	@bash deploy/local/test.sh
+	@bash deploy/local/test.sh $(TEST_PARALLEL)
 
 # Run the tests without the lint and install steps (quick local loop).
 test-only:

@@ -62,3 +62,16 @@ def delete_topics(settings: Settings) -> None:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):  # already gone: deletion is best-effort cleanup
                 future.result()
+
+
+# Tests that share one expensive server started per session (the secured broker, the schema
+# registry, Chromium) run on one pytest-xdist worker, so each server starts once.
+_XDIST_GROUPS = ("secured", "registry", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.parts
+        for group in _XDIST_GROUPS:
+            if group in parts:
+                item.add_marker(pytest.mark.xdist_group(group))
