@@ -1,4 +1,4 @@
-"""Bulk resync by replaying ``absences``, and the re-sending of deliveries left in Error.
+"""Bulk resync by replaying ``absences``.
 
 Resync (:func:`run_resync`): brings one destination to what it should hold *now*, e.g. a destination
 added after the absences were published (the fan-out does not back-fill new matches), or one that
@@ -35,34 +35,26 @@ new run with the same parameters continues from it (a partition interrupted mid-
 then sent from its position). The file is removed once the resync completes. Rate-limited: at most
 ``rate`` requests per second, so the fan-out and the worker keep room for live changes.
 
-Replay of failed deliveries (:func:`replay_failed`): one RETRY ``Command`` per delivery in Error.
-The worker then makes one attempt now of the key's *latest* delivery, re-read from its state (so a
-replay never sends an outdated version), trigger RETRY. A ``Delivery`` written into the first retry
-topic instead would be dropped by the worker: it accepts a retry record only when it is the next
-stage expected for the key's latest delivery, and a delivery in Error expects none (the guard that
-stops duplicated retries after a crash). Commands travel beside ``deliveries`` (not queued behind
-live deliveries in the main topic) and are rate-limited the same way.
+Replay of failed deliveries: :mod:`processors.replay_failed`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from connectors.registry import receives_changes
-from processors import ProcessorError
-from processors.fanout import RESYNC_DESTINATION_HEADER, replay_operation
+from processors.fanout import replay_operation
+from processors.resync_checkpoint import Checkpoint, iso
+from processors.resync_io import DEFAULT_RATE, KAFKA_TIMEOUT, Output, RateLimiter, ResyncError
 from processors.validation import (
     InvalidRecord,
     RegistryPatience,
@@ -70,32 +62,25 @@ from processors.validation import (
     absence_codec,
     decode_event,
 )
-from schemas.codec import AvroCodec, codec_for
-from schemas.delivery import Command, CommandKind, Operation, now_utc
+from schemas.codec import AvroCodec
+from schemas.delivery import Operation
 from schemas.destination import Destination
 from schemas.errors import SchemaError
 from schemas.models import AbsenceEvent, absence_key
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer, produce
-from streams.records import coordinates
+from streams.kafka import group_id, make_consumer
 from streams.settings import Settings
 from streams.topics import Topics
 
+__all__ = ["DEFAULT_RATE", "ResyncError", "ResyncProgress", "ResyncRequest", "load_destination", "run_resync"]
+
 log = structlog.get_logger(__name__)
 
-DEFAULT_RATE = 500.0
-"""Requests per second a resync sends by default: well under the worker's throughput."""
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between checkpoints of the send position."""
 POLL_BATCH = 1000
 POLL_TIMEOUT = 0.1
 """Seconds a read waits for more records: the last batch of a partition waits this long."""
-KAFKA_TIMEOUT = 30.0
-
-
-class ResyncError(ProcessorError):
-    """A resync cannot run (unknown or disabled destination, ``resync`` and ``absences`` partitioned
-    differently) or Kafka refused its output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,95 +109,6 @@ class ResyncProgress:
 ProgressCallback = Callable[[ResyncProgress], None]
 
 
-# -- rate limit -----------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """At most ``rate`` acquisitions per second (smooth: one every 1/rate s, a burst of one second)."""
-
-    def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("the rate must be positive")
-        self._interval = 1.0 / rate
-        self._burst = max(1.0, rate)
-        self._tokens = 1.0
-        self._last = time.monotonic()
-
-    def acquire(self, stop: threading.Event) -> bool:
-        """Waits for a token; False if ``stop`` was set meanwhile."""
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            if stop.wait((1.0 - self._tokens) * self._interval):
-                return False
-
-
-# -- checkpoint -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Checkpoint:
-    """The replay window and the send position per partition, as JSON under ``data_dir/resync``."""
-
-    destination_id: str
-    since: str | None
-    entity: str | None
-    start: dict[int, int]
-    end: dict[int, int]
-    position: dict[int, int]
-    upserts: int = 0
-    deletes: int = 0
-
-    @staticmethod
-    def path_for(settings: Settings, destination_id: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in destination_id)
-        return settings.data_dir / "resync" / f"{safe}.json"
-
-    @classmethod
-    def load(cls, path: Path, request: ResyncRequest) -> Checkpoint | None:
-        """The checkpoint of an interrupted run with the same parameters, else None."""
-        try:
-            data = json.loads(path.read_text())
-            checkpoint = cls(
-                destination_id=data["destination_id"],
-                since=data["since"],
-                entity=data["entity"],
-                start={int(p): o for p, o in data["start"].items()},
-                end={int(p): o for p, o in data["end"].items()},
-                position={int(p): o for p, o in data["position"].items()},
-                upserts=int(data["upserts"]),
-                deletes=int(data["deletes"]),
-            )
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("unreadable resync checkpoint ignored", path=str(path), error=str(exc))
-            return None
-        if (checkpoint.destination_id, checkpoint.since, checkpoint.entity) != (
-            request.destination_id,
-            _iso(request.since),
-            request.entity,
-        ):
-            log.info("resync checkpoint of other parameters ignored", path=str(path))
-            return None
-        return checkpoint
-
-    def save(self, path: Path) -> None:
-        """Atomically (write then rename): an interruption never leaves half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 # -- resync ---------------------------------------------------------------------------------------
 
 
@@ -231,56 +127,6 @@ def load_destination(settings: Settings, destination_id: str) -> Destination:
     if not receives_changes(destination):
         raise ResyncError(f"destination {destination_id!r} does not receive absence changes")
     return destination
-
-
-class _Output:
-    """The idempotent producer of resync requests and commands; errors surface at flush."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._producer: Producer = make_producer(settings)
-        self._errors: list[str] = []
-
-    def _acknowledged(self, err: object, _msg: Message) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def produce(self, topic: str, key: str, value: bytes) -> None:
-        """One record, partitioned by its key."""
-        self._produce(topic, key.encode(), value)
-
-    def request(self, topic: str, msg: Message, destination_id: str) -> None:
-        """The resync request of one ``absences`` record: its partition number, key and value."""
-        header = (RESYNC_DESTINATION_HEADER, destination_id.encode())
-        self._produce(topic, msg.key(), msg.value(), partition=coordinates(msg)[1], headers=[header])
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        partition: int = -1,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        """-1: the partition of the key (librdkafka's partitioner)."""
-        produce(
-            self._producer,
-            topic,
-            key,
-            value,
-            wait=0.05,
-            partition=partition,
-            headers=headers,
-            on_delivery=self._acknowledged,
-        )
-        self._producer.poll(0)
-
-    def flush(self) -> None:
-        """Waits until Kafka acknowledged everything produced; raises if it refused any."""
-        if self._producer.flush(KAFKA_TIMEOUT) != 0:
-            raise ResyncError("Kafka did not acknowledge the resync's output in time")
-        if self._errors:
-            raise ResyncError(f"Kafka refused resync output: {self._errors[0]}")
 
 
 @dataclass
@@ -307,7 +153,7 @@ class _Replay:
             group_id(self.settings, f"resync-{self.destination.id}"),
             **{"enable.partition.eof": True},
         )
-        output = _Output(self.settings)
+        output = Output(self.settings)
         try:
             self._check_partitions(consumer)
             checkpoint = Checkpoint.load(path, self.request)
@@ -374,7 +220,7 @@ class _Replay:
             start = {tp.partition: tp.offset if tp.offset >= 0 else end[tp.partition] for tp in found}
         return Checkpoint(
             destination_id=self.destination.id,
-            since=_iso(self.request.since),
+            since=iso(self.request.since),
             entity=self.request.entity,
             start=start,
             end=end,
@@ -418,7 +264,7 @@ class _Replay:
         partition: int,
         checkpoint: Checkpoint,
         latest: dict[bytes, int],
-        output: _Output,
+        output: Output,
         limiter: RateLimiter,
         path: Path,
     ) -> bool:
@@ -515,62 +361,9 @@ def run_resync(
     log.info(
         "resync starting",
         destination=destination.id,
-        since=_iso(request.since),
+        since=iso(request.since),
         entity=request.entity,
         rate=request.rate,
     )
     replay = _Replay(settings, destination, request, stop or threading.Event(), progress or (lambda _: None))
     return replay.run()
-
-
-# -- replay of failed deliveries ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FailedDelivery:
-    """A delivery in Error, as the projection lists it."""
-
-    delivery_id: str
-    destination_id: str
-    absence_id: str
-    tenant: str
-
-
-def replay_failed(
-    settings: Settings,
-    failed: Iterable[FailedDelivery],
-    *,
-    issued_by: str,
-    rate: float = DEFAULT_RATE,
-    stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """One RETRY command per failed delivery (see the module docstring); returns how many were sent."""
-    stop = stop or threading.Event()
-    limiter = RateLimiter(rate)
-    output = _Output(settings)
-    topic = Topics(settings).commands
-    codec = codec_for("Command")
-    sent = 0
-    try:
-        for delivery in failed:
-            if not limiter.acquire(stop):
-                break
-            command = Command(
-                command_id=uuid.uuid4().hex,
-                kind=CommandKind.RETRY,
-                delivery_id=delivery.delivery_id,
-                destination_id=delivery.destination_id,
-                absence_id=delivery.absence_id,
-                tenant=delivery.tenant,
-                issued_by=issued_by,
-                issued_at=now_utc(),
-            )
-            output.produce(topic, command.key, codec.encode(command.to_avro()))
-            sent += 1
-            if progress is not None:
-                progress(sent)
-    finally:
-        output.flush()
-    log.info("failed deliveries replayed", count=sent, issued_by=issued_by)
-    return sent

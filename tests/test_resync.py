@@ -19,14 +19,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from absync.commands.replay_failed import failed_since
-from processors.resync import (
-    Checkpoint,
-    ResyncError,
-    ResyncProgress,
-    ResyncRequest,
-    replay_failed,
-    run_resync,
-)
+from processors.replay_failed import replay_failed
+from processors.resync import ResyncError, ResyncProgress, ResyncRequest, run_resync
+from processors.resync_checkpoint import Checkpoint
 from projections.runner import catch_up
 from schemas.delivery import Delivery, Status, Trigger
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
