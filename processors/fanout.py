@@ -173,7 +173,8 @@ class FanoutProcessor(Processor):
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._unknown: set[str] = set()
-        """Destinations of resync requests that the table did not learn of in TABLE_LAG (deleted)."""
+        """Destinations of resync requests that the table did not learn of in TABLE_LAG (deleted), or
+        ``id@revision`` of a disabled one that stayed disabled that long."""
         table.on_change(self._destination_changed)
 
     def open(self) -> None:
@@ -283,17 +284,23 @@ class FanoutProcessor(Processor):
         return self._delivery(destination, event, operation, Trigger.REPLAY)
 
     def _resync_destination(self, destination_id: str) -> Destination | None:
-        """The destination of a resync request; waits up to TABLE_LAG for the table to learn of it,
-        once per unknown id."""
+        """The destination of a resync request; waits up to TABLE_LAG for the table to learn of it
+        or of its enabling (the catch-up resync of an enable follows the enabling write at once),
+        once per unknown id or disabled revision."""
+
+        def settled(found: Destination | None) -> bool:
+            return found is not None and found.enabled
+
         destination = self._table.get(destination_id)
-        if destination is not None or destination_id in self._unknown:
+        wait_key = destination_id if destination is None else f"{destination_id}@{destination.revision}"
+        if settled(destination) or wait_key in self._unknown:
             return destination
         deadline = time.monotonic() + TABLE_LAG
-        while destination is None and time.monotonic() < deadline:
+        while not settled(destination) and time.monotonic() < deadline:
             time.sleep(0.05)
             destination = self._table.get(destination_id)
-        if destination is None:
-            self._unknown.add(destination_id)
+        if not settled(destination):
+            self._unknown.add(wait_key)
         return destination
 
     def _delivery(

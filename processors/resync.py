@@ -3,9 +3,9 @@
 Resync (:func:`run_resync`): brings one destination to what it should hold *now*, e.g. a destination
 added after the absences were published (the fan-out does not back-fill new matches), or one that
 lost its data. ``absences`` is compacted by ``<tenant>|<absence id>``, so the latest state of every
-absence of every tenant is always there (older history may be gone). The replay reads the topic from the offsets of ``since``
-(``offsets_for_times``; from the beginning without it) up to the end offsets taken when the resync
-started, and sends each absence once, from its latest state as read, as a *resync request* to the
+absence of every tenant is always there (older history may be gone). The replay reads the topic from
+the offsets of ``changed_since`` (a Kafka write time: ``offsets_for_times``; from the beginning
+without it) up to the end offsets taken when the resync started, and sends each absence once, from its latest state as read, as a *resync request* to the
 ``resync`` topic: same key, same partition number, the value exactly as read, and a header naming the
 destination (:data:`processors.fanout.RESYNC_DESTINATION_HEADER`).
 
@@ -17,10 +17,11 @@ nothing, from its latest knowledge of the absence (a live change newer than the 
 REPLAY, a deterministic id (destination, event id, REPLAY, operation), a PENDING status. Idempotence: a
 second run yields the same ids, which every connector passes on as its idempotency key
 (``webhook-id``...), so the destination sees no second effect. Only removals inside the replayed window
-are sent (a ``since`` bounds them).
+are sent (a ``changed_since`` bounds them).
 
 Here only a cheap pre-filter runs: absences of another tenant, not matching the destination's
-filters or outside ``entity`` get no request. ``upserts`` and ``deletes`` count what the states as read
+filters or outside the request's scope (:class:`processors.resync_filter.AbsenceScope`: ending on or
+after a date, legal entity, department) get no request. ``upserts`` and ``deletes`` count what the states as read
 call for (:func:`processors.fanout.replay_operation`); a request for a matching absence that calls for
 nothing (pending, for an approved-only destination) is still sent, in case the fan-out knows a newer
 state.
@@ -54,6 +55,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from connectors.registry import receives_changes
 from processors.fanout import replay_operation
 from processors.resync_checkpoint import Checkpoint, iso
+from processors.resync_filter import AbsenceScope, absence_key_of
 from processors.resync_io import DEFAULT_RATE, KAFKA_TIMEOUT, Output, RateLimiter, ResyncError
 from processors.validation import (
     InvalidRecord,
@@ -65,14 +67,22 @@ from processors.validation import (
 from schemas.codec import AvroCodec
 from schemas.delivery import Operation
 from schemas.destination import Destination
-from schemas.errors import SchemaError
-from schemas.models import AbsenceEvent, absence_key
+from schemas.models import AbsenceEvent
 from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer
 from streams.settings import Settings
 from streams.topics import Topics
 
-__all__ = ["DEFAULT_RATE", "ResyncError", "ResyncProgress", "ResyncRequest", "load_destination", "run_resync"]
+__all__ = [
+    "DEFAULT_RATE",
+    "ResyncError",
+    "ResyncProgress",
+    "ResyncRequest",
+    "catch_up_request",
+    "enabled_again",
+    "load_destination",
+    "run_resync",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -86,11 +96,16 @@ POLL_TIMEOUT = 0.1
 @dataclass(frozen=True, slots=True)
 class ResyncRequest:
     destination_id: str
-    since: dt.datetime | None = None
-    """Replay the records written at or after this time (None: the whole topic)."""
-    entity: str | None = None
-    """Only absences of employees of this legal entity."""
+    changed_since: dt.datetime | None = None
+    """Replay the records written to Kafka at or after this time (None: the whole topic). A write
+    time, not the absence's date: that is ``scope.ending_on_or_after``."""
+    scope: AbsenceScope = field(default_factory=AbsenceScope)
+    """Which absences: ending on or after a date, of a legal entity, of a department."""
     rate: float = DEFAULT_RATE
+
+    def parameters(self) -> dict[str, str | None]:
+        """What this request replays, as text (its checkpoint is reused only for the same)."""
+        return {"changed_since": iso(self.changed_since), **self.scope.describe()}
 
 
 @dataclass(slots=True)
@@ -202,7 +217,7 @@ class _Replay:
             )
 
     def _window(self, consumer: Consumer) -> Checkpoint:
-        """Start offsets (of ``since``, else the first), end offsets (now) per partition."""
+        """Start offsets (of ``changed_since``, else the first), end offsets (now) per partition."""
         metadata = consumer.list_topics(self.topic, timeout=KAFKA_TIMEOUT).topics[self.topic]
         partitions = sorted(metadata.partitions)
         marks = {
@@ -211,17 +226,16 @@ class _Replay:
         }
         start = {p: low for p, (low, _) in marks.items()}
         end = {p: high for p, (_, high) in marks.items()}
-        if self.request.since is not None:
-            ms = int(self.request.since.timestamp() * 1000)
+        if self.request.changed_since is not None:
+            ms = int(self.request.changed_since.timestamp() * 1000)
             found = consumer.offsets_for_times(
                 [TopicPartition(self.topic, p, ms) for p in partitions], timeout=KAFKA_TIMEOUT
             )
-            # -1: no record at or after `since` in that partition: nothing to replay there.
+            # -1: no record at or after `changed_since` in that partition: nothing to replay there.
             start = {tp.partition: tp.offset if tp.offset >= 0 else end[tp.partition] for tp in found}
         return Checkpoint(
             destination_id=self.destination.id,
-            since=iso(self.request.since),
-            entity=self.request.entity,
+            parameters=self.request.parameters(),
             start=start,
             end=end,
             position=dict(start),
@@ -255,7 +269,7 @@ class _Replay:
         latest: dict[bytes, int] = {}
         codec = absence_codec(self.settings)
         for msg in self._records(consumer, partition, checkpoint.start[partition], checkpoint.end[partition]):
-            latest[_absence_key(codec, msg)] = msg.offset() or 0
+            latest[absence_key_of(codec, msg)] = msg.offset() or 0
         return latest
 
     def _send(
@@ -284,7 +298,7 @@ class _Replay:
             if self.stop.is_set():
                 break
             offset = msg.offset() or 0
-            if msg.value() is not None and latest.get(_absence_key(codec, msg)) == offset:
+            if msg.value() is not None and latest.get(absence_key_of(codec, msg)) == offset:
                 event = self._wanted(codec, msg)
                 if event is not None:
                     if not limiter.acquire(self.stop):
@@ -329,23 +343,9 @@ class _Replay:
             except InvalidRecord as exc:  # dead-lettered by the fan-out already
                 log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
                 return None
-        if self.request.entity is not None and event.employee.legal_entity_id != self.request.entity:
+        if not self.request.scope.accepts(event):
             return None
         return event if self.destination.matches(event) else None
-
-
-def _absence_key(codec: AvroCodec, msg: Message) -> bytes:
-    """The record's ``<tenant>|<absence id>`` key. A key without ``|`` was written before the upgrade
-    (absence id alone): the tenant comes from the value, so two tenants' old records of one absence id
-    are still told apart (one decode per old record)."""
-    key = msg.key() or b""
-    if b"|" in key or msg.value() is None:
-        return key
-    try:
-        record = codec.decode(msg.value())
-        return absence_key(str(record["tenant"]), str(record["absence"]["id"])).encode()
-    except (SchemaError, KeyError, TypeError):
-        return key
 
 
 def run_resync(
@@ -361,9 +361,19 @@ def run_resync(
     log.info(
         "resync starting",
         destination=destination.id,
-        since=iso(request.since),
-        entity=request.entity,
+        **request.parameters(),
         rate=request.rate,
     )
     replay = _Replay(settings, destination, request, stop or threading.Event(), progress or (lambda _: None))
     return replay.run()
+
+
+def catch_up_request(before: Destination) -> ResyncRequest:
+    """The resync that brings a destination enabled again to what it should hold now: the absences
+    changed since it was disabled (all of them if that time was not recorded)."""
+    return ResyncRequest(before.id, changed_since=before.disabled_at)
+
+
+def enabled_again(before: Destination | None, after: Destination) -> bool:
+    """Whether a write is the transition disabled -> enabled of a destination that gets changes."""
+    return before is not None and not before.enabled and after.enabled and receives_changes(after)

@@ -24,8 +24,8 @@ class Checkpoint:
     """The replay window and the send position per partition, as JSON under ``data_dir/resync``."""
 
     destination_id: str
-    since: str | None
-    entity: str | None
+    parameters: dict[str, str | None]
+    """What the run replays (:meth:`processors.resync.ResyncRequest.parameters`)."""
     start: dict[int, int]
     end: dict[int, int]
     position: dict[int, int]
@@ -44,8 +44,7 @@ class Checkpoint:
             data = json.loads(path.read_text())
             checkpoint = cls(
                 destination_id=data["destination_id"],
-                since=data["since"],
-                entity=data["entity"],
+                parameters={str(k): None if v is None else str(v) for k, v in data["parameters"].items()},
                 start={int(p): o for p, o in data["start"].items()},
                 end={int(p): o for p, o in data["end"].items()},
                 position={int(p): o for p, o in data["position"].items()},
@@ -55,12 +54,12 @@ class Checkpoint:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A checkpoint of an older release (no "parameters") too: the run starts over (idempotent).
             log.warning("unreadable resync checkpoint ignored", path=str(path), error=str(exc))
             return None
-        if (checkpoint.destination_id, checkpoint.since, checkpoint.entity) != (
+        if (checkpoint.destination_id, checkpoint.parameters) != (
             request.destination_id,
-            iso(request.since),
-            request.entity,
+            request.parameters(),
         ):
             log.info("resync checkpoint of other parameters ignored", path=str(path))
             return None
