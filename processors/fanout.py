@@ -186,6 +186,8 @@ class FanoutProcessor(Processor):
 
     # -- records ------------------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Output]:
+        if msg.value() is None and msg.topic() == self._topics.absences and msg.key():
+            return self._erased(msg)
         event = decode_event(self._codec, msg, self._settings.max_event_bytes, self._patience)
         key = _state_key(event)
         topic, partition, _ = coordinates(msg)
@@ -210,6 +212,17 @@ class FanoutProcessor(Processor):
         self._state.put(partition, key, state.to_bytes())
         bound.debug("absence fanned out", deliveries=len(outputs) // 2, holders=sorted(state.held))
         return outputs
+
+    def _erased(self, msg: Message) -> list[Output]:
+        """A tombstone on ``absences`` (``absync erase``, docs/privacy.md): the absence's state (its
+        latest event, personal data) is dropped, its changelog gets a tombstone, and nothing is sent:
+        an erasure removes absync's copy, it is not a cancellation."""
+        key = (msg.key() or b"").decode(errors="replace")
+        _, partition, _ = coordinates(msg)
+        if self._state.get(partition, key) is not None:
+            self._state.delete(partition, key)
+            log.info("absence erased: its fan-out state is dropped", partition=partition)
+        return []
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
         if isinstance(exc, SchemaNotYetAvailable):
