@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import structlog
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -26,6 +28,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from streams.kafka import make_admin
 from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
 FOREVER = "-1"
@@ -224,9 +228,20 @@ def apply_retention(settings: Settings, admin: AdminClient, existing: set[str], 
         )
         for spec in specs
     ]
-    for future in admin.incremental_alter_configs(resources, request_timeout=timeout).values():
-        future.result()
-    return [spec.name for spec in specs]
+    altered: list[str] = []
+    for resource, future in admin.incremental_alter_configs(resources, request_timeout=timeout).items():
+        try:
+            future.result()
+            altered.append(resource.name)
+        except KafkaException as exc:  # e.g. a principal without AlterConfigs: absync still starts
+            wanted = next(spec.config["retention.ms"] for spec in specs if spec.name == resource.name)
+            log.warning(
+                "topic retention not changed: set it yourself, or grant AlterConfigs",
+                topic=resource.name,
+                retention_ms=wanted,
+                error=str(exc),
+            )
+    return altered
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
