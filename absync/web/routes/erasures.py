@@ -23,7 +23,9 @@ router = APIRouter(prefix="/erasures", tags=["privacy"])
 
 
 class ErasureIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"employee_email": "leaver@example.com"}}
+    )
 
     employee_email: str = Field(
         min_length=3, max_length=EMAIL_MAX, description="The employee's email address."
@@ -39,6 +41,9 @@ class ErasureOut(BaseModel):
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not JSON."},
+    401: {"description": "No valid API token."},
+    403: {"description": "The token lacks the configure right."},
     422: {"description": "Not an email address."},
     503: {"description": "Kafka or the database did not complete it: send it again (idempotent)."},
 }
