@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Request, status
 
 from absync.web.auth import Configurer
-from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, ResyncIn, ResyncOut
+from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, ResyncIn, ResyncOut
 from absync.web.resync_jobs import resync_request
 from absync.web.routes.common import DestinationId, not_found, visible_destination
 from absync.web.state import app_state
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRO
     "/{destination_id}/resync",
     response_model=ResyncOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**BAD_BODY, **NOT_FOUND, **CONFLICT},
     summary="Send the destination what it should hold now (replay of absences, in the background)",
     description="Starts a resync unless one is running (then returns its progress). The body is "
     "optional: `ending_on_or_after` (every absence ending on or after that date), `legal_entity`, "
