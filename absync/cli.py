@@ -21,6 +21,7 @@ COMMANDS = [
     "projection",
     "resync",
     "replay_failed",
+    "erase",
 ]
 
 

@@ -173,7 +173,8 @@ class FanoutProcessor(Processor):
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._unknown: set[str] = set()
-        """Destinations of resync requests that the table did not learn of in TABLE_LAG (deleted)."""
+        """Destinations of resync requests that the table did not learn of in TABLE_LAG (deleted), or
+        ``id@revision`` of a disabled one that stayed disabled that long."""
         table.on_change(self._destination_changed)
 
     def open(self) -> None:
@@ -185,6 +186,8 @@ class FanoutProcessor(Processor):
 
     # -- records ------------------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Output]:
+        if msg.value() is None and msg.topic() == self._topics.absences and msg.key():
+            return self._erased(msg)
         event = decode_event(self._codec, msg, self._settings.max_event_bytes, self._patience)
         key = _state_key(event)
         topic, partition, _ = coordinates(msg)
@@ -209,6 +212,17 @@ class FanoutProcessor(Processor):
         self._state.put(partition, key, state.to_bytes())
         bound.debug("absence fanned out", deliveries=len(outputs) // 2, holders=sorted(state.held))
         return outputs
+
+    def _erased(self, msg: Message) -> list[Output]:
+        """A tombstone on ``absences`` (``absync erase``, docs/privacy.md): the absence's state (its
+        latest event, personal data) is dropped, its changelog gets a tombstone, and nothing is sent:
+        an erasure removes absync's copy, it is not a cancellation."""
+        key = (msg.key() or b"").decode(errors="replace")
+        _, partition, _ = coordinates(msg)
+        if self._state.get(partition, key) is not None:
+            self._state.delete(partition, key)
+            log.info("absence erased: its fan-out state is dropped", partition=partition)
+        return []
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
         if isinstance(exc, SchemaNotYetAvailable):
@@ -283,17 +297,23 @@ class FanoutProcessor(Processor):
         return self._delivery(destination, event, operation, Trigger.REPLAY)
 
     def _resync_destination(self, destination_id: str) -> Destination | None:
-        """The destination of a resync request; waits up to TABLE_LAG for the table to learn of it,
-        once per unknown id."""
+        """The destination of a resync request; waits up to TABLE_LAG for the table to learn of it
+        or of its enabling (the catch-up resync of an enable follows the enabling write at once),
+        once per unknown id or disabled revision."""
+
+        def settled(found: Destination | None) -> bool:
+            return found is not None and found.enabled
+
         destination = self._table.get(destination_id)
-        if destination is not None or destination_id in self._unknown:
+        wait_key = destination_id if destination is None else f"{destination_id}@{destination.revision}"
+        if settled(destination) or wait_key in self._unknown:
             return destination
         deadline = time.monotonic() + TABLE_LAG
-        while destination is None and time.monotonic() < deadline:
+        while not settled(destination) and time.monotonic() < deadline:
             time.sleep(0.05)
             destination = self._table.get(destination_id)
-        if destination is None:
-            self._unknown.add(destination_id)
+        if not settled(destination):
+            self._unknown.add(wait_key)
         return destination
 
     def _delivery(

@@ -1,11 +1,11 @@
-"""Bulk resync by replaying ``absences``, and the re-sending of deliveries left in Error.
+"""Bulk resync by replaying ``absences``.
 
 Resync (:func:`run_resync`): brings one destination to what it should hold *now*, e.g. a destination
 added after the absences were published (the fan-out does not back-fill new matches), or one that
 lost its data. ``absences`` is compacted by ``<tenant>|<absence id>``, so the latest state of every
-absence of every tenant is always there (older history may be gone). The replay reads the topic from the offsets of ``since``
-(``offsets_for_times``; from the beginning without it) up to the end offsets taken when the resync
-started, and sends each absence once, from its latest state as read, as a *resync request* to the
+absence of every tenant is always there (older history may be gone). The replay reads the topic from
+the offsets of ``changed_since`` (a Kafka write time: ``offsets_for_times``; from the beginning
+without it) up to the end offsets taken when the resync started, and sends each absence once, from its latest state as read, as a *resync request* to the
 ``resync`` topic: same key, same partition number, the value exactly as read, and a header naming the
 destination (:data:`processors.fanout.RESYNC_DESTINATION_HEADER`).
 
@@ -17,10 +17,11 @@ nothing, from its latest knowledge of the absence (a live change newer than the 
 REPLAY, a deterministic id (destination, event id, REPLAY, operation), a PENDING status. Idempotence: a
 second run yields the same ids, which every connector passes on as its idempotency key
 (``webhook-id``...), so the destination sees no second effect. Only removals inside the replayed window
-are sent (a ``since`` bounds them).
+are sent (a ``changed_since`` bounds them).
 
 Here only a cheap pre-filter runs: absences of another tenant, not matching the destination's
-filters or outside ``entity`` get no request. ``upserts`` and ``deletes`` count what the states as read
+filters or outside the request's scope (:class:`processors.resync_filter.AbsenceScope`: ending on or
+after a date, legal entity, department) get no request. ``upserts`` and ``deletes`` count what the states as read
 call for (:func:`processors.fanout.replay_operation`); a request for a matching absence that calls for
 nothing (pending, for an approved-only destination) is still sent, in case the fan-out knows a newer
 state.
@@ -35,34 +36,27 @@ new run with the same parameters continues from it (a partition interrupted mid-
 then sent from its position). The file is removed once the resync completes. Rate-limited: at most
 ``rate`` requests per second, so the fan-out and the worker keep room for live changes.
 
-Replay of failed deliveries (:func:`replay_failed`): one RETRY ``Command`` per delivery in Error.
-The worker then makes one attempt now of the key's *latest* delivery, re-read from its state (so a
-replay never sends an outdated version), trigger RETRY. A ``Delivery`` written into the first retry
-topic instead would be dropped by the worker: it accepts a retry record only when it is the next
-stage expected for the key's latest delivery, and a delivery in Error expects none (the guard that
-stops duplicated retries after a crash). Commands travel beside ``deliveries`` (not queued behind
-live deliveries in the main topic) and are rate-limited the same way.
+Replay of failed deliveries: :mod:`processors.replay_failed`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from connectors.registry import receives_changes
-from processors import ProcessorError
-from processors.fanout import RESYNC_DESTINATION_HEADER, replay_operation
+from processors.fanout import replay_operation
+from processors.resync_checkpoint import Checkpoint, iso
+from processors.resync_filter import AbsenceScope, absence_key_of
+from processors.resync_io import DEFAULT_RATE, KAFKA_TIMEOUT, Output, RateLimiter, ResyncError
 from processors.validation import (
     InvalidRecord,
     RegistryPatience,
@@ -70,42 +64,48 @@ from processors.validation import (
     absence_codec,
     decode_event,
 )
-from schemas.codec import AvroCodec, codec_for
-from schemas.delivery import Command, CommandKind, Operation, now_utc
+from schemas.codec import AvroCodec
+from schemas.delivery import Operation
 from schemas.destination import Destination
-from schemas.errors import SchemaError
-from schemas.models import AbsenceEvent, absence_key
+from schemas.models import AbsenceEvent
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer, produce
-from streams.records import coordinates
+from streams.kafka import group_id, make_consumer
 from streams.settings import Settings
 from streams.topics import Topics
 
+__all__ = [
+    "DEFAULT_RATE",
+    "ResyncError",
+    "ResyncProgress",
+    "ResyncRequest",
+    "catch_up_request",
+    "enabled_again",
+    "load_destination",
+    "run_resync",
+]
+
 log = structlog.get_logger(__name__)
 
-DEFAULT_RATE = 500.0
-"""Requests per second a resync sends by default: well under the worker's throughput."""
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between checkpoints of the send position."""
 POLL_BATCH = 1000
 POLL_TIMEOUT = 0.1
 """Seconds a read waits for more records: the last batch of a partition waits this long."""
-KAFKA_TIMEOUT = 30.0
-
-
-class ResyncError(ProcessorError):
-    """A resync cannot run (unknown or disabled destination, ``resync`` and ``absences`` partitioned
-    differently) or Kafka refused its output."""
 
 
 @dataclass(frozen=True, slots=True)
 class ResyncRequest:
     destination_id: str
-    since: dt.datetime | None = None
-    """Replay the records written at or after this time (None: the whole topic)."""
-    entity: str | None = None
-    """Only absences of employees of this legal entity."""
+    changed_since: dt.datetime | None = None
+    """Replay the records written to Kafka at or after this time (None: the whole topic). A write
+    time, not the absence's date: that is ``scope.ending_on_or_after``."""
+    scope: AbsenceScope = field(default_factory=AbsenceScope)
+    """Which absences: ending on or after a date, of a legal entity, of a department."""
     rate: float = DEFAULT_RATE
+
+    def parameters(self) -> dict[str, str | None]:
+        """What this request replays, as text (its checkpoint is reused only for the same)."""
+        return {"changed_since": iso(self.changed_since), **self.scope.describe()}
 
 
 @dataclass(slots=True)
@@ -122,95 +122,6 @@ class ResyncProgress:
 
 
 ProgressCallback = Callable[[ResyncProgress], None]
-
-
-# -- rate limit -----------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """At most ``rate`` acquisitions per second (smooth: one every 1/rate s, a burst of one second)."""
-
-    def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("the rate must be positive")
-        self._interval = 1.0 / rate
-        self._burst = max(1.0, rate)
-        self._tokens = 1.0
-        self._last = time.monotonic()
-
-    def acquire(self, stop: threading.Event) -> bool:
-        """Waits for a token; False if ``stop`` was set meanwhile."""
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            if stop.wait((1.0 - self._tokens) * self._interval):
-                return False
-
-
-# -- checkpoint -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Checkpoint:
-    """The replay window and the send position per partition, as JSON under ``data_dir/resync``."""
-
-    destination_id: str
-    since: str | None
-    entity: str | None
-    start: dict[int, int]
-    end: dict[int, int]
-    position: dict[int, int]
-    upserts: int = 0
-    deletes: int = 0
-
-    @staticmethod
-    def path_for(settings: Settings, destination_id: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in destination_id)
-        return settings.data_dir / "resync" / f"{safe}.json"
-
-    @classmethod
-    def load(cls, path: Path, request: ResyncRequest) -> Checkpoint | None:
-        """The checkpoint of an interrupted run with the same parameters, else None."""
-        try:
-            data = json.loads(path.read_text())
-            checkpoint = cls(
-                destination_id=data["destination_id"],
-                since=data["since"],
-                entity=data["entity"],
-                start={int(p): o for p, o in data["start"].items()},
-                end={int(p): o for p, o in data["end"].items()},
-                position={int(p): o for p, o in data["position"].items()},
-                upserts=int(data["upserts"]),
-                deletes=int(data["deletes"]),
-            )
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("unreadable resync checkpoint ignored", path=str(path), error=str(exc))
-            return None
-        if (checkpoint.destination_id, checkpoint.since, checkpoint.entity) != (
-            request.destination_id,
-            _iso(request.since),
-            request.entity,
-        ):
-            log.info("resync checkpoint of other parameters ignored", path=str(path))
-            return None
-        return checkpoint
-
-    def save(self, path: Path) -> None:
-        """Atomically (write then rename): an interruption never leaves half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 # -- resync ---------------------------------------------------------------------------------------
@@ -231,56 +142,6 @@ def load_destination(settings: Settings, destination_id: str) -> Destination:
     if not receives_changes(destination):
         raise ResyncError(f"destination {destination_id!r} does not receive absence changes")
     return destination
-
-
-class _Output:
-    """The idempotent producer of resync requests and commands; errors surface at flush."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._producer: Producer = make_producer(settings)
-        self._errors: list[str] = []
-
-    def _acknowledged(self, err: object, _msg: Message) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def produce(self, topic: str, key: str, value: bytes) -> None:
-        """One record, partitioned by its key."""
-        self._produce(topic, key.encode(), value)
-
-    def request(self, topic: str, msg: Message, destination_id: str) -> None:
-        """The resync request of one ``absences`` record: its partition number, key and value."""
-        header = (RESYNC_DESTINATION_HEADER, destination_id.encode())
-        self._produce(topic, msg.key(), msg.value(), partition=coordinates(msg)[1], headers=[header])
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        partition: int = -1,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        """-1: the partition of the key (librdkafka's partitioner)."""
-        produce(
-            self._producer,
-            topic,
-            key,
-            value,
-            wait=0.05,
-            partition=partition,
-            headers=headers,
-            on_delivery=self._acknowledged,
-        )
-        self._producer.poll(0)
-
-    def flush(self) -> None:
-        """Waits until Kafka acknowledged everything produced; raises if it refused any."""
-        if self._producer.flush(KAFKA_TIMEOUT) != 0:
-            raise ResyncError("Kafka did not acknowledge the resync's output in time")
-        if self._errors:
-            raise ResyncError(f"Kafka refused resync output: {self._errors[0]}")
 
 
 @dataclass
@@ -307,7 +168,7 @@ class _Replay:
             group_id(self.settings, f"resync-{self.destination.id}"),
             **{"enable.partition.eof": True},
         )
-        output = _Output(self.settings)
+        output = Output(self.settings)
         try:
             self._check_partitions(consumer)
             checkpoint = Checkpoint.load(path, self.request)
@@ -356,7 +217,7 @@ class _Replay:
             )
 
     def _window(self, consumer: Consumer) -> Checkpoint:
-        """Start offsets (of ``since``, else the first), end offsets (now) per partition."""
+        """Start offsets (of ``changed_since``, else the first), end offsets (now) per partition."""
         metadata = consumer.list_topics(self.topic, timeout=KAFKA_TIMEOUT).topics[self.topic]
         partitions = sorted(metadata.partitions)
         marks = {
@@ -365,17 +226,16 @@ class _Replay:
         }
         start = {p: low for p, (low, _) in marks.items()}
         end = {p: high for p, (_, high) in marks.items()}
-        if self.request.since is not None:
-            ms = int(self.request.since.timestamp() * 1000)
+        if self.request.changed_since is not None:
+            ms = int(self.request.changed_since.timestamp() * 1000)
             found = consumer.offsets_for_times(
                 [TopicPartition(self.topic, p, ms) for p in partitions], timeout=KAFKA_TIMEOUT
             )
-            # -1: no record at or after `since` in that partition: nothing to replay there.
+            # -1: no record at or after `changed_since` in that partition: nothing to replay there.
             start = {tp.partition: tp.offset if tp.offset >= 0 else end[tp.partition] for tp in found}
         return Checkpoint(
             destination_id=self.destination.id,
-            since=_iso(self.request.since),
-            entity=self.request.entity,
+            parameters=self.request.parameters(),
             start=start,
             end=end,
             position=dict(start),
@@ -409,7 +269,7 @@ class _Replay:
         latest: dict[bytes, int] = {}
         codec = absence_codec(self.settings)
         for msg in self._records(consumer, partition, checkpoint.start[partition], checkpoint.end[partition]):
-            latest[_absence_key(codec, msg)] = msg.offset() or 0
+            latest[absence_key_of(codec, msg)] = msg.offset() or 0
         return latest
 
     def _send(
@@ -418,7 +278,7 @@ class _Replay:
         partition: int,
         checkpoint: Checkpoint,
         latest: dict[bytes, int],
-        output: _Output,
+        output: Output,
         limiter: RateLimiter,
         path: Path,
     ) -> bool:
@@ -438,7 +298,7 @@ class _Replay:
             if self.stop.is_set():
                 break
             offset = msg.offset() or 0
-            if msg.value() is not None and latest.get(_absence_key(codec, msg)) == offset:
+            if msg.value() is not None and latest.get(absence_key_of(codec, msg)) == offset:
                 event = self._wanted(codec, msg)
                 if event is not None:
                     if not limiter.acquire(self.stop):
@@ -483,23 +343,9 @@ class _Replay:
             except InvalidRecord as exc:  # dead-lettered by the fan-out already
                 log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
                 return None
-        if self.request.entity is not None and event.employee.legal_entity_id != self.request.entity:
+        if not self.request.scope.accepts(event):
             return None
         return event if self.destination.matches(event) else None
-
-
-def _absence_key(codec: AvroCodec, msg: Message) -> bytes:
-    """The record's ``<tenant>|<absence id>`` key. A key without ``|`` was written before the upgrade
-    (absence id alone): the tenant comes from the value, so two tenants' old records of one absence id
-    are still told apart (one decode per old record)."""
-    key = msg.key() or b""
-    if b"|" in key or msg.value() is None:
-        return key
-    try:
-        record = codec.decode(msg.value())
-        return absence_key(str(record["tenant"]), str(record["absence"]["id"])).encode()
-    except (SchemaError, KeyError, TypeError):
-        return key
 
 
 def run_resync(
@@ -515,62 +361,19 @@ def run_resync(
     log.info(
         "resync starting",
         destination=destination.id,
-        since=_iso(request.since),
-        entity=request.entity,
+        **request.parameters(),
         rate=request.rate,
     )
     replay = _Replay(settings, destination, request, stop or threading.Event(), progress or (lambda _: None))
     return replay.run()
 
 
-# -- replay of failed deliveries ------------------------------------------------------------------
+def catch_up_request(before: Destination) -> ResyncRequest:
+    """The resync that brings a destination enabled again to what it should hold now: the absences
+    changed since it was disabled (all of them if that time was not recorded)."""
+    return ResyncRequest(before.id, changed_since=before.disabled_at)
 
 
-@dataclass(frozen=True, slots=True)
-class FailedDelivery:
-    """A delivery in Error, as the projection lists it."""
-
-    delivery_id: str
-    destination_id: str
-    absence_id: str
-    tenant: str
-
-
-def replay_failed(
-    settings: Settings,
-    failed: Iterable[FailedDelivery],
-    *,
-    issued_by: str,
-    rate: float = DEFAULT_RATE,
-    stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """One RETRY command per failed delivery (see the module docstring); returns how many were sent."""
-    stop = stop or threading.Event()
-    limiter = RateLimiter(rate)
-    output = _Output(settings)
-    topic = Topics(settings).commands
-    codec = codec_for("Command")
-    sent = 0
-    try:
-        for delivery in failed:
-            if not limiter.acquire(stop):
-                break
-            command = Command(
-                command_id=uuid.uuid4().hex,
-                kind=CommandKind.RETRY,
-                delivery_id=delivery.delivery_id,
-                destination_id=delivery.destination_id,
-                absence_id=delivery.absence_id,
-                tenant=delivery.tenant,
-                issued_by=issued_by,
-                issued_at=now_utc(),
-            )
-            output.produce(topic, command.key, codec.encode(command.to_avro()))
-            sent += 1
-            if progress is not None:
-                progress(sent)
-    finally:
-        output.flush()
-    log.info("failed deliveries replayed", count=sent, issued_by=issued_by)
-    return sent
+def enabled_again(before: Destination | None, after: Destination) -> bool:
+    """Whether a write is the transition disabled -> enabled of a destination that gets changes."""
+    return before is not None and not before.enabled and after.enabled and receives_changes(after)

@@ -90,8 +90,13 @@ class DailyAbsencesProcessor(Processor):
         self._next_sweep = 0.0
 
     def handle(self, msg: Message) -> list[Output]:
-        event = decode_event(self._codec, msg, self._max_event_bytes, self._patience)
         _, partition, _ = coordinates(msg)
+        if msg.value() is None and msg.key():  # an erasure's tombstone (docs/privacy.md): forget it
+            key = PREFIX + (msg.key() or b"").decode(errors="replace")
+            if self._state.get(partition, key) is not None:
+                self._state.delete(partition, key)
+            return []
+        event = decode_event(self._codec, msg, self._max_event_bytes, self._patience)
         key = entry_key(event)
         raw = self._state.get(partition, key)
         if raw is not None and json.loads(raw)["version"] >= event.version:

@@ -116,7 +116,15 @@ attempts = sa.Table(
     sa.Column("response_body", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("calls", sa.JSON, nullable=False),
+    sa.Column(
+        "payload_dropped",
+        sa.Boolean,
+        nullable=False,
+        default=False,
+        doc="payloads and responses dropped (past ABSYNC_PAYLOAD_RETENTION, or erased): docs/privacy.md",
+    ),
     sa.Index("ix_attempts_delivery", "delivery_id", "number"),
+    sa.Index("ix_attempts_started_at", "started_at"),
 )
 
 delivery_counts = sa.Table(
@@ -249,6 +257,21 @@ alert_settings = sa.Table(
     sa.Column("updated_by", sa.String(), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.String(), nullable=False, doc="keyed hash of the email, never the email"),
+    sa.Column("tenant", sa.String(), doc="the erasure's tenant (None: every tenant)"),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("absences", sa.Integer, nullable=False),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+    sa.Index("ix_erasures_subject", "subject"),
+)
+"""The erasure ledger (projections/privacy.py): not rebuilt from Kafka, it keeps a rebuild from
+showing an erased employee again."""
 
 VIEW_TABLES = (deliveries, attempts, delivery_counts, destinations, destination_health)
 """Everything rebuilt from Kafka (with the offsets of their consumer)."""

@@ -47,7 +47,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -59,6 +59,9 @@ from schemas.codec import codec_for
 from schemas.delivery import DeliveryStatus, Status
 from schemas.destination import Destination
 from schemas.errors import DecodeError
+
+if TYPE_CHECKING:
+    from projections.privacy import Privacy
 
 log = structlog.get_logger(__name__)
 
@@ -241,6 +244,7 @@ def attempt_row(fact: DeliveryStatus) -> Row | None:
         "response_body": record.response_body,
         "error": record.error,
         "calls": [dict(call) for call in record.calls],
+        "payload_dropped": False,
     }
     return {name: without_nul(value) for name, value in row.items()}
 
@@ -291,7 +295,15 @@ def reset(conn: Connection, consumer: str = CONSUMER) -> None:
 class Projector:
     """Applies batches of records from the status and destinations topics."""
 
-    def __init__(self, status_topic: str, destinations_topic: str, consumer: str = CONSUMER) -> None:
+    def __init__(
+        self,
+        status_topic: str,
+        destinations_topic: str,
+        consumer: str = CONSUMER,
+        privacy: Privacy | None = None,
+    ) -> None:
+        self.privacy = privacy
+        """Erasures and payload retention applied to every fact (projections/privacy.py)."""
         self.status_topic = status_topic
         self.destinations_topic = destinations_topic
         self.consumer = consumer
@@ -329,7 +341,10 @@ class Projector:
                 )
                 continue
             result.applied += 1
-        self._apply_facts(conn, facts)
+        dropped: set[str] = set()
+        if self.privacy is not None:
+            facts, dropped = self.privacy.scrub(conn, facts)
+        self._apply_facts(conn, facts, dropped)
         self._apply_destinations(conn, destination_changes)
         self._store_offsets(conn, stored, result.next_offsets)
         return result
@@ -355,7 +370,7 @@ class Projector:
         destination = Destination.from_avro(self._destination_codec.decode(record.value))
         return destination.id, destination
 
-    def _apply_facts(self, conn: Connection, facts: Sequence[DeliveryStatus]) -> None:
+    def _apply_facts(self, conn: Connection, facts: Sequence[DeliveryStatus], dropped: set[str]) -> None:
         """Merges the facts into their rows in memory (in order), then writes each row once."""
         if not facts:
             return
@@ -369,6 +384,7 @@ class Projector:
             after[fact.delivery_id] = merge(after.get(fact.delivery_id), fact)
             attempt = attempt_row(fact)
             if attempt is not None:
+                attempt["payload_dropped"] = fact.status_id in dropped
                 new_attempts.setdefault(fact.status_id, attempt)
         # Numbered after every committed write: batches are serialised (the offsets locked above).
         seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(deliveries.c.change_seq), 0))).scalar_one()

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from projections.db import engine_for, migrate, writer
 from projections.exceptions import ProjectionError
+from projections.privacy import Privacy, drop_old_payloads
 from projections.projector import CONSUMER, BatchResult, Projector, SourceRecord, stored_offsets
 from streams.deadletter import dead_letter_copy
 from streams.kafka import group_id, make_consumer, make_producer
@@ -39,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 500
 POLL_TIMEOUT = 0.5
+SWEEP_SECONDS = 600.0
+"""How often the runner drops payloads past their retention from the view (and once at start)."""
 
 
 def _split(messages: list[Message]) -> tuple[list[SourceRecord], set[tuple[str, int]]]:
@@ -70,8 +73,10 @@ class ProjectionRunner:
         self.topics = Topics(settings)
         self.engine = engine or engine_for(settings)
         self.batch_size = batch_size
-        self.projector = Projector(self.topics.status, self.topics.destinations, CONSUMER)
+        self.privacy = Privacy.from_settings(settings)
+        self.projector = Projector(self.topics.status, self.topics.destinations, CONSUMER, self.privacy)
         self._producer: Producer | None = None
+        self._next_sweep = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         # A thread of its own, not the default executor: this loop runs for the life of the service.
@@ -194,11 +199,19 @@ class ProjectionRunner:
                     log.debug("projection batch", applied=result.applied, rejected=result.undecodable)
                 if until_caught_up and not pending_eof:
                     break
+                self._sweep()
         finally:
             consumer.close()
             if self._producer is not None:
                 self._producer.flush(10)
         return applied
+
+    def _sweep(self) -> None:
+        """Drops the payloads past ABSYNC_PAYLOAD_RETENTION from the view, every SWEEP_SECONDS."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        drop_old_payloads(self.engine, self.privacy.clock() - self.privacy.retention)
 
 
 def _is_record_error(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ import datetime as dt
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from schemas.models import AbsenceEvent
@@ -118,6 +118,20 @@ class Destination:
     revision: int = 0
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     updated_by: str = "cli"
+    disabled_at: dt.datetime | None = None
+    """When it was last disabled; None while enabled (see :meth:`stamped`)."""
+
+    def stamped(self, previous: Destination | None) -> Destination:
+        """This new revision with ``disabled_at`` carried over from ``previous``: the time of the write
+        that disabled it (kept while it stays disabled), None once enabled. Enabling reads it to
+        resync the absences changed meanwhile (:mod:`absync.web.resync_jobs`)."""
+        if self.enabled:
+            disabled_at = None
+        elif previous is not None and not previous.enabled and previous.disabled_at is not None:
+            disabled_at = previous.disabled_at
+        else:  # milliseconds: what the Avro record keeps, so the API answers what Kafka holds
+            disabled_at = self.updated_at.replace(microsecond=self.updated_at.microsecond // 1000 * 1000)
+        return replace(self, disabled_at=disabled_at)
 
     def matches(self, event: AbsenceEvent) -> bool:
         """Whether this destination should hold this absence (tenant and filters; not the change kind)."""
@@ -137,6 +151,7 @@ class Destination:
             "revision": self.revision,
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
+            "disabled_at": self.disabled_at,
         }
 
     @classmethod
@@ -154,4 +169,5 @@ class Destination:
             revision=int(data.get("revision", 0)),
             updated_at=data["updated_at"],
             updated_by=data.get("updated_by", "cli"),
+            disabled_at=data.get("disabled_at"),
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,12 +38,13 @@ class Rule:
     pattern: str
     """``literal`` or ``prefix``."""
     operations: tuple[str, ...]
-    """Kafka operations: ``Read``, ``Write``, ``Describe``, ``Create``."""
+    """Kafka operations: ``Read``, ``Write``, ``Describe``, ``Create``, ``AlterConfigs``."""
 
 
 def service_rules(settings: Settings) -> list[Rule]:
     p, g = settings.topic_prefix, f"{settings.group_prefix}-{settings.topic_prefix}"
-    topic_ops = ("Read", "Write", "Describe", "Create")
+    # AlterConfigs: create_topics brings retention.ms of existing topics to ABSYNC_PAYLOAD_RETENTION.
+    topic_ops = ("Read", "Write", "Describe", "Create", "AlterConfigs")
     if p:
         topics = [Rule("topic", p, "prefix", topic_ops)]
     else:
@@ -109,7 +111,7 @@ def apply(settings: Settings, principals: dict[str, str], timeout: float = 30.0)
             patterns[rule.pattern],
             principal,
             "*",
-            AclOperation[rule_op.upper()],
+            AclOperation[re.sub(r"(?<=[a-z])(?=[A-Z])", "_", rule_op).upper()],  # AlterConfigs: ALTER_CONFIGS
             AclPermissionType.ALLOW,
         )
         for role, principal in principals.items()

@@ -238,7 +238,7 @@ def destination_from_dict(
         revision=(previous.revision + 1) if previous else int(data.get("revision", 1)),
         updated_at=dt.datetime.now(dt.UTC),
         updated_by=actor,
-    )
+    ).stamped(previous)
 
 
 def load_yaml(path: Path, box: SecretBox) -> list[Destination]:

@@ -19,6 +19,7 @@ from streams import kafka_env
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DAY = 86400.0
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 # Embedded default key for local runs only: production must set ABSYNC_SECRET_KEY.
@@ -90,6 +91,12 @@ class Settings(BaseSettings):
     # Secrets
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
+    # Personal data (docs/privacy.md)
+    payload_retention: float = 90 * DAY
+    """ABSYNC_PAYLOAD_RETENTION (a duration: ``90d``, ``36h``...; default 90 days): how long the
+    payloads and responses of deliveries stay in the view, and the retention of ``delivery-status``
+    (its records carry them). At least one hour."""
+
     log_level: str = "INFO"
     env: Literal["production", "development"] = "production"
     """ABSYNC_ENV. Production unless told otherwise: development conveniences (the embedded secret key,
@@ -138,6 +145,14 @@ class Settings(BaseSettings):
         seconds = parse_duration(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
+        return seconds
+
+    @field_validator("payload_retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> float:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+        if seconds < 3600:
+            raise ValueError("ABSYNC_PAYLOAD_RETENTION must be at least 1h")
         return seconds
 
     @field_validator("schema_registry_url")

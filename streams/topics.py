@@ -15,10 +15,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from streams.kafka import make_admin
 from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
 FOREVER = "-1"
@@ -84,6 +95,11 @@ class Topics:
         def keep(days: int) -> dict[str, str]:
             return {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS), **isr}
 
+        def personal(days: int) -> dict[str, str]:
+            """Dead letters hold copies of personal data: ``days``, or less if the payload
+            retention is shorter (docs/privacy.md)."""
+            return {**keep(days), "retention.ms": str(min(days * DAY_MS, payload_retention_ms(s)))}
+
         specs = [
             TopicSpec(
                 "absences",
@@ -105,14 +121,14 @@ class Topics:
                 "for the fan-out to decide for the destination named in a header.",
             ),
             TopicSpec(
-                "invalid", self.invalid, n, rf, keep(30), "Dead letter: bad input with a reason header."
+                "invalid", self.invalid, n, rf, personal(30), "Dead letter: bad input with a reason header."
             ),
             TopicSpec(
                 "deliveries_invalid",
                 self.deliveries_invalid,
                 n,
                 rf,
-                keep(30),
+                personal(30),
                 "Dead letter of the delivery worker: deliveries and commands it cannot read.",
             ),
             TopicSpec(
@@ -120,7 +136,7 @@ class Topics:
                 self.projection_invalid,
                 n,
                 rf,
-                keep(30),
+                personal(30),
                 "Dead letter of the projection: status facts and destinations it cannot store.",
             ),
             TopicSpec("deliveries", self.deliveries, n, rf, keep(7), "Delivery work items."),
@@ -129,8 +145,9 @@ class Topics:
                 self.status,
                 n,
                 rf,
-                {"retention.ms": FOREVER, **isr},
-                "DeliveryStatus events (the projection's source).",
+                # Payloads and responses (names, emails, leave types): ABSYNC_PAYLOAD_RETENTION.
+                {"cleanup.policy": "delete", "retention.ms": str(payload_retention_ms(s)), **isr},
+                "DeliveryStatus events (the projection's source), kept ABSYNC_PAYLOAD_RETENTION.",
             ),
             TopicSpec(
                 "destinations", self.destinations, 1, rf, compact, "Destination configuration, latest per id."
@@ -179,10 +196,60 @@ class Topics:
         return specs
 
 
+FOLLOWS_PAYLOAD_RETENTION = ("status", "invalid", "deliveries_invalid", "projection_invalid")
+"""Logical names of the topics whose ``retention.ms`` follows ABSYNC_PAYLOAD_RETENTION."""
+
+
+def payload_retention_ms(settings: Settings) -> int:
+    return int(settings.payload_retention * 1000)
+
+
+def apply_retention(settings: Settings, admin: AdminClient, existing: set[str], timeout: float) -> list[str]:
+    """Sets ``retention.ms`` of the existing topics of :data:`FOLLOWS_PAYLOAD_RETENTION` to their
+    specification (an incremental alter: other settings untouched). Returns their names."""
+    specs = [
+        spec
+        for spec in Topics(settings).specs()
+        if spec.logical in FOLLOWS_PAYLOAD_RETENTION and spec.name in existing
+    ]
+    if not specs:
+        return []
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            spec.name,
+            incremental_configs=[
+                ConfigEntry(
+                    "retention.ms",
+                    spec.config["retention.ms"],
+                    incremental_operation=AlterConfigOpType.SET,
+                )
+            ],
+        )
+        for spec in specs
+    ]
+    altered: list[str] = []
+    for resource, future in admin.incremental_alter_configs(resources, request_timeout=timeout).items():
+        try:
+            future.result()
+            altered.append(resource.name)
+        except KafkaException as exc:  # e.g. a principal without AlterConfigs: absync still starts
+            wanted = next(spec.config["retention.ms"] for spec in specs if spec.name == resource.name)
+            log.warning(
+                "topic retention not changed: set it yourself, or grant AlterConfigs",
+                topic=resource.name,
+                retention_ms=wanted,
+                error=str(exc),
+            )
+    return altered
+
+
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Creates every missing topic (idempotent). Returns the names it created."""
+    """Creates every missing topic (idempotent) and brings the retention of the existing ones that
+    follow ABSYNC_PAYLOAD_RETENTION to it. Returns the names it created."""
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
+    apply_retention(settings, admin, existing, timeout)
     missing = [spec for spec in Topics(settings).specs() if spec.name not in existing]
     if not missing:
         return []

@@ -22,6 +22,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "ABSYNC_DATA_DIR": str(settings.data_dir),
         "ABSYNC_LOG_LEVEL": "WARNING",
         "ABSYNC_ENV": "development",  # the embedded secret key; loopback receivers
+        "ABSYNC_PAYLOAD_RETENTION": "3650d",  # as make_settings: fixed-date facts never age out
         **extra,
     }
 

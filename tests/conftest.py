@@ -40,6 +40,9 @@ def make_settings(bootstrap: str, tmp_path: Path, **overrides: object) -> Settin
         "connector_timeout": 2.0,
         "data_dir": tmp_path / "data",
         "allowed_networks": "127.0.0.0/8,::1/128",  # the fakes and receivers listen on loopback
+        # Fixed-date facts (tests/projections/helpers.py T0) must not age past the payload retention as
+        # the calendar moves on: the retention tests set their own.
+        "payload_retention": "3650d",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -19,14 +19,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from absync.commands.replay_failed import failed_since
-from processors.resync import (
-    Checkpoint,
-    ResyncError,
-    ResyncProgress,
-    ResyncRequest,
-    replay_failed,
-    run_resync,
-)
+from processors.replay_failed import replay_failed
+from processors.resync import ResyncError, ResyncProgress, ResyncRequest, run_resync
+from processors.resync_checkpoint import Checkpoint
+from processors.resync_filter import AbsenceScope
 from projections.runner import catch_up
 from schemas.delivery import Delivery, Status, Trigger
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
@@ -157,8 +153,10 @@ def test_resync_sends_what_a_new_destination_should_hold_once_and_idempotently(s
 
         results = [
             run_resync(settings, ResyncRequest("dst-all", rate=10_000)),
-            run_resync(settings, ResyncRequest("dst-entity", entity="le-de", rate=10_000)),
-            run_resync(settings, ResyncRequest("dst-since", since=since, rate=10_000)),
+            run_resync(
+                settings, ResyncRequest("dst-entity", scope=AbsenceScope(legal_entity="le-de"), rate=10_000)
+            ),
+            run_resync(settings, ResyncRequest("dst-since", changed_since=since, rate=10_000)),
         ]
         assert all(r.completed and not r.resumed for r in results)
         sent = {name: replays(settings, f"dst-{name}") for name in receivers}

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import connectors.registry  # noqa: F401 - installs the kind catalog the validation below reads
 from absync.services.destinations import DestinationNotFound, DestinationService
+from processors.resync import ResyncError, catch_up_request, enabled_again, run_resync
 from projections.db import engine_for, migrate
+from schemas.destination import Destination
 from streams.destinations import DestinationError, DestinationTable, load_yaml
 from streams.secrets import SecretBox
 from streams.settings import InsecureSettings, Settings, get_settings, require_production_ready
@@ -105,7 +107,29 @@ def run_apply(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{verb} {destination.id} (tenant {destination.tenant}, revision {destination.revision})\n"
         )
+    for outcome in written:
+        if outcome.previous is not None and enabled_again(outcome.previous, outcome.destination):
+            _catch_up(settings, outcome.previous)
     return 0
+
+
+def _catch_up(settings: Settings, previous: Destination) -> None:
+    """Enabled again by this apply: the resync of what changed while it was disabled (as the API
+    does); interrupted or refused, it says how to run it by hand."""
+    request = catch_up_request(previous)
+    since = f" --changed-since {request.changed_since.isoformat()}" if request.changed_since else ""
+    try:
+        result = run_resync(settings, request)
+    except ResyncError as exc:
+        sys.stderr.write(
+            f"{previous.id} enabled again, its catch-up resync failed ({exc}): run "
+            f"`absync resync --destination {previous.id}{since}`\n"
+        )
+        return
+    sys.stdout.write(
+        f"{previous.id} enabled again: catch-up resync of the changes since it was disabled, "
+        f"{result.upserts} upsert(s), {result.deletes} delete(s)\n"
+    )
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ destination that are in Error (failed and never later succeeded) since DATE.
 
 They are read from the projection (status ERROR, ``updated_at >= since``) and re-sent as RETRY
 commands: the worker makes one attempt now of each key's latest state (see
-:mod:`processors.resync` for why not a record in the first retry topic).
+:mod:`processors.replay_failed` for why not a record in the first retry topic).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 
 from absync.commands.resync import parse_since, positive_rate
-from processors.resync import DEFAULT_RATE, FailedDelivery, replay_failed
+from processors.replay_failed import FailedDelivery, replay_failed
+from processors.resync_io import DEFAULT_RATE
 from projections import queries
 from projections.db import engine_for
 from schemas.delivery import Status

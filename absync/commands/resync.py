@@ -1,5 +1,11 @@
-"""``absync resync --destination D [--since DATE] [--entity E] [--rate N]``: replays ``absences`` to
-bring one destination to what it should hold now (see :mod:`processors.resync`).
+"""``absync resync --destination D [--ending-on-or-after DATE] [--entity E] [--department D]
+[--changed-since TIME] [--rate N]``: replays ``absences`` to bring one destination to what it should
+hold now (see :mod:`processors.resync`).
+
+``--ending-on-or-after`` is the product's back-fill from a date: every absence ending on or after it
+(the absence's own date). ``--changed-since`` is the time a change was written to Kafka (an operator's
+catch-up tool). ``--since`` is the deprecated old name of ``--changed-since``: it still works, and says
+so on stderr.
 
 Shows a progress bar (offsets replayed, rate, ETA) on stderr. Ctrl-C stops it cleanly: the position
 is checkpointed and the same command continues from it. Exit code 0 when complete, 1 when the
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import signal
 import sys
 import threading
@@ -28,6 +35,7 @@ from rich.progress import (
 from rich.text import Text
 
 from processors.resync import DEFAULT_RATE, ResyncError, ResyncProgress, ResyncRequest, run_resync
+from processors.resync_filter import AbsenceScope
 from streams.settings import get_settings
 
 
@@ -38,6 +46,22 @@ def parse_since(text: str) -> dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or ISO 8601)") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def parse_date(text: str) -> dt.date:
+    """``YYYY-MM-DD``: a calendar day (an absence's date has no time of day)."""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+SINCE_DEPRECATED = (
+    "absync resync: --since is deprecated: it filters on the time the change was written to Kafka; "
+    "use --changed-since for that, or --ending-on-or-after DATE for every absence ending on or after a date\n"
+)
 
 
 def positive_rate(text: str) -> float:
@@ -53,8 +77,25 @@ def positive_rate(text: str) -> float:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("resync", help="send one destination what it should hold now (replay)")
     parser.add_argument("--destination", required=True, help="destination id")
-    parser.add_argument("--since", type=parse_since, help="replay changes from this date (default: all)")
-    parser.add_argument("--entity", help="only absences of this legal entity id")
+    parser.add_argument(
+        "--ending-on-or-after",
+        type=parse_date,
+        metavar="DATE",
+        help="every absence ending on or after this date, YYYY-MM-DD (the absence's own date)",
+    )
+    parser.add_argument(
+        "--entity", "--legal-entity", dest="entity", help="only absences of this legal entity id"
+    )
+    parser.add_argument("--department", help="only absences of employees of this department id")
+    parser.add_argument(
+        "--changed-since",
+        type=parse_since,
+        metavar="TIME",
+        help="only absences whose latest change was written to Kafka at or after this time (default: all)",
+    )
+    parser.add_argument(
+        "--since", type=parse_since, dest="since", help="deprecated: the old name of --changed-since"
+    )
     parser.add_argument(
         "--rate",
         type=positive_rate,
@@ -82,7 +123,15 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    request = ResyncRequest(args.destination, since=args.since, entity=args.entity, rate=args.rate)
+    changed_since = args.changed_since
+    if args.since is not None:
+        sys.stderr.write(SINCE_DEPRECATED)
+        if changed_since is not None and changed_since != args.since:
+            sys.stderr.write("absync resync: --since and --changed-since disagree: give one\n")
+            return 2
+        changed_since = args.since
+    scope = AbsenceScope(args.ending_on_or_after, args.entity, args.department)
+    request = ResyncRequest(args.destination, changed_since=changed_since, scope=scope, rate=args.rate)
     stop = threading.Event()
     stop_on_signals(stop)
     console = Console(stderr=True)

@@ -82,6 +82,7 @@ def public_view(destination: Destination) -> dict[str, Any]:
         "revision": destination.revision,
         "updated_at": destination.updated_at,
         "updated_by": destination.updated_by,
+        "disabled_at": destination.disabled_at,
     }
 
 
@@ -229,7 +230,7 @@ class DestinationService:
             revision=before.revision + 1 if before else 1,
             updated_at=dt.datetime.now(dt.UTC),
             updated_by=actor,
-        )
+        ).stamped(before)  # disabled_at: when it was disabled, for the catch-up of an enable
 
     def _write(self, before: Destination | None, after: Destination, actor: str, action: str) -> Written:
         changes = audit_changes(before, after)

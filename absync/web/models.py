@@ -8,9 +8,10 @@ secrets already masked.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.delivery import CommandKind, Status
 from schemas.destination import ChangeSelection
@@ -126,6 +127,10 @@ class DestinationOut(BaseModel):
     revision: int
     updated_at: dt.datetime
     updated_by: str
+    disabled_at: dt.datetime | None = Field(
+        default=None,
+        description="When it was disabled (null while enabled): enabling resyncs what changed since.",
+    )
 
 
 class DestinationDetailOut(DestinationOut):
@@ -169,8 +174,60 @@ class AuditEntry(BaseModel):
     at: dt.datetime
 
 
+def _optional_iso_date(value: object) -> object:
+    """Only ``YYYY-MM-DD`` (pydantic would also take a number as a Unix timestamp)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("a date is YYYY-MM-DD")
+    return value
+
+
+def _iso_time(value: object) -> object:
+    """Only ISO 8601 text (pydantic would also take a number as a Unix timestamp)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", value):
+        raise ValueError("a time is ISO 8601 (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM])")
+    return value
+
+
+class ResyncIn(BaseModel):
+    """What to resync; every field is optional (nothing: every absence the destination should hold)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "ending_on_or_after": "2026-03-01",
+                "legal_entity": "le-fr",
+                "department": "dep-sales",
+            }
+        },
+    )
+
+    ending_on_or_after: Annotated[dt.date | None, BeforeValidator(_optional_iso_date)] = Field(
+        default=None,
+        description="Every absence ending on or after this date (YYYY-MM-DD): the absence's own date, "
+        "the product's back-fill from a date.",
+    )
+    legal_entity: str | None = Field(
+        default=None, min_length=1, max_length=256, description="Legal entity id."
+    )
+    department: str | None = Field(default=None, min_length=1, max_length=256, description="Department id.")
+    changed_since: Annotated[dt.datetime | None, BeforeValidator(_iso_time)] = Field(
+        default=None,
+        description="Only absences whose latest change was written to Kafka at or after this time "
+        "(ISO 8601; UTC without an offset). Not the absence's date: see ending_on_or_after.",
+    )
+
+
 class ResyncOut(BaseModel):
     destination_id: str
+    reason: Literal["operator", "re-enabled"] = Field(
+        description="operator: started by hand; re-enabled: the catch-up of an enable."
+    )
+    parameters: dict[str, str | None] = Field(description="What the job replays (null: no restriction).")
     running: bool
     phase: str
     done: int = Field(description="Offsets of ``absences`` replayed so far.")

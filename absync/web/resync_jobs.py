@@ -1,34 +1,64 @@
-"""Resyncs started from the API (``POST /api/v1/destinations/{id}/resync``), each in a thread of the
-API process; see :mod:`processors.resync` for what a resync does.
+"""Resync jobs of the API process: started by an operator (``POST /destinations/{id}/resync``, the
+console's Resync dialog) or automatically when a disabled destination is enabled again.
 
-Interrupted (the process stops), a resync resumes from its checkpoint when started again; a failed
-one reports its error through :meth:`ResyncJob.out` and keeps what it had done.
+A job runs :func:`processors.resync.run_resync` in a thread of this process; interrupted (process
+stopped), it resumes from its checkpoint when the same resync is started again. One job per
+destination at a time: starting one while another runs returns the running one.
+
+Re-enabling catches up (:func:`catch_up_on_enable`): a disabled destination gets no deliveries (the
+fan-out pauses it), so changes made meanwhile never reach it. On the transition disabled -> enabled
+the job "re-enabled" resyncs the absences changed since the destination was disabled
+(``changed_since = disabled_at``, recorded on the destination record; a destination disabled before
+that was recorded gets a full resync): afterwards it holds what it should hold now. Enabling twice
+starts nothing the second time (no transition), and a resync is idempotent anyway (deterministic
+delivery ids the destinations dedupe on).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import replace
+from typing import Literal
 
 import structlog
 
-from absync.web.models import ResyncOut
-from processors.resync import ResyncProgress, ResyncRequest, run_resync
+from absync.web.models import ResyncIn, ResyncOut
+from processors.resync import ResyncProgress, ResyncRequest, catch_up_request, enabled_again, run_resync
+from processors.resync_filter import AbsenceScope
+from schemas.destination import Destination
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+Reason = Literal["operator", "re-enabled"]
+
+
+def resync_request(body: ResyncIn, destination_id: str) -> ResyncRequest:
+    """The resync an operator asked for (``POST /destinations/{id}/resync``, the console's dialog)."""
+    since = body.changed_since
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    scope = AbsenceScope(body.ending_on_or_after, body.legal_entity, body.department)
+    return ResyncRequest(destination_id, changed_since=since, scope=scope)
+
 
 class ResyncJob:
-    """A resync running in a thread of this API process; interrupted (process stopped), it resumes
-    from its checkpoint when started again."""
+    """One resync in a thread of this process."""
 
-    def __init__(self, settings: Settings, destination_id: str) -> None:
-        self.destination_id = destination_id
+    def __init__(self, settings: Settings, request: ResyncRequest, reason: Reason) -> None:
+        self.request = request
+        self.reason: Reason = reason
         self.progress = ResyncProgress()
         self.error: str | None = None
         self._settings = settings
-        self._thread = threading.Thread(target=self._run, name=f"resync-{destination_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"resync-{request.destination_id}", daemon=True
+        )
+
+    @property
+    def destination_id(self) -> str:
+        return self.request.destination_id
 
     def start(self) -> ResyncJob:
         self._thread.start()
@@ -38,20 +68,27 @@ class ResyncJob:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the job has ended (for the tests and shutdown)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         def update(progress: ResyncProgress) -> None:
             self.progress = replace(progress)
 
         try:
-            self.progress = run_resync(self._settings, ResyncRequest(self.destination_id), progress=update)
+            self.progress = run_resync(self._settings, self.request, progress=update)
         except Exception as exc:  # reported by GET .../resync; the checkpoint keeps what was done
-            log.exception("resync failed", destination=self.destination_id)
+            log.exception("resync failed", destination=self.destination_id, reason=self.reason)
             self.error = str(exc)
 
     def out(self) -> ResyncOut:
         p = self.progress
         return ResyncOut(
             destination_id=self.destination_id,
+            reason=self.reason,
+            parameters=self.request.parameters(),
             running=self.running,
             phase=p.phase,
             done=p.done,
@@ -61,3 +98,40 @@ class ResyncJob:
             completed=p.completed,
             error=self.error,
         )
+
+
+class ResyncJobs:
+    """The jobs of this process, latest per destination."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, ResyncJob] = {}
+        self._lock = threading.Lock()
+
+    def get(self, destination_id: str) -> ResyncJob | None:
+        with self._lock:
+            return self._jobs.get(destination_id)
+
+    def start(self, settings: Settings, request: ResyncRequest, reason: Reason) -> ResyncJob:
+        """Starts ``request`` unless a job of that destination runs (then returns it)."""
+        with self._lock:
+            job = self._jobs.get(request.destination_id)
+            if job is None or not job.running:
+                job = self._jobs[request.destination_id] = ResyncJob(settings, request, reason).start()
+            return job
+
+
+def catch_up_on_enable(
+    settings: Settings, jobs: ResyncJobs, before: Destination | None, after: Destination
+) -> ResyncJob | None:
+    """Starts the catch-up resync if ``before -> after`` enables the destination again (see the
+    module docstring); call it once the enabling write is acknowledged by Kafka."""
+    if not enabled_again(before, after):
+        return None
+    assert before is not None
+    request = catch_up_request(before)
+    log.info(
+        "destination enabled again: catch-up resync",
+        destination=after.id,
+        changed_since=before.disabled_at.isoformat() if before.disabled_at else None,
+    )
+    return jobs.start(settings, request, "re-enabled")

@@ -16,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from absync.services.destinations import DestinationService
-from absync.web.resync_jobs import ResyncJob
+from absync.web.resync_jobs import ResyncJobs
 from streams.destinations import DestinationTable
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -38,8 +38,8 @@ class AppState:
     producer_lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the server stops: open event streams end."""
-    resync_jobs: dict[str, ResyncJob] = field(default_factory=dict)
-    """The resyncs started by this process, by destination id (the newest per destination)."""
+    resync_jobs: ResyncJobs = field(default_factory=ResyncJobs)
+    """The resyncs of this process (by hand, or the catch-up of an enable), newest per destination."""
 
 
 def app_state(request: Request) -> AppState:

@@ -77,3 +77,37 @@ def test_a_refused_form_says_why(console: Console, page: Page) -> None:
     expect(page.locator("#form-state")).to_contain_text("Other settings must be a JSON object")
     with console.api("configure") as client:
         assert client.get("/api/v1/destinations/dst-bad").status_code == 404
+
+
+def test_the_resync_dialog_backfills_from_a_date_with_legal_entity_and_department(
+    console: Console, page: Page
+) -> None:
+    console.destination("dst-backfill", "Backfill target", "/backfill")
+    sign_in(page, console, "configure")
+    page.goto(console.url("/console/destinations"))
+    row = page.locator('tr[data-destination-id="dst-backfill"]')
+    expect(row).to_contain_text("Backfill target")
+
+    # Cancel sends nothing.
+    row.get_by_role("button", name="Resync").click()
+    dialog = page.get_by_role("dialog", name="Resync Backfill target")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    with console.api("configure") as client:
+        assert client.get("/api/v1/destinations/dst-backfill/resync").status_code == 404
+
+    row.get_by_role("button", name="Resync").click()
+    dialog.get_by_label("Absences ending on or after").fill("2026-05-06")
+    dialog.get_by_label("Legal entity id").fill("le-fr")
+    dialog.get_by_label("Department id").fill("dep-b")
+    dialog.get_by_role("button", name="Start resync").click()
+    expect(page.locator("#destinations-state")).to_contain_text("Resync of Backfill target complete")
+    with console.api("configure") as client:
+        job = client.get("/api/v1/destinations/dst-backfill/resync").json()
+    assert job["reason"] == "operator" and job["completed"]
+    assert job["parameters"] == {
+        "ending_on_or_after": "2026-05-06",
+        "legal_entity": "le-fr",
+        "department": "dep-b",
+        "changed_since": None,
+    }

@@ -1,9 +1,9 @@
 """Every route of the OpenAPI spec, walked with no token, a ``view`` and a ``configure`` token.
 
 The expected answer comes from the rule of issue [C], not from a list of routes: everything under
-``/api/`` needs a token; ``/api/v1/destinations...`` and ``/api/v1/alerts`` (where destination alerts
-go) need ``configure``, the rest ``view``; ``/metrics`` needs a token for all tenants (either right;
-issue 12 item 7); the probes outside ``/api/`` are public.
+``/api/`` needs a token; ``/api/v1/destinations...``, ``/api/v1/alerts`` (where destination alerts
+go) and ``/api/v1/erasures`` (issue 17) need ``configure``, the rest ``view``; ``/metrics`` needs a
+token for all tenants (either right; issue 12 item 7); the probes outside ``/api/`` are public.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def required_right(path: str) -> str | None:
         return "view"
     if not path.startswith("/api/"):
         return None
-    return "configure" if path.startswith(("/api/v1/destinations", "/api/v1/alerts")) else "view"
+    configure = ("/api/v1/destinations", "/api/v1/alerts", "/api/v1/erasures")
+    return "configure" if path.startswith(configure) else "view"
 
 
 def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -8,16 +8,18 @@
 - :mod:`.resync`: resync of a destination;
 - :mod:`.health`: a destination's health and health history (auto-disable, alerts sent);
 - :mod:`.alerts`: where operator alerts go (Slack, signed webhook; a token for every tenant);
-- :mod:`.me`: who the token is.
+- :mod:`.me`: who the token is;
+- :mod:`.erasures`: erase an employee's personal data (docs/privacy.md).
 
 Writes never touch the view: the view follows from Kafka. Rights: every route needs a token;
-``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations`` and ``/alerts``. A
+``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations``, ``/alerts`` and
+``/erasures``. A
 tenant-limited token gets 404 for other tenants' objects. Response models: :mod:`absync.web.models`.
 """
 
 from fastapi import APIRouter
 
-from absync.web.routes import alerts, commands, deliveries, destinations, health, me, resync, stream
+from absync.web.routes import alerts, commands, deliveries, destinations, erasures, health, me, resync, stream
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(stream.router)  # before deliveries: /deliveries/stream is not a delivery id
@@ -28,5 +30,6 @@ router.include_router(health.router)
 router.include_router(resync.router)
 router.include_router(alerts.router)
 router.include_router(me.router)
+router.include_router(erasures.router)
 
 __all__ = ["router"]

@@ -5,7 +5,8 @@ Reads come from the destinations topic itself (:class:`streams.destinations.Dest
 the source of truth, holds the encrypted secrets that "test connection" needs, and shows a write at
 once. Every write goes through :class:`absync.services.destinations.DestinationService` (revision,
 kept secrets, read-your-write, audit record with the token's name as actor); no secret value is
-ever returned. Resync is in :mod:`absync.web.routes.resync`.
+ever returned. Resync is in :mod:`absync.web.routes.resync`; enabling a disabled destination starts
+its catch-up resync (:func:`absync.web.resync_jobs.catch_up_on_enable`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from absync.web.models import (
     DestinationOut,
     RecordedCallOut,
 )
+from absync.web.resync_jobs import catch_up_on_enable
 from absync.web.routes.common import DestinationId, invalid, not_found, visible_destination
 from absync.web.state import AppState, app_state
 from connectors.base import CallRecorder, ConnectorOptions
@@ -125,6 +127,7 @@ def _change(
         raise not_found("destination") from exc
     except DestinationError as exc:
         raise invalid(("body",), str(exc)) from exc
+    catch_up_on_enable(state.settings, state.resync_jobs, written.previous, written.destination)
     return public_view(written.destination)
 
 
@@ -171,6 +174,7 @@ def _set_enabled(state: AppState, principal: Principal, destination_id: str, ena
         )
     except DestinationNotFound as exc:
         raise not_found("destination") from exc
+    catch_up_on_enable(state.settings, state.resync_jobs, written.previous, written.destination)
     return public_view(written.destination)
 
 

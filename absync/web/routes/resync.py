@@ -7,11 +7,13 @@ progress; a disabled destination is refused (409).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Request, status
 
 from absync.web.auth import Configurer
-from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, ResyncOut
-from absync.web.resync_jobs import ResyncJob
+from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, ResyncIn, ResyncOut
+from absync.web.resync_jobs import resync_request
 from absync.web.routes.common import DestinationId, not_found, visible_destination
 from absync.web.state import app_state
 
@@ -22,18 +24,23 @@ router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRO
     "/{destination_id}/resync",
     response_model=ResyncOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**BAD_BODY, **NOT_FOUND, **CONFLICT},
     summary="Send the destination what it should hold now (replay of absences, in the background)",
-    description="Starts a resync unless one is running (then returns its progress).",
+    description="Starts a resync unless one is running (then returns its progress). The body is "
+    "optional: `ending_on_or_after` (every absence ending on or after that date), `legal_entity`, "
+    "`department`, `changed_since` (time written to Kafka); none of them: everything.",
 )
-def start_resync(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
+def start_resync(
+    request: Request,
+    principal: Configurer,
+    destination_id: DestinationId,
+    body: Annotated[ResyncIn, Body()] = ResyncIn(),  # noqa: B008 - a frozen default: everything
+) -> ResyncOut:
     state = app_state(request)
     destination = visible_destination(state, principal, destination_id)
     if not destination.enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
-    job = state.resync_jobs.get(destination_id)
-    if job is None or not job.running:
-        job = state.resync_jobs[destination_id] = ResyncJob(state.settings, destination_id).start()
+    job = state.resync_jobs.start(state.settings, resync_request(body, destination_id), "operator")
     return job.out()
 
 
@@ -41,7 +48,7 @@ def start_resync(request: Request, principal: Configurer, destination_id: Destin
     "/{destination_id}/resync",
     response_model=ResyncOut,
     responses=NOT_FOUND,
-    summary="Progress of the destination's resync started by this API process",
+    summary="Progress of the destination's latest resync in this API process (by hand or on enable)",
 )
 def resync_progress(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
     state = app_state(request)

@@ -387,11 +387,32 @@ function destinationsPage() {
     }
   }
 
+  const resyncDialog = document.getElementById("resync-dialog");
+
+  function askResync(d) {
+    const form = document.getElementById("resync-form");
+    form.reset();
+    document.getElementById("resync-title").textContent = `Resync ${d.name}`;
+    resyncDialog.returnValue = "";
+    resyncDialog.showModal();
+    return new Promise((resolve) => resyncDialog.addEventListener("close", () => {
+      if (resyncDialog.returnValue !== "ok") return resolve(null);
+      const body = {};
+      for (const name of ["ending_on_or_after", "legal_entity", "department"]) {
+        const value = form.elements[name].value.trim();
+        if (value) body[name] = value;
+      }
+      resolve(body);
+    }, { once: true }));
+  }
+
   async function resync(d, button) {
     const path = `/destinations/${encodeURIComponent(d.id)}/resync`;
+    const body = await askResync(d);
+    if (body === null) return;
     button.disabled = true;
     try {
-      let job = await api(path, { method: "POST" });
+      let job = await api(path, { method: "POST", body });
       while (job.running) {
         showState(state, `Resync of ${d.name}: ${job.phase}, ${job.done.toLocaleString("en-GB")} / ${job.total.toLocaleString("en-GB")} replayed, ${job.upserts} sent, ${job.deletes} deleted.`, "info");
         await new Promise((resolve) => setTimeout(resolve, 1000));
