@@ -40,24 +40,37 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import Any
 
 import structlog
 from confluent_kafka import Message
 
 from connectors.base import CallRecorder, ConnectorOptions, DigestConnector
-from connectors.exceptions import BackpressureError, ConnectorError, PermanentError
+from connectors.exceptions import ConnectorError, PermanentError, RetryableError
 from connectors.registry import digest_connector_class
 from processors.slack_daily import Clock, DailyAbsencesProcessor, DailyAbsenceTable, utc_now
+from processors.slack_followup import MANUAL, PostRecord, after_failure, post_attempt, post_status
 from processors.slack_message import PostSettings, PostSettingsError, render
+from schemas.codec import codec_for
+from schemas.delivery import (
+    SLACK_POST_PREFIX,
+    Attempt,
+    Command,
+    CommandKind,
+    Status,
+    Trigger,
+    slack_post_delivery_id,
+)
 from schemas.destination import ChangeSelection, Destination
 from schemas.models import AbsenceEvent, AbsenceStatus
+from streams.deadletter import dead_letter_copy
 from streams.destinations import DestinationTable
 from streams.processor import Output, Processor, ProcessorComponent, ProcessorRuntime
+from streams.records import coordinates
 from streams.secrets import SecretBox, SecretDecryptionError
 from streams.settings import Settings
 from streams.state import StateStore
@@ -71,22 +84,9 @@ KEEP_RECORDS_DAYS = 7
 OWNER_PARTITION = 0
 
 
-@dataclass(frozen=True)
-class PostRecord:
-    """The day's post of one destination: its channel, its message (None: intent declared, not yet
-    known to be made) and the digest of the text it shows."""
-
-    channel: str
-    ts: str | None
-    digest: str
-
-    def to_bytes(self) -> bytes:
-        return json.dumps({"channel": self.channel, "ts": self.ts, "digest": self.digest}).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> PostRecord:
-        data = json.loads(raw)
-        return cls(str(data["channel"]), data["ts"], str(data["digest"]))
+def post_key(destination_id: str, day: dt.date) -> str:
+    """The store key of a destination's post of ``day``."""
+    return f"{POST_PREFIX}{destination_id}|{day.isoformat()}"
 
 
 def shown(destination: Destination, event: AbsenceEvent) -> bool:
@@ -109,14 +109,19 @@ class SlackScheduler(Processor):
         tick: float = 10.0,
     ) -> None:
         topics = Topics(settings)
-        self.topics = [topics.destinations]
+        # Both one partition: the range assignor gives partition 0 of each to the same worker.
+        self.topics = [topics.destinations, topics.slack_commands]
+        self._commands_topic = topics.slack_commands
+        self._status_topic = topics.status
+        self._invalid_topic = topics.deliveries_invalid
+        self._max_record = settings.max_record_bytes
         self._posts = StateStore(settings, topics.daily_absences)
         self.stores = [self._posts]
         self._destinations = destinations
         self._absences = absences
         self._clock = clock
         self._tick = tick
-        self._retry_delay = settings.retry_delays[0]
+        self._retry_delays = settings.retry_delays
         self._box = SecretBox.from_settings(settings)
         self._options = ConnectorOptions.from_settings(settings)
         self._connectors: dict[str, tuple[int, DigestConnector]] = {}
@@ -136,57 +141,51 @@ class SlackScheduler(Processor):
         self._absences.close()
 
     def handle(self, msg: Message) -> list[Output]:
-        """Destination records only mark ownership; their content comes from the destination table."""
-        return []
+        """Destination records only mark ownership (their content comes from the destination table);
+        a command (Retry, Mark as processed of a post) is carried out here, in the transaction."""
+        if msg.topic() != self._commands_topic:
+            return []
+        return self.command(Command.from_avro(codec_for("Command").decode(msg.value() or b"")))
 
     def punctuate(self) -> list[Output]:
         if OWNER_PARTITION not in self._posts.partitions() or time.monotonic() < self._next_tick:
             return []
         self._next_tick = time.monotonic() + self._tick
         now = self._clock()
+        outputs: list[Output] = []
         for destination in self._destinations.all():
             due = self._paused.get((destination.id, destination.revision), 0.0) <= time.monotonic()
             if destination.kind == "slack" and destination.enabled and due:
-                self._attempt(destination, now)
+                outputs += self._guarded(destination, now)
         self._sweep(now.date())
-        return []
+        return outputs
 
     # -- one destination ----------------------------------------------------------------------
-    def _attempt(self, destination: Destination, now: dt.datetime) -> None:
+    def _guarded(self, destination: Destination, now: dt.datetime) -> list[Output]:
+        """The destination's post, if one is due; a broken destination is paused, never raised."""
         bound = log.bind(destination=destination.id)
         try:
-            self._post(destination, now)
-        except BackpressureError as exc:
-            self._pause(destination, max(self._retry_delay, exc.retry_after or 0.0))
-            bound.warning("slack rate limit, post delayed", retry_after=exc.retry_after, error=exc.message)
-        except PermanentError as exc:
-            self._pause(destination, PERMANENT_PAUSE)
-            bound.error("slack daily post failed", error=exc.message)
-        except ConnectorError as exc:
-            self._pause(destination, self._retry_delay)
-            bound.warning("slack daily post will be tried again", error=exc.message)
-        except (PostSettingsError, SecretDecryptionError) as exc:
+            return self._post(destination, now)
+        except (PostSettingsError, SecretDecryptionError, ConnectorError) as exc:
             self._pause(destination, PERMANENT_PAUSE)
             bound.error("slack destination misconfigured", error=str(exc))
         except Exception:  # a bug with one destination must not stop the others' posts
             self._pause(destination, PERMANENT_PAUSE)
             bound.exception("slack daily post crashed")
+        return []
 
     def _pause(self, destination: Destination, seconds: float) -> None:
         self._paused[(destination.id, destination.revision)] = time.monotonic() + seconds
 
-    def _post(self, destination: Destination, now: dt.datetime) -> None:
+    def _post(self, destination: Destination, now: dt.datetime) -> list[Output]:
         settings = PostSettings.from_settings(destination.settings)
         local = now.astimezone(settings.zone)
         day = local.date()
         if not settings.is_working_day(day) or local.time() < settings.post_time:
-            return
-        last = settings.next_working_day(day) if settings.show_tomorrow else day
-        events = [e for e in self._absences.on(destination.tenant, day, last) if shown(destination, e)]
-        text = render(day, events, settings)
-        poster = self._connector(destination)
-        digest = hashlib.sha256(f"{poster.channel}\x00{text}".encode()).hexdigest()
-        key = f"{POST_PREFIX}{destination.id}|{day.isoformat()}"
+            return []
+        poster = self.connector(destination)
+        text, digest = self.text(destination, settings, day, poster.channel)
+        key = post_key(destination.id, day)
         raw = self._posts.get(OWNER_PARTITION, key)
         record = PostRecord.from_bytes(raw) if raw is not None else None
         if record is None or record.channel != poster.channel:
@@ -194,21 +193,179 @@ class SlackScheduler(Processor):
             # whoever finds an intent without a ts looks for the post before making one.
             self._posts.put(OWNER_PARTITION, key, PostRecord(poster.channel, None, "").to_bytes())
             self._next_tick = 0.0
-            return
-        if record.digest == digest:
-            return
-        midnight = dt.datetime.combine(day, dt.time(0), tzinfo=settings.zone).timestamp()
-        published = poster.publish(day.isoformat(), text, record.ts, midnight, CallRecorder())
-        self._posts.put(OWNER_PARTITION, key, PostRecord(poster.channel, published.ts, digest).to_bytes())
-        log.info(
-            "slack daily post",
-            destination=destination.id,
-            day=day.isoformat(),
-            action=published.action,
-            ts=published.ts,
+            return [self.fact(destination, poster.channel, day, Status.PENDING, 0)]
+        if not record.automatic_attempt_due(digest, destination.revision, time.time()):
+            return []
+        return self.attempt(
+            destination, poster, settings, day, record, text, digest, trigger=Trigger.AUTOMATIC
         )
 
-    def _connector(self, destination: Destination) -> DigestConnector:
+    def text(
+        self, destination: Destination, settings: PostSettings, day: dt.date, channel: str
+    ) -> tuple[str, str]:
+        """The post of ``day`` as it should read now, and its digest (with the channel)."""
+        last = settings.next_working_day(day) if settings.show_tomorrow else day
+        events = [e for e in self._absences.on(destination.tenant, day, last) if shown(destination, e)]
+        text = render(day, events, settings)
+        return text, hashlib.sha256(f"{channel}\x00{text}".encode()).hexdigest()
+
+    def attempt(
+        self,
+        destination: Destination,
+        poster: DigestConnector,
+        settings: PostSettings,
+        day: dt.date,
+        record: PostRecord,
+        text: str,
+        digest: str,
+        *,
+        trigger: Trigger,
+    ) -> list[Output]:
+        """One attempt to make the channel show ``text``; stores the record, returns its fact.
+
+        An operator Retry (``trigger`` RETRY) is final: on failure, Error with nothing scheduled."""
+        number = record.attempts + 1
+        recorder = CallRecorder(poster.secrets)
+        midnight = dt.datetime.combine(day, dt.time(0), tzinfo=settings.zone)
+        started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
+        try:
+            published = poster.publish(day.isoformat(), text, record.ts, midnight.timestamp(), recorder)
+        except ConnectorError as exc:
+            error: ConnectorError | None = exc
+        except Exception as exc:  # an unexpected client error: the ladder decides, as for deliveries
+            error = RetryableError(f"{type(exc).__name__}: {exc}")
+        else:
+            error = None
+        attempt = post_attempt(number, started, (time.perf_counter() - t0) * 1000, recorder)
+        key = post_key(destination.id, day)
+        if error is None:
+            done = PostRecord(poster.channel, published.ts, digest, number, 0, Status.SUCCESSFUL.value)
+            self._posts.put(OWNER_PARTITION, key, done.to_bytes())
+            log.info(
+                "slack daily post",
+                destination=destination.id,
+                day=day.isoformat(),
+                action=published.action,
+                ts=published.ts,
+            )
+            return [self.fact(destination, poster.channel, day, Status.SUCCESSFUL, number, trigger, attempt)]
+        outcome = after_failure(
+            record,
+            error,
+            number,
+            self._retry_delays,
+            final=trigger is Trigger.RETRY,
+            revision=destination.revision,
+            now=self._clock(),
+            day_ends=midnight + dt.timedelta(days=1),
+        )
+        self._posts.put(OWNER_PARTITION, key, outcome.record.to_bytes())
+        (log.error if outcome.status is Status.ERROR else log.warning)(
+            "slack daily post failed",
+            destination=destination.id,
+            day=day.isoformat(),
+            status=outcome.status.value,
+            error=error.message,
+        )
+        return [
+            self.fact(
+                destination,
+                poster.channel,
+                day,
+                outcome.status,
+                number,
+                trigger,
+                attempt,
+                next_retry_at=outcome.next_retry_at,
+                error=outcome.error,
+            )
+        ]
+
+    def fact(
+        self,
+        destination: Destination,
+        channel: str,
+        day: dt.date,
+        status: Status,
+        attempt: int,
+        trigger: Trigger = Trigger.AUTOMATIC,
+        record: Attempt | None = None,
+        **extra: Any,
+    ) -> Output:
+        """The post's status fact (the channel named as the destination's settings name it)."""
+        name = str(destination.settings.get("channel_name") or channel)
+        return post_status(
+            self._status_topic,
+            destination,
+            channel,
+            name,
+            day.isoformat(),
+            status,
+            attempt,
+            trigger=trigger.value.lower(),
+            attempt_record=record,
+            **extra,
+        )
+
+    # -- operator commands --------------------------------------------------------------------
+    def command(self, command: Command) -> list[Output]:
+        """Retry (one attempt now, final) or Mark as processed (no more automatic attempts that day)
+        of a post whose record is kept (:data:`KEEP_RECORDS_DAYS`); a command for an unknown post or
+        an earlier channel's post is ignored (logged). Raises ValueError for a malformed post id."""
+        bound = log.bind(destination=command.destination_id, command_id=command.command_id)
+        day = dt.date.fromisoformat(command.absence_id.removeprefix(SLACK_POST_PREFIX))
+        destination = self._destinations.get(command.destination_id)
+        raw = self._posts.get(OWNER_PARTITION, post_key(command.destination_id, day))
+        if destination is None or raw is None:
+            bound.warning("command for an unknown slack post ignored", day=day.isoformat())
+            return []
+        record = PostRecord.from_bytes(raw)
+        channel = record.channel
+        if command.delivery_id != slack_post_delivery_id(destination.id, channel, day.isoformat()):
+            bound.info("command for an earlier channel's post ignored", day=day.isoformat())
+            return []
+        key = post_key(destination.id, day)
+        if command.kind is CommandKind.MARK_PROCESSED:
+            if record.status in (Status.SUCCESSFUL.value, MANUAL):
+                return []
+            self._posts.put(OWNER_PARTITION, key, replace(record, status=MANUAL, due=0.0).to_bytes())
+            return [self.fact(destination, channel, day, Status.SUCCESSFUL, record.attempts, manual=True)]
+        try:
+            if not destination.enabled:
+                raise PermanentError("the destination is disabled: not sent")
+            poster = self.connector(destination)
+            if poster.channel != channel:
+                raise PermanentError(f"the destination now posts in {poster.channel}, not {channel}")
+            settings = PostSettings.from_settings(destination.settings)
+            text, digest = self.text(destination, settings, day, channel)
+        except (ConnectorError, PostSettingsError, SecretDecryptionError) as exc:
+            message = exc.message if isinstance(exc, ConnectorError) else str(exc)
+            failed = replace(record, status=Status.ERROR.value, due=0.0, revision=destination.revision)
+            self._posts.put(OWNER_PARTITION, key, failed.to_bytes())
+            bound.error("slack post not retried", error=message)
+            return [
+                self.fact(
+                    destination, channel, day, Status.ERROR, record.attempts, Trigger.RETRY, error=message
+                )
+            ]
+        return self.attempt(destination, poster, settings, day, record, text, digest, trigger=Trigger.RETRY)
+
+    def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
+        """A command the scheduler cannot read goes to ``deliveries.invalid``, with its reason."""
+        log.error("slack command dead-lettered", offset=msg.offset(), error=repr(exc)[:500])
+        copy = dead_letter_copy(
+            self._invalid_topic,
+            key=msg.key(),
+            value=msg.value(),
+            headers=[],
+            source=coordinates(msg),
+            kind="invalid",
+            reason=f"{type(exc).__name__}: {exc}",
+            max_bytes=self._max_record,
+        )
+        return [Output(copy.topic, copy.key, copy.value, list(copy.headers))]
+
+    def connector(self, destination: Destination) -> DigestConnector:
         cached = self._connectors.get(destination.id)
         if cached is not None and cached[0] == destination.revision:
             return cached[1]

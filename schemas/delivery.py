@@ -28,6 +28,21 @@ def delivery_id_for(destination_id: str, event_id: str, operation: str = "") -> 
     return f"dlv_{digest[:32]}"
 
 
+SLACK_POST_PREFIX = "slack-post:"
+"""The absence id of a Slack daily post's delivery: ``slack-post:<ISO day>`` (a digest is no absence)."""
+
+
+def slack_post_absence_id(day: str) -> str:
+    """The absence id under which the post of ``day`` (ISO date) is followed."""
+    return f"{SLACK_POST_PREFIX}{day}"
+
+
+def slack_post_delivery_id(destination_id: str, channel: str, day: str) -> str:
+    """Deterministic: one delivery per (destination, channel, day), whoever posts it and however often."""
+    digest = hashlib.sha256(f"slack-post\x00{destination_id}\x00{channel}\x00{day}".encode()).hexdigest()
+    return f"dlv_{digest[:32]}"
+
+
 class Operation(enum.StrEnum):
     UPSERT = "UPSERT"
     DELETE = "DELETE"

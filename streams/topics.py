@@ -79,6 +79,7 @@ class Topics:
         self.fanout_state = f"{p}fanout-state"
         self.delivery_state = f"{p}delivery-state"
         self.daily_absences = f"{p}daily-absences"
+        self.slack_commands = f"{p}slack-commands"
 
     def delay_for(self, topic: str) -> float:
         """The delay of a retry topic (0 for the main deliveries topic)."""
@@ -178,6 +179,14 @@ class Topics:
                 rf,
                 compact,
                 "Changelog of who is absent which day (Slack).",
+            ),
+            TopicSpec(
+                "slack_commands",
+                self.slack_commands,
+                1,
+                rf,
+                keep(7),
+                "Operator commands on Slack daily posts, forwarded by the delivery worker to the scheduler.",
             ),
         ]
         for i, topic in enumerate(self.retries):

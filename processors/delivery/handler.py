@@ -8,7 +8,9 @@ maybe a retry record (:func:`processors.delivery.retry_policy.next_step`), then 
 Commands: RETRY (of any delivery of a key) makes one attempt now of the key's *latest* delivery,
 trigger RETRY, ``final``: nothing is scheduled if it fails (an automatic retry already pending
 stays). MARK_PROCESSED of the latest delivery makes it SUCCESSFUL (``manual``) and cancels its
-pending retries; of an older delivery it is ignored (that one is SUPERSEDED already).
+pending retries; of an older delivery it is ignored (that one is SUPERSEDED already). A command on a
+Slack daily post (absence id ``slack-post:<day>``) is forwarded, acknowledged, to ``slack-commands``:
+the Slack scheduler carries it out (:mod:`processors.slack_followup`).
 
 Destinations are re-read at send time (as Svix does): a deleted destination makes the delivery
 SUPERSEDED (there is nothing left to converge); a disabled one makes it ERROR "destination disabled"
@@ -39,6 +41,7 @@ from processors.delivery.state import MANUAL, Drop, KeyState, Send, Stale, admit
 from schemas.codec import codec_for
 from schemas.delivery import (
     NOT_SENT_DISABLED,
+    SLACK_POST_PREFIX,
     Attempt,
     Command,
     CommandKind,
@@ -188,6 +191,10 @@ class DeliveryHandler:
 
     async def _on_command(self, record: Admitted) -> None:
         command = Command.from_avro(codec_for("Command").decode(record.value))
+        if command.absence_id.startswith(SLACK_POST_PREFIX):
+            # A Slack daily post is followed by its scheduler, the one owner of the post records.
+            await self.producer.send(self.topics.slack_commands, record.key, record.value)
+            return
         state = self._state(record.partition, record.key)
         if state is None:
             log.warning("command for an unknown delivery ignored", command_id=command.command_id)
