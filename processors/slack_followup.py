@@ -130,11 +130,13 @@ def after_failure(
     revision: int,
     now: dt.datetime,
     day_ends: dt.datetime,
+    wall_now: float,
 ) -> Outcome:
     """The retry ladder for a post (pure): Pending with the next due time, or Error.
 
     ``final`` (an operator Retry): Error, nothing scheduled. A retryable error goes to the next stage
-    (``Retry-After`` a floor) unless the ladder is exhausted or the due time is past ``day_ends``.
+    (``Retry-After`` a floor) unless the ladder is exhausted or ``now`` (the scheduler's clock) plus
+    the delay reaches ``day_ends``. The due time is ``wall_now`` (epoch seconds) plus the delay.
     """
     stage = record.stage + 1
     failed = replace(record, attempts=number, status=Status.ERROR.value, due=0.0, revision=revision)
@@ -143,11 +145,13 @@ def after_failure(
     delay = delays[stage - 1]
     if isinstance(error, BackpressureError) and error.retry_after:
         delay = max(delay, error.retry_after)
-    due = now + dt.timedelta(seconds=delay)
-    if due >= day_ends:
+    if now + dt.timedelta(seconds=delay) >= day_ends:
         return Outcome(failed, Status.ERROR, error=f"{error.message} (no retry before the day ends)")
-    pending = replace(record, attempts=number, stage=stage, status=Status.PENDING.value, due=due.timestamp())
-    return Outcome(pending, Status.PENDING, next_retry_at=due, error=error.message)
+    due = wall_now + delay
+    pending = replace(record, attempts=number, stage=stage, status=Status.PENDING.value, due=due)
+    return Outcome(
+        pending, Status.PENDING, next_retry_at=dt.datetime.fromtimestamp(due, dt.UTC), error=error.message
+    )
 
 
 def post_attempt(

@@ -258,6 +258,7 @@ class SlackScheduler(Processor):
             revision=destination.revision,
             now=self._clock(),
             day_ends=midnight + dt.timedelta(days=1),
+            wall_now=time.time(),
         )
         self._posts.put(OWNER_PARTITION, key, outcome.record.to_bytes())
         (log.error if outcome.status is Status.ERROR else log.warning)(
