@@ -371,7 +371,7 @@ class DigestConnector(BaseConnector):
       once: a known digest (``ts``) is updated in place; an unknown one is first looked for (a crash
       may have lost its ``ts``) and posted only when absent;
     - it returns where the digest is (:class:`Published`) and raises a :mod:`connectors.exceptions`
-      error on failure (the scheduler pauses the destination accordingly);
+      error on failure (the scheduler follows the digest as a delivery: retry ladder, status facts);
     - it records every call in ``recorder``, secrets masked.
     """
 

@@ -26,14 +26,13 @@ and when the ts is not known (a crash between the post and its commit, a rebuilt
 looks for the day's post by the metadata it carries in the channel history before posting
 (:meth:`connectors.slack.SlackConnector.publish`), so it is updated, not posted again.
 
-Why not through the delivery pipeline: a ``Delivery`` carries one absence event, and the post is the
-result of a whole day of absences of one tenant; routing it as a Delivery would need a new record
-shape (the post's text and day) in ``deliveries``, the delivery state and the console. So the
-scheduler calls the connector itself, with the same semantics: a ``RetryableError`` pauses that
-destination for the first retry delay (``retry_delays``, 5 min by default), a ``BackpressureError``
-(429) as long and never less than its ``Retry-After``; a ``PermanentError`` (app not invited to a
-private channel, bad token) for :data:`PERMANENT_PAUSE` seconds, logged as an error with the
-connector's message.
+Each post is followed as a delivery (:mod:`processors.slack_followup`): a status fact per status
+change and attempt, written in the owner's transaction with the post record; the pipeline's retry
+ladder applied here (the record says when the next attempt is due); operator commands (Retry, Mark as
+processed) arrive on the one-partition ``slack-commands`` topic, which the delivery worker forwards
+them to and which this processor consumes with ``destinations`` (range assignor: partition 0 of
+both goes to the same worker, the owner). A destination whose settings or secrets cannot be read has
+no post to follow: it is paused for :data:`PERMANENT_PAUSE` seconds, logged as an error.
 """
 
 from __future__ import annotations

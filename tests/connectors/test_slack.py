@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder
-from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError
+from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
 from connectors.registry import connector_class, delivery_connector_class
 from connectors.slack import SlackConnector
 from processors.slack_message import PostSettings, render
@@ -354,3 +354,28 @@ def test_a_crash_between_post_and_record_updates_the_post_found_in_history(
     assert post["text"] == EXPECTED_EN
     assert slack.count("chat.postMessage") == 1
     assert slack.count("conversations.history") == 2
+
+
+def test_slack_errors_at_http_200_and_5xx_are_told_apart(slack: FakeSlack) -> None:
+    """Slack answers most failures with HTTP 200 and ``ok: false``: the error code decides."""
+    connector = slack_connector(slack)
+    slack.fail("chat.postMessage", "internal_error")
+    with pytest.raises(RetryableError, match="answered 200 internal_error"):
+        connector.publish("2026-03-09", "text", None, 0.0, CallRecorder())
+    slack.fail("chat.postMessage", "service_unavailable", status=503)
+    with pytest.raises(RetryableError, match="answered 503"):
+        connector.publish("2026-03-09", "text", None, 0.0, CallRecorder())
+    with pytest.raises(PermanentError, match="msg_too_long"):
+        connector.publish("2026-03-09", "x" * 40_001, None, 0.0, CallRecorder())
+    slack.scopes.discard("chat:write")
+    with pytest.raises(ConfigurationError, match=r"missing_scope \(needed: chat:write\)"):
+        connector.publish("2026-03-09", "text", None, 0.0, CallRecorder())
+    assert slack.channels[CHANNEL].messages == []
+
+
+def test_a_message_someone_else_wrote_is_not_taken_for_the_post(slack: FakeSlack) -> None:
+    slack.add_message(CHANNEL, "Absent today: me")
+    connector = slack_connector(slack)
+    published = connector.publish("2026-03-09", "the post", None, 0.0, CallRecorder())
+    assert published.action == "posted"
+    assert [m["text"] for m in slack.messages(CHANNEL)] == ["Absent today: me", "the post"]
