@@ -155,13 +155,23 @@ def after_failure(
 
 
 def post_attempt(
-    number: int, started: dt.datetime, duration_ms: float, recorder: CallRecorder
+    number: int,
+    started: dt.datetime,
+    duration_ms: float,
+    recorder: CallRecorder,
+    failure: ConnectorError | None = None,
 ) -> Attempt | None:
     """The attempt as the follow-up shows it: request and answer of the call that sent the text
-    (``chat.postMessage`` or ``chat.update``; a history lookup before it is in ``calls``)."""
+    (``chat.postMessage`` or ``chat.update``; a history lookup before it is in ``calls``), and the
+    failure's message as its error: Slack refuses at HTTP 200 (``ok: false``), which the status alone
+    would show as a success."""
     attempt = attempt_record(number, started, duration_ms, recorder)
+    if attempt is None:
+        return None
+    if failure is not None and attempt.error is None:
+        attempt = replace(attempt, error=failure.message)
     sending = [c for c in recorder.calls if c.url.rstrip("/").rsplit("/", 1)[-1] in SENDING_METHODS]
-    if attempt is None or not sending:
+    if not sending:
         return attempt
     main = sending[-1]
     return replace(
@@ -173,7 +183,7 @@ def post_attempt(
         response_status=main.response_status,
         response_headers=main.response_headers,
         response_body=main.response_body,
-        error=main.error,
+        error=main.error or (failure.message if failure is not None else None),
     )
 
 

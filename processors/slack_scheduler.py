@@ -235,7 +235,7 @@ class SlackScheduler(Processor):
             error = RetryableError(f"{type(exc).__name__}: {exc}")
         else:
             error = None
-        attempt = post_attempt(number, started, (time.perf_counter() - t0) * 1000, recorder)
+        attempt = post_attempt(number, started, (time.perf_counter() - t0) * 1000, recorder, error)
         key = post_key(destination.id, day)
         if error is None:
             done = PostRecord(poster.channel, published.ts, digest, number, 0, Status.SUCCESSFUL.value)

@@ -84,6 +84,8 @@ def test_a_failed_post_is_retried_on_schedule_then_retried_and_marked_by_an_oper
             # On schedule: never before the ladder's delays (1 s, then 2 s in tests).
             assert gap(attempts[0], attempts[1]) >= 1.0 and gap(attempts[1], attempts[2]) >= 2.0
             assert '"internal_error"' in attempts[0]["response_body"]
+            assert attempts[0]["error"] == "Slack chat.postMessage answered 200 internal_error"
+            assert attempts[2]["error"] is None
             assert '"ok": true' in attempts[2]["response_body"]
             assert "Jane Doe" in attempts[2]["request_body"]  # the message sent
             assert attempts[0]["request_headers"]["Authorization"] == "***"
