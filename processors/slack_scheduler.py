@@ -156,8 +156,7 @@ class SlackScheduler(Processor):
             due = self._paused.get((destination.id, destination.revision), 0.0) <= time.monotonic()
             if destination.kind == "slack" and destination.enabled and due:
                 outputs += self._guarded(destination, now)
-        self._sweep(now.date())
-        return outputs
+        return outputs + self._sweep(now)
 
     # -- one destination ----------------------------------------------------------------------
     def _guarded(self, destination: Destination, now: dt.datetime) -> list[Output]:
@@ -374,15 +373,40 @@ class SlackScheduler(Processor):
         self._connectors[destination.id] = (destination.revision, poster)
         return poster
 
-    def _sweep(self, today: dt.date) -> None:
-        """Once an hour, forgets post records older than KEEP_RECORDS_DAYS days."""
+    def _sweep(self, now: dt.datetime) -> list[Output]:
+        """Once an hour: a post still Pending when its day is over (the owner was down at its due
+        time) goes to Error, "the day ended before the post was made"; post records older than
+        KEEP_RECORDS_DAYS days are forgotten."""
         if time.monotonic() < self._next_sweep:
-            return
+            return []
         self._next_sweep = time.monotonic() + 3600.0
-        horizon = (today - dt.timedelta(days=KEEP_RECORDS_DAYS)).isoformat()
-        for key, _ in self._posts.items(OWNER_PARTITION):
-            if key.startswith(POST_PREFIX) and key.rsplit("|", 1)[1] < horizon:
+        horizon = (now.date() - dt.timedelta(days=KEEP_RECORDS_DAYS)).isoformat()
+        outputs: list[Output] = []
+        for key, raw in self._posts.items(OWNER_PARTITION):
+            if not key.startswith(POST_PREFIX):
+                continue
+            if key.rsplit("|", 1)[1] < horizon:
                 self._posts.delete(OWNER_PARTITION, key)
+            else:
+                outputs += self._close_if_over(key, PostRecord.from_bytes(raw), now)
+        return outputs
+
+    def _close_if_over(self, key: str, record: PostRecord, now: dt.datetime) -> list[Output]:
+        destination_id, _, day_text = key.removeprefix(POST_PREFIX).rpartition("|")
+        destination = self._destinations.get(destination_id)
+        if record.status != Status.PENDING.value or destination is None:
+            return []
+        try:
+            zone = PostSettings.from_settings(destination.settings).zone
+            day = dt.date.fromisoformat(day_text)
+        except (PostSettingsError, ValueError):
+            return []
+        if day >= now.astimezone(zone).date():
+            return []
+        message = "the day ended before the post was made"
+        self._posts.put(OWNER_PARTITION, key, replace(record, status=Status.ERROR.value, due=0.0).to_bytes())
+        log.error("slack daily post not made", destination=destination_id, day=day_text)
+        return [self.fact(destination, record.channel, day, Status.ERROR, record.attempts, error=message)]
 
 
 def run_together(runtimes: Sequence[ProcessorRuntime], halt: threading.Event) -> None:

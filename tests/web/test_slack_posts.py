@@ -9,6 +9,7 @@ updates it in place; a post in Error is marked as processed. The bot token never
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ import pytest
 
 from projections.runner import catch_up
 from schemas.delivery import slack_post_absence_id, slack_post_delivery_id
+from streams.kafka import make_producer
+from streams.topics import Topics
 from tests.connectors.test_slack import (
     CHANNEL,
     MONDAY,
@@ -28,7 +31,7 @@ from tests.connectors.test_slack import (
 )
 from tests.delivery.harness import RunningWorker
 from tests.fakes.slack import FakeSlack
-from tests.streams_helpers import produce_events
+from tests.streams_helpers import at_least, produce_events, read_committed
 from tests.web.conftest import Api
 
 DAY = MONDAY.isoformat()
@@ -132,3 +135,41 @@ def test_a_post_out_of_retries_is_in_error_and_an_operator_retry_makes_it(api: A
     assert made["attempt_count"] == 6 and made["trigger"] == "retry"
     [post] = slack.messages(CHANNEL)
     assert post["text"].startswith("*Absent today, Monday 9 March*")
+
+
+def test_a_post_still_pending_when_its_day_is_over_goes_to_error(api: Api, slack: FakeSlack) -> None:
+    """The owner was down when Friday's retry was due: on Monday Friday's post is Error, never made.
+    A command the scheduler cannot read is dead-lettered with its reason, and stops nothing."""
+    add_slack_destination(api.settings, slack)
+    friday = "2026-03-06"
+    pending = {"channel": CHANNEL, "ts": None, "digest": "", "attempts": 1, "stage": 1, "status": "PENDING"}
+    producer = make_producer(api.settings)
+    producer.produce(
+        Topics(api.settings).daily_absences,
+        key=f"post|dst-slack|{friday}".encode(),
+        value=json.dumps({**pending, "due": 0.0, "revision": 0}).encode(),
+        partition=0,
+    )
+    producer.produce(Topics(api.settings).slack_commands, key=b"dst-slack|slack-post:x", value=b"\x00garbage")
+    assert producer.flush(30) == 0
+    worker = Worker(api.settings)
+    try:
+        with api.client("view") as client:
+            deadline = time.monotonic() + LIMIT
+            detail: dict[str, Any] = {}
+            while detail.get("status") != "ERROR" and time.monotonic() < deadline:
+                catch_up(api.settings, api.engine)
+                response = client.get(
+                    f"/api/v1/deliveries/{slack_post_delivery_id('dst-slack', CHANNEL, friday)}"
+                )
+                detail = response.json() if response.status_code == 200 else {}
+                time.sleep(0.3)
+    finally:
+        worker.stop()
+    assert detail["status"] == "ERROR" and detail["last_error"] == "the day ended before the post was made"
+    assert (detail["start_date"], detail["attempt_count"]) == (friday, 1)
+    assert all(m["metadata"]["event_payload"]["day"] != friday for m in slack.messages(CHANNEL))
+    [dead] = read_committed(api.settings, Topics(api.settings).deliveries_invalid, at_least(1))
+    assert dead.value() == b"\x00garbage" and b"slack-commands" in b"".join(
+        v for _, v in dead.headers() or []
+    )
