@@ -20,6 +20,7 @@ from connectors.registry import connector_class, delivery_connector_class
 from connectors.slack import SlackConnector
 from processors.slack_message import PostSettings, render
 from processors.slack_scheduler import run_together, runtimes
+from schemas.delivery import Status
 from schemas.destination import ChangeSelection, Destination, Filters
 from schemas.models import Absence, AbsenceEvent, AbsenceStatus, ChangeKind, Employee, HalfDay, LeaveAccount
 from streams.destinations import publish_destination
@@ -29,7 +30,7 @@ from streams.settings import Settings
 from streams.topics import Topics
 from tests.fakes.loopback import loopback_options
 from tests.fakes.slack import FakeSlack
-from tests.streams_helpers import READ_LIMIT, produce_events
+from tests.streams_helpers import READ_LIMIT, produce_events, read_committed, statuses_of
 
 MONDAY = dt.date(2026, 3, 9)
 AT_0930_PARIS = dt.datetime(2026, 3, 9, 8, 30, tzinfo=dt.UTC)
@@ -256,6 +257,16 @@ def wait_until(condition: Callable[[], bool], limit: float = READ_LIMIT) -> None
         time.sleep(0.1)
 
 
+def wait_recorded(settings: Settings, successes: int) -> None:
+    """Until ``successes`` attempts of the post are committed: the status fact is committed in the
+    transaction that records the post, so a worker stopped after this restarts knowing its ts."""
+    read_committed(
+        settings,
+        Topics(settings).status,
+        lambda records: sum(f.status is Status.SUCCESSFUL for f in statuses_of(records)) >= successes,
+    )
+
+
 def test_one_post_survives_a_restart_and_a_late_change_edits_it(settings: Settings, slack: FakeSlack) -> None:
     add_slack_destination(settings, slack)
     produce_events(settings, the_week())
@@ -264,6 +275,7 @@ def test_one_post_survives_a_restart_and_a_late_change_edits_it(settings: Settin
         wait_until(
             lambda: bool(slack.channels[CHANNEL].messages) and "Zoe" in slack.messages(CHANNEL)[0]["text"]
         )
+        wait_recorded(settings, 1)
     finally:
         worker.stop()
     [post] = slack.messages(CHANNEL)
@@ -334,6 +346,7 @@ def test_a_crash_between_post_and_record_updates_the_post_found_in_history(
         wait_until(
             lambda: bool(slack.channels[CHANNEL].messages) and "Zoe" in slack.messages(CHANNEL)[0]["text"]
         )
+        wait_recorded(settings, 1)
     finally:
         worker.stop()
     # What a crash after chat.postMessage and before the commit leaves behind: only the intent.
