@@ -202,6 +202,7 @@ def post_status(
     error: str | None = None,
     attempt_record: Attempt | None = None,
     occurred_at: dt.datetime | None = None,
+    external_id: str | None = None,
 ) -> Output:
     """The ``DeliveryStatus`` fact of a post, as an output of the scheduler's transaction. Its status id
     is deterministic per (attempt, status), so a transaction replayed after a crash repeats it."""
@@ -228,6 +229,7 @@ def post_status(
         next_retry_at=next_retry_at,
         error=error,
         attempt_record=attempt_record,
+        external_id=external_id,
     )
     value = codec_for("DeliveryStatus").encode(fact.to_avro())
     return Output(status_topic, delivery_id.encode(), value)

@@ -62,6 +62,7 @@ from schemas.delivery import (
     CommandKind,
     Status,
     Trigger,
+    bounded_external_id,
     slack_post_delivery_id,
 )
 from schemas.destination import ChangeSelection, Destination
@@ -246,7 +247,17 @@ class SlackScheduler(Processor):
                 action=published.action,
                 ts=published.ts,
             )
-            return [self.fact(destination, poster.channel, day, Status.SUCCESSFUL, number, trigger, attempt)]
+            fact = self.fact(
+                destination,
+                poster.channel,
+                day,
+                Status.SUCCESSFUL,
+                number,
+                trigger,
+                attempt,
+                external_id=bounded_external_id(published.ts),  # the message's ts: "Created item"
+            )
+            return [fact]
         outcome = after_failure(
             record,
             error,

@@ -93,6 +93,7 @@ def test_a_failed_post_is_retried_on_schedule_then_retried_and_marked_by_an_oper
             assert "Jane Doe" in attempts[2]["request_body"]  # the message sent
             assert attempts[0]["request_headers"]["Authorization"] == "***"
             [post] = slack.messages(CHANNEL)
+            assert done["external_id"] == post["ts"]  # the message's ts, shown as the created item
 
             # An operator Retry of a Successful post makes it again: an update, never a second post.
             assert client.post(f"/api/v1/deliveries/{POST_ID}/retry").status_code == 202
