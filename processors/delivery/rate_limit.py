@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from schemas.destination import MAX_RATE, MIN_RATE
 
@@ -63,6 +64,11 @@ class TokenBucket:
 class RateLimits:
     """One :class:`TokenBucket` per destination; event-loop only (not thread-safe).
 
+    A waiting attempt sleeps in its own lane; when the destination's limit changes
+    (:meth:`update`, or an attempt that read the new limit) the bucket starts afresh and every
+    attempt waiting on the old limit wakes and books again under the new one, so lifting or raising
+    a limit takes effect at once, not after the sends booked under the old one.
+
     ``clock`` is monotonic seconds (``time.monotonic`` by default); ``sleep`` is awaited for a wait
     (``asyncio.sleep`` by default): both injectable for tests.
     """
@@ -77,34 +83,66 @@ class RateLimits:
     ) -> None:
         self._clock = clock
         self._sleep = sleep
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, tuple[float, TokenBucket]] = {}
+        """Destination -> (its limit, its bucket at this process's share of the limit)."""
+        self._wakers: dict[str, asyncio.Future[float | None]] = {}
+        """Destination -> resolved with the new limit when it changes (attempts waiting on it)."""
         self.share = 1.0
         """This process's share of every limit, in (0, 1]: see the module docstring."""
 
     def set_share(self, share: float) -> None:
-        """Sets this process's share of every limit (its share of the partitions); 0 or less is 1."""
+        """Sets this process's share of every limit (its share of the partitions); 0 or less is 1.
+        Applies to the sends booked from now on."""
         self.share = share if 0.0 < share <= 1.0 else 1.0
+
+    def update(self, destination_id: str, rate: float | None) -> None:
+        """The destination's limit is now ``rate`` (None: none, or the destination is gone)."""
+        known = self._buckets.get(destination_id)
+        if (known[0] if known else None) == rate:
+            return
+        self._buckets.pop(destination_id, None)
+        waker = self._wakers.pop(destination_id, None)
+        if waker is not None and not waker.done():
+            waker.set_result(rate)
 
     def reserve(self, destination_id: str, rate: float | None) -> float:
         """Books one send to ``destination_id`` limited to ``rate`` (None: no limit); seconds to wait."""
+        self.update(destination_id, rate)
         if rate is None:
-            self._buckets.pop(destination_id, None)
             return 0.0
         # clamped: a record of the destinations topic is validated when written, but never trusted
         effective = min(max(rate, MIN_RATE), MAX_RATE) * self.share
         now = self._clock()
-        bucket = self._buckets.get(destination_id)
-        if bucket is None:
+        known = self._buckets.get(destination_id)
+        if known is None:
             if len(self._buckets) >= self.FORGET_AFTER:
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.idle_since(now)}
-            bucket = self._buckets[destination_id] = TokenBucket(effective)
-        elif bucket.rate != effective:
-            bucket.set_rate(effective)
+                self._buckets = {k: v for k, v in self._buckets.items() if not v[1].idle_since(now)}
+                self._wakers = {k: w for k, w in self._wakers.items() if k in self._buckets}
+            bucket = TokenBucket(effective)
+            self._buckets[destination_id] = (rate, bucket)
+        else:
+            bucket = known[1]
+            if bucket.rate != effective:  # this process's share changed
+                bucket.set_rate(effective)
         return bucket.reserve(now)
 
     async def wait(self, destination_id: str, rate: float | None) -> float:
-        """Waits for the next send to ``destination_id`` allowed by ``rate``; returns the seconds waited."""
-        delay = self.reserve(destination_id, rate)
-        if delay > 0:
-            await self._sleep(delay)
-        return delay
+        """Waits for the next send to ``destination_id`` allowed by ``rate`` (booking again if the
+        limit changes meanwhile); returns the seconds waited, by the clock."""
+        began = self._clock()
+        while True:
+            delay = self.reserve(destination_id, rate)
+            if delay <= 0:
+                return self._clock() - began
+            waker = self._wakers.get(destination_id)
+            if waker is None:
+                waker = self._wakers[destination_id] = asyncio.get_running_loop().create_future()
+            sleeper = asyncio.ensure_future(self._sleep(delay))
+            either: list[asyncio.Future[Any]] = [sleeper, waker]
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+            if not waker.done():
+                return self._clock() - began
+            rate = waker.result()

@@ -108,6 +108,10 @@ class DeliveryWorker:
         """Runs until ``stop`` is set; raises :class:`DeliveryWorkerError` when the worker failed."""
         self._loop = asyncio.get_running_loop()
         self.lanes = KeyLanes(self._concurrency, DESTINATION_SHARE)
+        # a changed limit takes effect on the attempts already waiting on the old one
+        self.destinations.on_change(
+            lambda key, d: self._in_loop(self.rate_limits.update, key, d.rate_limit if d else None)
+        )
         self.destinations.start()
         self._producer = AsyncProducer(make_producer(self.settings), self._loop)
         self._handler = DeliveryHandler(

@@ -122,13 +122,42 @@ def test_wait_sleeps_the_reserved_time_without_blocking_the_loop() -> None:
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    async def main() -> list[float]:
+    async def main() -> None:
         limits = RateLimits(clock, fake_sleep)
-        return list(await asyncio.gather(*(limits.wait("d", 4.0) for _ in range(4))))
+        await asyncio.gather(*(limits.wait("d", 4.0) for _ in range(4)))
 
-    waited = asyncio.run(main())
-    assert waited == [0.0, 0.25, 0.5, 0.75]
+    asyncio.run(main())
     assert slept == [0.25, 0.5, 0.75]
+
+
+def test_waiting_attempts_book_again_when_the_limit_changes() -> None:
+    """Lifting the limit releases every waiting attempt at once; a new limit re-spaces them."""
+    clock = Clock()
+    slept: list[float] = []
+
+    async def never(seconds: float) -> None:  # a sleep that ends only when cancelled
+        slept.append(seconds)
+        await asyncio.get_running_loop().create_future()
+
+    async def main(new_rate: float | None) -> int:
+        limits = RateLimits(clock, never)
+        waits = [asyncio.ensure_future(limits.wait("d", 0.1)) for _ in range(5)]
+        others = asyncio.ensure_future(limits.wait("other", 0.1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        limits.update("other", 0.1)  # unchanged: nobody wakes
+        limits.update("d", new_rate)
+        done, _ = await asyncio.wait(waits, timeout=0.2)
+        assert others.done() and not others.result(), "the first of 'other' went at once"
+        return len(done)
+
+    assert asyncio.run(main(None)) == 5
+    assert slept == [10.0, 20.0, 30.0, 40.0]
+
+    slept.clear()
+    # the first went at once; of the four woken, one goes at once under the new limit, three wait again
+    assert asyncio.run(main(2.0)) == 2
+    assert slept == [10.0, 20.0, 30.0, 40.0, 0.5, 1.0, 1.5]
 
 
 def test_forgotten_buckets_are_only_full_ones() -> None:
