@@ -69,14 +69,15 @@ MAX_RATE = 1000.0
 
 
 def check_rate(rate: float | None) -> float | None:
-    """``rate`` if it is a valid limit (None: unlimited); a :class:`ValueError` that says why not."""
+    """``rate`` if it is a valid limit (None: unlimited); a :class:`ValueError` that says why not
+    (its message reads after the field's name: ``rate_limit: must be ...``)."""
     if rate is None:
         return None
     if isinstance(rate, bool) or not isinstance(rate, int | float) or rate != rate:
-        raise ValueError("rate_limit must be a number of requests per second, or null for no limit")
+        raise ValueError("must be a number of requests per second, or null for no limit")
     if not MIN_RATE <= rate <= MAX_RATE:
         raise ValueError(
-            f"rate_limit must be between {MIN_RATE:g} and {MAX_RATE:g} requests per second "
+            f"must be between {MIN_RATE:g} and {MAX_RATE:g} requests per second "
             f"(or null for no limit), got {rate:g}"
         )
     return float(rate)

@@ -228,7 +228,7 @@ def destination_from_dict(
     try:
         rate_limit = check_rate(data.get("rate_limit"))
     except ValueError as exc:
-        raise DestinationError(str(exc)) from None
+        raise DestinationError(f"rate_limit: {exc}") from None
     return Destination(
         id=data["id"],
         tenant=data["tenant"],
