@@ -62,6 +62,7 @@ def kind_catalog() -> KindCatalog:
         )
     return _catalog
 
+
 MIN_RATE = 0.1
 """Requests per second: the lowest limit a destination may set (one request every 10 s)."""
 MAX_RATE = 1000.0
