@@ -96,42 +96,64 @@ def test_invalid_rates_say_why(rate: object, message: str) -> None:
         check_rate(rate)  # type: ignore[arg-type]
 
 
+class Sleeper:
+    """A sleep on the test's clock: it moves the clock, by ``late`` more than asked (a busy loop)."""
+
+    def __init__(self, clock: Clock, late: float = 0.0) -> None:
+        self.clock, self.late, self.slept = clock, late, []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.now += seconds + self.late
+        await asyncio.sleep(0)
+
+
+def starts(limits: RateLimits, clock: Clock, destination: str, rate: float | None, n: int) -> list[float]:
+    """When each of ``n`` attempts, all asked at once, started (by the clock)."""
+
+    async def main() -> list[float]:
+        out: list[float] = []
+
+        async def one() -> None:
+            await limits.wait(destination, rate)
+            out.append(clock.now)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return out
+
+    return asyncio.run(main())
+
+
 def test_each_destination_has_its_own_bucket_and_unlimited_never_waits() -> None:
     clock = Clock()
-    limits = RateLimits(clock)
-    assert [limits.reserve("slow", 2.0) for _ in range(3)] == [0.0, 0.5, 1.0]
-    assert [limits.reserve("fast", None) for _ in range(100)] == [0.0] * 100
-    assert limits.reserve("other", 2.0) == 0.0, "another destination's bucket is untouched"
+    limits = RateLimits(clock, Sleeper(clock))
+    assert starts(limits, clock, "slow", 2.0, 3) == [1000.0, 1000.5, 1001.0]
+    assert starts(limits, clock, "fast", None, 100) == [1001.0] * 100
+    assert starts(limits, clock, "other", 2.0, 1) == [1001.0], "another destination's bucket is untouched"
     clock.now += 10
-    assert limits.reserve("slow", 2.0) == 0.0
+    assert starts(limits, clock, "slow", 2.0, 1) == [1011.0]
+
+
+def test_a_late_wake_up_makes_sends_later_never_closer() -> None:
+    """The loop wakes each sleeper 0.3 s late: the next send is still a full interval after the
+    actual start of the one before (a busy machine never bunches sends up)."""
+    clock = Clock()
+    limits = RateLimits(clock, Sleeper(clock, late=0.3))
+    times = starts(limits, clock, "d", 2.0, 6)
+    assert all(b - a >= 0.5 for a, b in itertools.pairwise(times))
+    assert most_in_window(times, 1.0) <= 2 + 1
 
 
 def test_the_process_share_divides_the_limit() -> None:
     clock = Clock()
-    limits = RateLimits(clock)
+    limits = RateLimits(clock, Sleeper(clock))
     limits.set_share(0.5)  # this process holds half the partitions
-    assert [limits.reserve("d", 4.0) for _ in range(3)] == [0.0, 0.5, 1.0]
+    assert starts(limits, clock, "d", 4.0, 3) == [1000.0, 1000.5, 1001.0]
     limits.set_share(0.0)  # nothing assigned (yet): never more than the whole limit
     assert limits.share == 1.0
 
 
-def test_wait_sleeps_the_reserved_time_without_blocking_the_loop() -> None:
-    clock = Clock()
-    slept: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    async def main() -> None:
-        limits = RateLimits(clock, fake_sleep)
-        await asyncio.gather(*(limits.wait("d", 4.0) for _ in range(4)))
-
-    asyncio.run(main())
-    assert slept == [0.25, 0.5, 0.75]
-
-
-def test_waiting_attempts_book_again_when_the_limit_changes() -> None:
-    """Lifting the limit releases every waiting attempt at once; a new limit re-spaces them."""
+def test_waiting_attempts_go_at_once_when_the_limit_is_lifted_and_respace_when_it_changes() -> None:
     clock = Clock()
     slept: list[float] = []
 
@@ -142,32 +164,32 @@ def test_waiting_attempts_book_again_when_the_limit_changes() -> None:
     async def main(new_rate: float | None) -> int:
         limits = RateLimits(clock, never)
         waits = [asyncio.ensure_future(limits.wait("d", 0.1)) for _ in range(5)]
-        others = asyncio.ensure_future(limits.wait("other", 0.1))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        other = asyncio.ensure_future(limits.wait("other", 0.1))
+        for _ in range(5):
+            await asyncio.sleep(0)
         limits.update("other", 0.1)  # unchanged: nobody wakes
         limits.update("d", new_rate)
         done, _ = await asyncio.wait(waits, timeout=0.2)
-        assert others.done() and not others.result(), "the first of 'other' went at once"
+        assert other.done(), "the first of 'other' went at once"
         return len(done)
 
-    assert asyncio.run(main(None)) == 5
-    assert slept == [10.0, 20.0, 30.0, 40.0]
+    assert asyncio.run(main(None)) == 5  # the first went at once; the four others when lifted
+    assert slept == [10.0]  # only the one whose turn it was slept (the others queue behind it)
 
     slept.clear()
-    # the first went at once; of the four woken, one goes at once under the new limit, three wait again
-    assert asyncio.run(main(2.0)) == 2
-    assert slept == [10.0, 20.0, 30.0, 40.0, 0.5, 1.0, 1.5]
+    assert asyncio.run(main(2.0)) == 2  # the first, then one at once under the new limit
+    assert slept == [10.0, 0.5]
 
 
-def test_forgotten_buckets_are_only_full_ones() -> None:
+def test_forgotten_buckets_are_only_idle_ones() -> None:
     clock = Clock()
-    limits = RateLimits(clock)
-    limits.FORGET_AFTER = 3
-    limits.reserve("busy", 1.0)
-    limits.reserve("busy", 1.0)  # booked until now + 2
-    limits.reserve("a", 1.0)
-    limits.reserve("b", 1.0)
-    clock.now += 1.5
-    limits.reserve("c", 1.0)  # "a" and "b" are full again: forgotten; "busy" is not
-    assert limits.reserve("busy", 1.0) == pytest.approx(0.5)
+    limits = RateLimits(clock, Sleeper(clock))
+    limits.FORGET_AFTER = 2
+    starts(limits, clock, "a", 1.0, 1)
+    starts(limits, clock, "busy", 1.0, 1)  # its next send is due at now + 1
+    clock.now += 0.5
+    starts(limits, clock, "c", 1.0, 1)  # at 1000.5: "a" and "busy" still busy, nothing forgotten
+    clock.now += 0.6
+    starts(limits, clock, "d", 1.0, 1)  # at 1001.1: "a" and "busy" idle, forgotten; "c" is not
+    # "c" kept its bucket: its next send is a full second after the one at 1000.5, not at once
+    assert starts(limits, clock, "c", 1.0, 2) == [1001.5, 1002.5]
