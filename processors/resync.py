@@ -34,7 +34,8 @@ Resumable: the send position per partition (and the window) is checkpointed to
 ``<data_dir>/resync/<destination>.json`` after the records before it are acknowledged by Kafka; a
 new run with the same parameters continues from it (a partition interrupted mid-way is re-scanned,
 then sent from its position). The file is removed once the resync completes. Rate-limited: at most
-``rate`` requests per second, so the fan-out and the worker keep room for live changes.
+``rate`` requests per second, so the fan-out and the worker keep room for live changes, and never
+more than the destination's own ``rate_limit`` (the delivery worker holds that limit in any case).
 
 Replay of failed deliveries: :mod:`processors.replay_failed`.
 """
@@ -42,6 +43,7 @@ Replay of failed deliveries: :mod:`processors.replay_failed`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -358,6 +360,10 @@ def run_resync(
     """Runs (or resumes) a resync of ``request.destination_id``; returns where it ended
     (``completed`` False when ``stop`` interrupted it: run it again to continue)."""
     destination = load_destination(settings, request.destination_id)
+    if destination.rate_limit is not None and request.rate > destination.rate_limit:
+        # No faster than the destination takes them: a backlog beyond its limit would only wait in
+        # the delivery worker's buffer (and fill it, pausing every destination's intake).
+        request = dataclasses.replace(request, rate=destination.rate_limit)
     log.info(
         "resync starting",
         destination=destination.id,

@@ -42,7 +42,7 @@ SCHEMA_FILES: dict[str, list[str]] = {
     "Delivery": ["delivery.v1.avsc"],
     "DeliveryStatus": ["delivery_status.v1.avsc", "delivery_status.v2.avsc"],
     "Command": ["command.v1.avsc"],
-    "Destination": ["destination.v1.avsc", "destination.v2.avsc"],
+    "Destination": ["destination.v1.avsc", "destination.v2.avsc", "destination.v3.avsc"],
 }
 # Schemas that reference named types of another schema.
 DEPENDS_ON: dict[str, list[str]] = {"Delivery": ["AbsenceEvent"]}

@@ -63,6 +63,27 @@ def kind_catalog() -> KindCatalog:
     return _catalog
 
 
+MIN_RATE = 0.1
+"""Requests per second: the lowest limit a destination may set (one request every 10 s)."""
+MAX_RATE = 1000.0
+"""Requests per second: the highest limit a destination may set (above it, set none)."""
+
+
+def check_rate(rate: float | None) -> float | None:
+    """``rate`` if it is a valid limit (None: unlimited); a :class:`ValueError` that says why not
+    (its message reads after the field's name: ``rate_limit: must be ...``)."""
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate != rate:
+        raise ValueError("must be a number of requests per second, or null for no limit")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(
+            f"must be between {MIN_RATE:g} and {MAX_RATE:g} requests per second "
+            f"(or null for no limit), got {rate:g}"
+        )
+    return float(rate)
+
+
 class ChangeSelection(enum.StrEnum):
     ALL = "ALL"
     APPROVED_AND_DELETIONS = "APPROVED_AND_DELETIONS"
@@ -118,6 +139,9 @@ class Destination:
     revision: int = 0
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     updated_by: str = "cli"
+    rate_limit: float | None = None
+    """At most this many requests per second to the destination (0.1 to 1000); None: no limit.
+    Enforced by the delivery worker for every attempt (processors/delivery/rate_limit.py)."""
     disabled_at: dt.datetime | None = None
     """When it was last disabled; None while enabled (see :meth:`stamped`)."""
 
@@ -152,6 +176,7 @@ class Destination:
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
             "disabled_at": self.disabled_at,
+            "rate_limit": self.rate_limit,
         }
 
     @classmethod
@@ -170,4 +195,5 @@ class Destination:
             updated_at=data["updated_at"],
             updated_by=data.get("updated_by", "cli"),
             disabled_at=data.get("disabled_at"),
+            rate_limit=data.get("rate_limit"),
         )

@@ -16,6 +16,8 @@ validated with the same rules wherever a destination comes from:
 - a secret written anew (non-empty) passes the check its kind declares, if any
   (:meth:`KindCatalog.check_secrets`: e.g. Google's key file must be a service-account key), and
   no error message contains a secret's value;
+- ``rate_limit`` is a number of requests per second within the bounds of
+  :func:`schemas.destination.check_rate`, or null (no limit);
 - everything is bounded: lengths of names and filter values, number of filter values and secrets,
   size of settings, and the size of the whole write (:data:`MAX_WRITE_BYTES`), so that a
   destination always fits in one Kafka record.
@@ -45,7 +47,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from schemas.destination import ChangeSelection, kind_catalog
+from schemas.destination import MAX_RATE, MIN_RATE, ChangeSelection, check_rate, kind_catalog
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 MAX_FILTER_VALUES = 5000
@@ -90,6 +92,7 @@ class DestinationUpdate(BaseModel):
                 "enabled": True,
                 "filters": {"departments": ["d-1"]},
                 "changes": "ALL",
+                "rate_limit": 5,
                 "settings": {"url": "http://127.0.0.1:9/absences"},
                 "secrets": {"signing_secrets": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
             }
@@ -105,6 +108,12 @@ class DestinationUpdate(BaseModel):
     enabled: bool = Field(default=True, strict=True)
     filters: FiltersModel = FiltersModel()
     changes: Annotated[ChangeSelection, BeforeValidator(_upper)] = ChangeSelection.ALL
+    rate_limit: float | None = Field(
+        default=None,
+        description=f"At most this many requests per second to the destination ({MIN_RATE:g} to "
+        f"{MAX_RATE:g}), for live deliveries, retries and resyncs alike; null: no limit. Shared by "
+        "the delivery worker processes by their share of the partitions.",
+    )
     settings: dict[str, Any] = {}
     secrets: dict[str, SecretValue] = Field(default={}, description="Write-only.", max_length=MAX_SECRETS)
 
@@ -115,6 +124,12 @@ class DestinationUpdate(BaseModel):
         if kind not in known:
             raise ValueError(f"Input should be {', '.join(repr(k) for k in known)}")
         return kind
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> object:
+        """A number (not ``"5"``, not ``true``) within the bounds, or null."""
+        return check_rate(value)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _bounded_and_http(self) -> DestinationUpdate:

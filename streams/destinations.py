@@ -19,7 +19,7 @@ import structlog
 from confluent_kafka import KafkaException, Message
 
 from schemas.codec import AvroCodec, codec_for
-from schemas.destination import ChangeSelection, Destination, Filters, kind_catalog
+from schemas.destination import ChangeSelection, Destination, Filters, check_rate, kind_catalog
 from schemas.errors import SchemaError
 from streams.destination_input import load_yaml_documents, validate_documents
 from streams.kafka import make_producer, read_compacted
@@ -225,6 +225,10 @@ def destination_from_dict(
         changes = ChangeSelection(str(data.get("changes", "ALL")).upper())
     except ValueError:
         raise DestinationError("changes must be 'all' or 'approved_and_deletions'") from None
+    try:
+        rate_limit = check_rate(data.get("rate_limit"))
+    except ValueError as exc:
+        raise DestinationError(f"rate_limit: {exc}") from None
     return Destination(
         id=data["id"],
         tenant=data["tenant"],
@@ -238,6 +242,7 @@ def destination_from_dict(
         revision=(previous.revision + 1) if previous else int(data.get("revision", 1)),
         updated_at=dt.datetime.now(dt.UTC),
         updated_by=actor,
+        rate_limit=rate_limit,
     ).stamped(previous)
 
 

@@ -149,3 +149,26 @@ def test_apply_takes_a_real_false_and_reports_why_others_fail(settings: Settings
     assert "anchors (&name) are not allowed" in absync(settings, "destinations", "apply", str(path)).stderr
     path.write_text(HOSTILE["filter-list-2.6MB"])
     assert "larger than 1048576 bytes" in absync(settings, "destinations", "apply", str(path)).stderr
+
+
+def test_apply_sets_a_rate_limit_and_refuses_one_out_of_bounds(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "limited.yaml"
+    path.write_text(GOOD.format(id="acme:limited") + "rate_limit: 2.5\n")
+    assert absync(settings, "destinations", "apply", str(path)).returncode == 0
+    created = table(settings).get("acme:limited")
+    assert created is not None and created.rate_limit == 2.5
+    listed = absync(settings, "destinations", "list").stdout
+    assert "rate_limit=2.5/s" in listed
+    for value, reason in (
+        ("0", "rate_limit: must be between 0.1 and 1000 requests per second"),
+        ("5000", "rate_limit: must be between 0.1 and 1000 requests per second"),
+        ('"5"', "rate_limit: must be a number of requests per second"),
+        ("true", "rate_limit: must be a number of requests per second"),
+    ):
+        path.write_text(GOOD.format(id="acme:bad") + f"rate_limit: {value}\n")
+        result = absync(settings, "destinations", "apply", str(path))
+        assert result.returncode == 1 and reason in result.stderr, (value, result.stderr)
+    path.write_text(GOOD.format(id="acme:limited") + "rate_limit:\n")  # null: no limit again
+    assert absync(settings, "destinations", "apply", str(path)).returncode == 0
+    lifted = table(settings).get("acme:limited")
+    assert lifted is not None and lifted.rate_limit is None

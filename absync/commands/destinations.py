@@ -137,7 +137,8 @@ def run_list(args: argparse.Namespace) -> int:
         filters = ", ".join(f"{k}={','.join(v)}" for k, v in d.filters.to_avro().items() if v) or "all"
         sys.stdout.write(
             f"{d.id}\ttenant={d.tenant}\tkind={d.kind}\t{'enabled' if d.enabled else 'disabled'}\t"
-            f"changes={d.changes.value.lower()}\tfilters: {filters}\t"
+            f"changes={d.changes.value.lower()}\t"
+            f"rate_limit={f'{d.rate_limit:g}/s' if d.rate_limit is not None else 'none'}\tfilters: {filters}\t"
             f"secrets: {','.join(sorted(d.secrets)) or '-'}\trevision={d.revision}\tname={d.name}\n"
         )
     return 0

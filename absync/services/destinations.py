@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 
 WRITE_VISIBLE_TIMEOUT = 10.0
 """Seconds a write waits to read itself back from the destinations topic (then logs a warning)."""
-AUDITED_FIELDS = ("tenant", "name", "kind", "enabled", "filters", "changes", "settings")
+AUDITED_FIELDS = ("tenant", "name", "kind", "enabled", "filters", "changes", "rate_limit", "settings")
 
 
 class DestinationNotFound(LookupError):
@@ -77,6 +77,7 @@ def public_view(destination: Destination) -> dict[str, Any]:
         "enabled": destination.enabled,
         "filters": destination.filters.to_avro(),
         "changes": destination.changes,
+        "rate_limit": destination.rate_limit,
         "settings": destination.settings,
         "secrets": dict.fromkeys(sorted(destination.secrets), MASK),
         "revision": destination.revision,

@@ -122,6 +122,7 @@ class DestinationOut(BaseModel):
     enabled: bool
     filters: FiltersModel
     changes: ChangeSelection
+    rate_limit: float | None = Field(description="Requests per second at most; null: no limit.")
     settings: dict[str, Any]
     secrets: dict[str, str] = Field(description=f"Secret names; values are always {MASK!r}.")
     revision: int

@@ -12,6 +12,9 @@ pending retries; of an older delivery it is ignored (that one is SUPERSEDED alre
 Slack daily post (absence id ``slack-post:<day>``) is forwarded, acknowledged, to ``slack-commands``:
 the Slack scheduler carries it out (:mod:`processors.slack_followup`).
 
+Every attempt first waits for the destination's rate limit, if it has one
+(:mod:`processors.delivery.rate_limit`), in the lane of its key.
+
 Destinations are re-read at send time (as Svix does): a deleted destination makes the delivery
 SUPERSEDED (there is nothing left to converge); a disabled one makes it ERROR "destination disabled"
 with no automatic retry (an operator may Retry once it is enabled again).
@@ -36,6 +39,7 @@ import structlog
 from connectors.base import CallRecorder
 from connectors.exceptions import ConnectorError, RetryableError
 from processors.delivery.connector_cache import ConnectorCache
+from processors.delivery.rate_limit import RateLimits
 from processors.delivery.retry_policy import RetryAt, next_step
 from processors.delivery.state import MANUAL, Drop, KeyState, Send, Stale, admit, held_after
 from schemas.codec import codec_for
@@ -125,6 +129,7 @@ class DeliveryHandler:
         destinations: DestinationTable,
         connectors: ConnectorCache,
         producer: AsyncProducer,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -132,6 +137,7 @@ class DeliveryHandler:
         self.destinations = destinations
         self.connectors = connectors
         self.producer = producer
+        self.rate_limits = rate_limits or RateLimits()
         self._stage_of = {topic: i + 1 for i, topic in enumerate(topics.retries)}
 
     async def handle(self, record: Admitted) -> None:
@@ -242,6 +248,10 @@ class DeliveryHandler:
                 error=NOT_SENT_DISABLED,
             )
             return
+        # The destination's rate limit, before every attempt (live, retry, operator Retry, resync):
+        # the wait is this lane's alone (the loop and other destinations go on), outside the attempt
+        # deadline, and the record stays in flight (its offset uncommitted) until it is handled.
+        await self.rate_limits.wait(destination.id, destination.rate_limit)
         recorder = CallRecorder()
         started, t0 = now_utc(), time.perf_counter()
         error: ConnectorError | None = None

@@ -43,6 +43,7 @@ from connectors.base import ConnectorOptions
 from processors import ProcessorError
 from processors.delivery.connector_cache import ConnectorCache
 from processors.delivery.handler import Admitted, DeliveryHandler
+from processors.delivery.rate_limit import RateLimits
 from schemas.codec import codec_for
 from schemas.errors import SchemaError
 from streams.async_producer import AsyncProducer
@@ -92,6 +93,8 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._max_buffered = concurrency * BUFFER_PER_SLOT
         self.tracker = OffsetTracker()
+        self.rate_limits = RateLimits()
+        """Per-destination rate limits; this process's share follows its ``deliveries`` partitions."""
         self._producer: AsyncProducer | None = None
         self._handler: DeliveryHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,10 +108,20 @@ class DeliveryWorker:
         """Runs until ``stop`` is set; raises :class:`DeliveryWorkerError` when the worker failed."""
         self._loop = asyncio.get_running_loop()
         self.lanes = KeyLanes(self._concurrency, DESTINATION_SHARE)
+        # a changed limit takes effect on the attempts already waiting on the old one
+        self.destinations.on_change(
+            lambda key, d: self._in_loop(self.rate_limits.update, key, d.rate_limit if d else None)
+        )
         self.destinations.start()
         self._producer = AsyncProducer(make_producer(self.settings), self._loop)
         self._handler = DeliveryHandler(
-            self.settings, self.topics, self.store, self.destinations, self.connectors, self._producer
+            self.settings,
+            self.topics,
+            self.store,
+            self.destinations,
+            self.connectors,
+            self._producer,
+            self.rate_limits,
         )
         try:
             await run_in_thread(self.destinations.wait_ready, 60.0, name="delivery-destinations-ready")
@@ -154,6 +167,7 @@ class DeliveryWorker:
                 c.resume(partitions)
             assigned.update((tp.topic, tp.partition) for tp in partitions)
             self.store.restore({tp.partition for tp in partitions if tp.topic == self.topics.deliveries})
+            self._share_rate_limits(assigned)
             log.info("delivery partitions assigned", count=len(partitions))
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
@@ -176,6 +190,7 @@ class DeliveryWorker:
             for partition in partitions:
                 rewind.pop(partition, None)
             self.store.drop({p for t, p in partitions if t == self.topics.deliveries})
+            self._share_rate_limits(assigned)
 
         try:
             consumer.subscribe(
@@ -226,6 +241,14 @@ class DeliveryWorker:
             raise
         finally:
             consumer.close()
+
+    def _share_rate_limits(self, assigned: set[Partition]) -> None:
+        """This process's share of each destination's rate limit: its share of the ``deliveries``
+        partitions (the retry topics are co-partitioned), so all the processes together keep the
+        limit; alone (or with nothing assigned) the whole limit."""
+        mine = sum(1 for t, _ in assigned if t == self.topics.deliveries)
+        share = min(1.0, mine / max(1, self.settings.partitions))
+        self._in_loop(self.rate_limits.set_share, share)
 
     def _commit(self, consumer: Consumer, partitions: set[Partition]) -> None:
         """Commits what is done. An idle partition of a main topic commits the consumer's position,

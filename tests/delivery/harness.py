@@ -78,9 +78,11 @@ def http_destination(
     url: str,
     dest_id: str = "dst-http",
     changes: ChangeSelection = ChangeSelection.ALL,
+    rate_limit: float | None = None,
     **extra: object,
 ) -> Destination:
-    """Publishes a signed absync.v1 destination for ``url`` and returns it."""
+    """Publishes a signed absync.v1 destination for ``url`` (``rate_limit``: requests per second at
+    most) and returns it."""
     box = SecretBox.from_settings(settings)
     destination = Destination(
         id=dest_id,
@@ -91,6 +93,7 @@ def http_destination(
         settings={"url": url, **extra},
         secrets={"signing_secrets": box.encrypt(SIGNING_SECRET)},
         revision=1,
+        rate_limit=rate_limit,
     )
     publish_destination(settings, destination)
     return destination

@@ -470,6 +470,7 @@ function destinationPage() {
     form.elements.name.value = d.name;
     form.elements.changes.value = d.changes;
     form.elements.enabled.checked = d.enabled;
+    form.elements.rate_limit.value = d.rate_limit === null || d.rate_limit === undefined ? "" : String(d.rate_limit);
     for (const el of form.querySelectorAll("[data-filter]")) el.value = (d.filters[el.dataset.filter] || []).join(", ");
     for (const el of form.querySelectorAll("[data-setting]")) {
       const value = d.settings[el.dataset.setting];
@@ -518,6 +519,7 @@ function destinationPage() {
       kind,
       enabled: form.elements.enabled.checked,
       changes: form.elements.changes.value,
+      rate_limit: form.elements.rate_limit.value.trim() ? Number(form.elements.rate_limit.value) : null,
       filters,
       settings,
       secrets,
