@@ -1,9 +1,9 @@
 """``absync replay-failed --destination D --since DATE [--rate N]``: re-sends the deliveries of one
 destination that are in Error (failed and never later succeeded) since DATE.
 
-They are read from the projection (status ERROR, ``updated_at >= since``) and re-sent as RETRY
-commands: the worker makes one attempt now of each key's latest state (see
-:mod:`processors.replay_failed` for why not a record in the first retry topic).
+The same operation as the console's and the API's Recover (:mod:`absync.services.recover`, where
+its guarantees are stated), run in the foreground: one RETRY command per delivery in Error (one
+per absence, at most :data:`absync.services.recover.MAX_DELIVERIES`), read from the projection.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import argparse
 import datetime as dt
 import getpass
 import sys
-from collections.abc import Iterator
 
 import sqlalchemy as sa
 
 from absync.commands.resync import parse_since, positive_rate
-from processors.replay_failed import FailedDelivery, replay_failed
+from absync.services import recover as recovery
+from absync.services.recover import SKIP_REASONS, recover
+from processors.replay_failed import FailedDelivery
 from processors.resync_io import DEFAULT_RATE
-from projections import queries
 from projections.db import engine_for
-from schemas.delivery import Status
 from streams.settings import Settings, get_settings
 
 
@@ -35,41 +34,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run)
 
 
-def failed_since(settings: Settings, destination_id: str, since: dt.datetime) -> Iterator[FailedDelivery]:
-    """The destination's deliveries in Error whose status changed at or after ``since``, newest
-    first (the view's keyset order: pages stop at the first older row)."""
+def failed_since(settings: Settings, destination_id: str, since: dt.datetime) -> list[FailedDelivery]:
+    """The destination's deliveries in Error since ``since``, newest first, read from the
+    projection of ``settings`` (see :func:`absync.services.recover.failed_since`)."""
     engine = engine_for(settings)
     try:
-        cursor: str | None = None
-        while True:
-            page = queries.list_deliveries(
-                engine,
-                tenant=None,
-                status=Status.ERROR.value,
-                destination_id=destination_id,
-                cursor=cursor,
-                limit=queries.MAX_LIMIT,
-            )
-            for row in page.items:
-                if row.updated_at < since:
-                    return
-                yield FailedDelivery(row.delivery_id, row.destination_id, row.absence_id, row.tenant)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return list(recovery.failed_since(engine, destination_id, since))
     finally:
         engine.dispose()
 
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    engine = engine_for(settings)
     try:
-        failed = list(failed_since(settings, args.destination, args.since))
+        result = recover(
+            settings,
+            engine,
+            args.destination,
+            args.since,
+            issued_by=f"cli:{getpass.getuser()}",
+            rate=args.rate,
+        )
     except sa.exc.SQLAlchemyError as exc:
         sys.stderr.write(f"cannot read the deliveries view ({settings.sqlalchemy_url}): {exc}\n")
         return 1
-    sent = replay_failed(settings, failed, issued_by=f"cli:{getpass.getuser()}", rate=args.rate)
+    finally:
+        engine.dispose()
     sys.stdout.write(
-        f"{sent} delivery(ies) of {args.destination} in Error since {args.since.isoformat()} re-sent\n"
+        f"{result.sent} delivery(ies) of {args.destination} in Error since {args.since.isoformat()} re-sent\n"
     )
+    for reason, count in sorted(result.skipped.items()):
+        sys.stdout.write(f"{count} skipped: {SKIP_REASONS[reason]}\n")
     return 0

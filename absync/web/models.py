@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.delivery import CommandKind, Status
 from schemas.destination import ChangeSelection
@@ -235,5 +235,29 @@ class ResyncOut(BaseModel):
     total: int = Field(description="Offsets to replay.")
     upserts: int
     deletes: int
+    completed: bool
+    error: str | None
+
+
+class RecoverIn(BaseModel):
+    """``POST /destinations/{id}/recover``: re-send its deliveries in Error since ``since``."""
+
+    model_config = ConfigDict(extra="forbid")
+    since: AwareDatetime = Field(
+        description="Deliveries whose status became Error at or after this time (with its UTC offset)."
+    )
+
+
+class RecoverOut(BaseModel):
+    destination_id: str
+    since: dt.datetime
+    started_by: str
+    started_at: dt.datetime
+    running: bool
+    phase: Literal["listing", "sending", "done"]
+    done: int = Field(description="Deliveries re-sent so far (one RETRY command each).")
+    total: int = Field(description="Deliveries to re-send (known once listed).")
+    skipped: dict[str, int] = Field(description="Deliveries in Error not re-sent, by reason.")
+    skip_reasons: dict[str, str] = Field(description="What each reason in ``skipped`` means.")
     completed: bool
     error: str | None

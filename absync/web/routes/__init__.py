@@ -6,6 +6,7 @@
 - :mod:`.destinations`: destinations (from the destinations topic; writes through
   :mod:`absync.services.destinations`), connection test, audit trail;
 - :mod:`.resync`: resync of a destination;
+- :mod:`.recover`: Recover (re-send of its deliveries in Error) of a destination;
 - :mod:`.health`: a destination's health and health history (auto-disable, alerts sent);
 - :mod:`.alerts`: where operator alerts go (Slack, signed webhook; a token for every tenant);
 - :mod:`.me`: who the token is;
@@ -19,7 +20,18 @@ tenant-limited token gets 404 for other tenants' objects. Response models: :mod:
 
 from fastapi import APIRouter
 
-from absync.web.routes import alerts, commands, deliveries, destinations, erasures, health, me, resync, stream
+from absync.web.routes import (
+    alerts,
+    commands,
+    deliveries,
+    destinations,
+    erasures,
+    health,
+    me,
+    recover,
+    resync,
+    stream,
+)
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(stream.router)  # before deliveries: /deliveries/stream is not a delivery id
@@ -29,6 +41,7 @@ router.include_router(destinations.router)
 router.include_router(health.router)
 router.include_router(resync.router)
 router.include_router(alerts.router)
+router.include_router(recover.router)
 router.include_router(me.router)
 router.include_router(erasures.router)
 
