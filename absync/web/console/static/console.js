@@ -427,11 +427,51 @@ function destinationsPage() {
     }
   }
 
+  const recoverDialog = document.getElementById("recover-dialog");
+  const recoverSince = document.getElementById("recover-since");
+
+  function askSince(d) {
+    document.getElementById("recover-title").textContent = `Recover ${d.name}`;
+    const dayAgo = new Date(Date.now() - 864e5 - new Date().getTimezoneOffset() * 6e4);
+    recoverSince.value = dayAgo.toISOString().slice(0, 19);
+    recoverDialog.returnValue = "";
+    recoverDialog.showModal();
+    return new Promise((resolve) => recoverDialog.addEventListener("close", () =>
+      resolve(recoverDialog.returnValue === "ok" && recoverSince.value ? new Date(recoverSince.value).toISOString() : null), { once: true }));
+  }
+
+  function skippedText(job) {
+    const parts = Object.entries(job.skipped).map(([reason, n]) => `${n.toLocaleString("en-GB")} skipped: ${job.skip_reasons[reason]}`);
+    return parts.length ? ` ${parts.join("; ")}.` : "";
+  }
+
+  async function recover(d, button) {
+    const path = `/destinations/${encodeURIComponent(d.id)}/recover`;
+    const since = await askSince(d);
+    if (!since) return;
+    button.disabled = true;
+    try {
+      let job = await api(path, { method: "POST", body: { since } });
+      while (job.running) {
+        showState(state, `Recover of ${d.name}: ${job.phase}, ${job.done.toLocaleString("en-GB")} / ${job.total.toLocaleString("en-GB")} re-sent.`, "info");
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        job = await api(path);
+      }
+      if (job.error || !job.completed) throw new Error(job.error || `stopped after ${job.done} re-sent: start it again to send the rest`);
+      showState(state, `Recover of ${d.name} done: ${job.done.toLocaleString("en-GB")} of ${job.total.toLocaleString("en-GB")} in Error since ${new Date(job.since).toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "medium" })} re-sent.${skippedText(job)}`, "success");
+    } catch (error) {
+      showState(state, `Recover of ${d.name} failed: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function row(d) {
     const rate = d.success_rate === null || d.success_rate === undefined ? "No finished delivery" : `${(d.success_rate * 100).toFixed(1)} %`;
     const counts = d.deliveries ? Object.entries(d.deliveries).filter(([, n]) => n).map(([s, n]) => `${STATUS_LABELS[s]} ${n}`).join(", ") || "None" : "";
     const testButton = h("button", { type: "button", onclick: () => test(d, testButton) }, "Test connection");
     const resyncButton = h("button", { type: "button", onclick: () => resync(d, resyncButton), disabled: !d.enabled }, "Resync");
+    const recoverButton = h("button", { type: "button", onclick: () => recover(d, recoverButton), disabled: !d.enabled }, "Recover");
     return h("tr", { "data-destination-id": d.id },
       h("td", {}, h("a", { href: `/console/destinations/${encodeURIComponent(d.id)}?kind=${encodeURIComponent(d.kind)}` }, d.name), h("div", { class: "sub mono" }, d.id)),
       h("td", {}, d.kind),
@@ -440,7 +480,7 @@ function destinationsPage() {
       h("td", { class: "why" }, d.last_error ? [h("span", { class: "error-text" }, d.last_error), h("div", { class: "sub" }, time(d.last_error_at))] : "—"),
       h("td", {}, counts),
       h("td", { class: "row-actions" },
-        h("button", { type: "button", onclick: () => toggle(d) }, d.enabled ? "Disable" : "Enable"), testButton, resyncButton));
+        h("button", { type: "button", onclick: () => toggle(d) }, d.enabled ? "Disable" : "Enable"), testButton, resyncButton, recoverButton));
   }
 
   async function load() {
