@@ -20,6 +20,7 @@ from absync.services import recover as recovery
 from absync.services.recover import SKIP_REASONS, recover
 from processors.replay_failed import FailedDelivery
 from processors.resync_io import DEFAULT_RATE
+from projections import queries
 from projections.db import engine_for
 from streams.settings import Settings, get_settings
 
@@ -47,7 +48,17 @@ def failed_since(settings: Settings, destination_id: str, since: dt.datetime) ->
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     engine = engine_for(settings)
+    actor = f"cli:{getpass.getuser()}"
     try:
+        destination = queries.get_destination(engine, args.destination, None)
+        if destination is not None:
+            recovery.audit(
+                engine,
+                destination_id=args.destination,
+                tenant=destination.tenant,
+                actor=actor,
+                since=args.since,
+            )
         result = recover(
             settings,
             engine,

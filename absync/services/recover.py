@@ -66,6 +66,18 @@ def failed_since(bind: Bind, destination_id: str, since: dt.datetime) -> Iterato
         cursor = page.next_cursor
 
 
+def audit(bind: Bind, *, destination_id: str, tenant: str, actor: str, since: dt.datetime) -> None:
+    """Records who started a Recover of which destination, since when (action ``recover``)."""
+    queries.record_audit(
+        bind,
+        destination_id=destination_id,
+        tenant=tenant,
+        actor=actor,
+        action="recover",
+        changes={"since": since.isoformat()},
+    )
+
+
 @dataclass
 class RecoverPlan:
     """What one Recover re-sends, and what it skips with the reason."""

@@ -242,9 +242,12 @@ class ResyncOut(BaseModel):
 class RecoverIn(BaseModel):
     """``POST /destinations/{id}/recover``: re-send its deliveries in Error since ``since``."""
 
-    model_config = ConfigDict(extra="forbid")
-    since: AwareDatetime = Field(
-        description="Deliveries whose status became Error at or after this time (with its UTC offset)."
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"since": "2026-03-02T08:00:00Z"}}
+    )
+    since: Annotated[AwareDatetime, BeforeValidator(_iso_time)] = Field(
+        description="Deliveries whose status became Error at or after this time: ISO 8601 with its UTC "
+        "offset (a number is refused, not taken as a Unix timestamp)."
     )
 
 

@@ -104,7 +104,8 @@ def test_recover_resends_exactly_the_deliveries_failed_since_the_time(settings: 
             assert viewer.get(path).status_code == 403
             assert admin.get(path).status_code == 404  # none started yet
             naive = {"since": since.replace(tzinfo=None).isoformat()}
-            assert admin.post(path, json=naive).status_code == 422
+            assert admin.post(path, json=naive).status_code == 422  # no offset: which time is it?
+            assert admin.post(path, json={"since": 0}).status_code == 422  # a number is not guessed
             deadline = time.monotonic() + LIMIT
             while (started := admin.post(path, json=body)).status_code == 404:  # not seen by the API yet
                 assert time.monotonic() < deadline, "the API never saw the destination"

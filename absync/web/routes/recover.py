@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
+from absync.services import recover as recovery
 from absync.web.auth import Configurer
-from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, RecoverIn, RecoverOut
+from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, RecoverIn, RecoverOut
 from absync.web.recover_jobs import RecoverJob
 from absync.web.routes.common import DestinationId, not_found, visible_destination
 from absync.web.state import app_state
-from projections import queries
 
 router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRORS)
 
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRO
     "/{destination_id}/recover",
     response_model=RecoverOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**BAD_BODY, **NOT_FOUND, **CONFLICT},
     summary="Re-send the destination's deliveries in Error since a time (in the background)",
     description="Starts a Recover; 409 while one of this destination runs, or if it is disabled.",
 )
@@ -48,13 +48,12 @@ def start_recover(
                 f"{current.done} of {current.total} re-sent): wait until it is done",
             )
         job = RecoverJob(state.settings, state.engine, destination_id, body.since, principal.name)
-        queries.record_audit(
+        recovery.audit(
             state.engine,
             destination_id=destination_id,
             tenant=destination.tenant,
             actor=principal.name,
-            action="recover",
-            changes={"since": body.since.isoformat()},
+            since=body.since,
         )
         state.recover_jobs[destination_id] = job.start()
     return job.out()
