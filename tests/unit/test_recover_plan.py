@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from absync.services.recover import OVER_LIMIT, SAME_ABSENCE, plan
-from processors.resync import FailedDelivery
+from processors.replay_failed import FailedDelivery
 
 
 def failed(absence: str, n: int, tenant: str = "acme") -> FailedDelivery:
