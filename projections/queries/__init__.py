@@ -10,9 +10,12 @@ destination, its health events).
 from projections.queries.base import Bind
 from projections.queries.deliveries import (
     CHANGES_PAGE,
+    EXPORT_PAGE,
     MAX_LIMIT,
+    TRIGGERS,
     AttemptView,
     DeliveryDetail,
+    DeliveryFilter,
     DeliverySummary,
     Page,
     all_counts,
@@ -21,6 +24,7 @@ from projections.queries.deliveries import (
     count_by_status,
     decode_cursor,
     encode_cursor,
+    export_deliveries,
     get_delivery,
     list_deliveries,
 )
@@ -46,15 +50,18 @@ from projections.queries.health import (
 
 __all__ = [
     "CHANGES_PAGE",
+    "EXPORT_PAGE",
     "HEALTH_WINDOW",
     "MAX_AUDIT_LIMIT",
     "MAX_LIMIT",
     "NO_ATTEMPT",
+    "TRIGGERS",
     "AttemptHealth",
     "AttemptView",
     "AuditRecord",
     "Bind",
     "DeliveryDetail",
+    "DeliveryFilter",
     "DeliverySummary",
     "DestinationHealth",
     "DestinationView",
@@ -69,6 +76,7 @@ __all__ = [
     "decode_cursor",
     "destination_health",
     "encode_cursor",
+    "export_deliveries",
     "get_delivery",
     "get_destination",
     "health_history",

@@ -13,15 +13,21 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from projections.db import attempts, deliveries, delivery_counts
+from projections.db import attempts, deliveries, delivery_counts, destinations
 from projections.exceptions import BadCursorError
 from projections.queries.base import Bind, connection
 
 MAX_LIMIT = 500
+TRIGGERS = ("automatic", "retry", "replay", "manual")
+"""What the ``trigger`` filter takes: ``manual`` is a delivery marked as processed by hand (its
+``manual`` flag); the others are the trigger of the fact shown, for rows not marked by hand."""
+EXPORT_PAGE = 1000
+"""Rows per read of :func:`export_deliveries` (each read a keyset page: no long-held cursor)."""
 CHANGES_PAGE = 2000
 """At most this many rows per read of :func:`changes_after`."""
 
@@ -108,6 +114,73 @@ def _like_pattern(term: str) -> str:
     return f"%{escaped}%"
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """What the follow-up list is filtered by (every field optional; all given must hold).
+
+    ``employee``: case-insensitive substring of name or email; ``date_from``/``date_to``: the absence
+    overlaps [date_from, date_to]; ``tenant``: one tenant (narrows, never widens, the caller's
+    scope); ``trigger``: one of :data:`TRIGGERS`; ``kind``: the destination's kind, as the view's
+    destinations hold it."""
+
+    status: str | None = None
+    destination_id: str | None = None
+    employee: str | None = None
+    absence_id: str | None = None
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    tenant: str | None = None
+    trigger: str | None = None
+    kind: str | None = None
+
+
+def _conditions(scope: str | None, f: DeliveryFilter) -> list[sa.ColumnElement[bool]]:
+    c = deliveries.c
+    conditions: list[sa.ColumnElement[bool]] = []
+    if scope is not None:
+        conditions.append(c.tenant == scope)
+    if f.tenant is not None:
+        conditions.append(c.tenant == f.tenant)
+    if f.status is not None:
+        conditions.append(c.status == f.status.upper())
+    if f.destination_id is not None:
+        conditions.append(c.destination_id == f.destination_id)
+    if f.absence_id is not None:
+        conditions.append(c.absence_id == f.absence_id)
+    if f.employee:
+        pattern = _like_pattern(f.employee)
+        conditions.append(
+            sa.or_(
+                sa.func.lower(c.employee_name).like(pattern, escape="\\"),
+                sa.func.lower(c.employee_email).like(pattern, escape="\\"),
+            )
+        )
+    if f.date_from is not None:
+        conditions.append(c.end_date >= f.date_from)
+    if f.date_to is not None:
+        conditions.append(c.start_date <= f.date_to)
+    if f.trigger is not None:
+        trigger = f.trigger.lower()
+        if trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        if trigger == "manual":
+            conditions.append(c.manual.is_(True))
+        else:
+            conditions.append(sa.and_(c.trigger == trigger, c.manual.is_(False)))
+    if f.kind is not None:
+        kinds = sa.select(destinations.c.id).where(destinations.c.kind == f.kind)
+        if scope is not None:
+            kinds = kinds.where(destinations.c.tenant == scope)
+        conditions.append(c.destination_id.in_(kinds))
+    return conditions
+
+
+def _after(cursor: str) -> sa.ColumnElement[bool]:
+    c = deliveries.c
+    at, last_id = decode_cursor(cursor)
+    return sa.or_(c.updated_at < at, sa.and_(c.updated_at == at, c.delivery_id < last_id))
+
+
 def list_deliveries(
     bind: Bind,
     *,
@@ -118,38 +191,26 @@ def list_deliveries(
     absence_id: str | None = None,
     date_from: dt.date | None = None,
     date_to: dt.date | None = None,
+    where: DeliveryFilter | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> Page:
-    """Deliveries, newest change first. ``employee``: case-insensitive substring of name or email;
-    ``date_from``/``date_to``: the absence overlaps [date_from, date_to]."""
+    """Deliveries of ``tenant`` (None: every tenant), newest change first, filtered by ``where``
+    (the loose keywords are the same fields, kept for callers of before :class:`DeliveryFilter`)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    f = where or DeliveryFilter(
+        status=status,
+        destination_id=destination_id,
+        employee=employee,
+        absence_id=absence_id,
+        date_from=date_from,
+        date_to=date_to,
+    )
     c = deliveries.c
-    conditions: list[sa.ColumnElement[bool]] = []
-    if tenant is not None:
-        conditions.append(c.tenant == tenant)
-    if status is not None:
-        conditions.append(c.status == status.upper())
-    if destination_id is not None:
-        conditions.append(c.destination_id == destination_id)
-    if absence_id is not None:
-        conditions.append(c.absence_id == absence_id)
-    if employee:
-        pattern = _like_pattern(employee)
-        conditions.append(
-            sa.or_(
-                sa.func.lower(c.employee_name).like(pattern, escape="\\"),
-                sa.func.lower(c.employee_email).like(pattern, escape="\\"),
-            )
-        )
-    if date_from is not None:
-        conditions.append(c.end_date >= date_from)
-    if date_to is not None:
-        conditions.append(c.start_date <= date_to)
+    conditions = _conditions(tenant, f)
     if cursor is not None:
-        at, last_id = decode_cursor(cursor)
-        conditions.append(sa.or_(c.updated_at < at, sa.and_(c.updated_at == at, c.delivery_id < last_id)))
+        conditions.append(_after(cursor))
     query = (
         sa.select(*_SUMMARY_COLUMNS)
         .where(*conditions)
@@ -161,6 +222,37 @@ def list_deliveries(
     items = [DeliverySummary(*row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1].updated_at, items[-1].delivery_id) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
+
+
+def export_deliveries(
+    bind: Bind, *, tenant: str | None, where: DeliveryFilter, max_rows: int
+) -> Iterator[DeliverySummary]:
+    """The rows :func:`list_deliveries` would page through, in the same order, at most ``max_rows``
+    + 1 (one more tells the caller the list was cut). Read :data:`EXPORT_PAGE` rows at a time by
+    keyset, each read its own short transaction: a slow reader holds no database cursor open."""
+    c = deliveries.c
+    conditions = _conditions(tenant, where)
+    after: sa.ColumnElement[bool] | None = None
+    left = max_rows + 1
+    while left > 0:
+        query = (
+            sa.select(*_SUMMARY_COLUMNS)
+            .where(*conditions, *([] if after is None else [after]))
+            .order_by(c.updated_at.desc(), c.delivery_id.desc())
+            .limit(min(EXPORT_PAGE, left))
+        )
+        with connection(bind) as conn:
+            rows = conn.execute(query).all()
+        for row in rows:
+            yield DeliverySummary(*row)
+        left -= len(rows)
+        if len(rows) < EXPORT_PAGE:
+            return
+        last = rows[-1]
+        after = sa.or_(
+            c.updated_at < last.updated_at,
+            sa.and_(c.updated_at == last.updated_at, c.delivery_id < last.delivery_id),
+        )
 
 
 def get_delivery(bind: Bind, delivery_id: str, *, tenant: str | None) -> DeliveryDetail | None:

@@ -30,6 +30,7 @@ from absync.web.console.session import (
     session_credentials,
     session_principal,
 )
+from projections import queries
 from schemas.delivery import Status
 
 log = structlog.get_logger(__name__)
@@ -165,7 +166,7 @@ def _cross_origin_refusal() -> Response:
 
 @router.get("/console/deliveries")
 def follow_up_page(request: Request) -> Response:
-    return _guarded(request, "deliveries.html", Right.VIEW)
+    return _guarded(request, "deliveries.html", Right.VIEW, kinds=kind_labels(), triggers=queries.TRIGGERS)
 
 
 @router.get("/console/deliveries/{delivery_id}")

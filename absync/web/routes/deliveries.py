@@ -1,5 +1,5 @@
-"""``/api/v1/deliveries``: the list (filtered, keyset-paginated), the counts per status and one
-delivery with its attempts. Read-only, from the SQL view; right ``view``. Retry and Mark as
+"""``/api/v1/deliveries``: the list (filtered, keyset-paginated), the counts per status, the CSV
+export of the filtered list, and one delivery with its attempts. Read-only, from the SQL view; right ``view``. Retry and Mark as
 processed are in :mod:`absync.web.routes.commands`, the live stream in
 :mod:`absync.web.routes.stream`.
 """
@@ -7,11 +7,14 @@ processed are in :mod:`absync.web.routes.commands`, the live stream in
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 
 from absync.web.auth import Viewer
+from absync.web.export import MAX_EXPORT_ROWS, csv_lines
 from absync.web.models import ERRORS, NOT_FOUND, DeliveryDetailOut, DeliveryPage, DeliveryStats
 from absync.web.routes.common import DeliveryId, IsoDate, invalid, visible_delivery
 from absync.web.state import app_state
@@ -19,13 +22,15 @@ from projections import queries
 from projections.exceptions import BadCursorError
 from schemas.delivery import Status
 
+log = structlog.get_logger(__name__)
+
 router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
 
 
-@router.get("", response_model=DeliveryPage, summary="List deliveries, newest change first")
-def list_deliveries(
-    request: Request,
-    principal: Viewer,
+Trigger = Literal["automatic", "retry", "replay", "manual"]
+
+
+def delivery_filter(
     status_: Annotated[Status | None, Query(alias="status")] = None,
     destination: Annotated[str | None, Query(description="Destination id.", max_length=200)] = None,
     employee: Annotated[
@@ -34,24 +39,76 @@ def list_deliveries(
     absence: Annotated[str | None, Query(description="Absence id.", max_length=200)] = None,
     date_from: Annotated[IsoDate | None, Query(description="Absences ending on or after.")] = None,
     date_to: Annotated[IsoDate | None, Query(description="Absences starting on or before.")] = None,
+    tenant: Annotated[
+        str | None, Query(description="Only this tenant (within the token's own).", max_length=200)
+    ] = None,
+    trigger: Annotated[
+        Trigger | None,
+        Query(description="What caused the shown status; `manual`: marked as processed by hand."),
+    ] = None,
+    kind: Annotated[str | None, Query(description="The destination's kind.", max_length=50)] = None,
+) -> queries.DeliveryFilter:
+    """The list's filters, shared by the list and its CSV export (so both select the same rows)."""
+    return queries.DeliveryFilter(
+        status=status_.value if status_ else None,
+        destination_id=destination,
+        employee=employee,
+        absence_id=absence,
+        date_from=date_from,
+        date_to=date_to,
+        tenant=tenant,
+        trigger=trigger,
+        kind=kind,
+    )
+
+
+Filter = Annotated[queries.DeliveryFilter, Depends(delivery_filter)]
+
+
+@router.get("", response_model=DeliveryPage, summary="List deliveries, newest change first")
+def list_deliveries(
+    request: Request,
+    principal: Viewer,
+    where: Filter,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
 ) -> queries.Page:
     try:
         return queries.list_deliveries(
-            app_state(request).engine,
-            tenant=principal.tenant,
-            status=status_.value if status_ else None,
-            destination_id=destination,
-            employee=employee,
-            absence_id=absence,
-            date_from=date_from,
-            date_to=date_to,
-            cursor=cursor,
-            limit=limit,
+            app_state(request).engine, tenant=principal.tenant, where=where, cursor=cursor, limit=limit
         )
     except BadCursorError as exc:
         raise invalid(("query", "cursor"), "not a cursor from this API: pass next_cursor back as is") from exc
+
+
+@router.get(
+    "/export.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "The filtered list as CSV."}},
+    summary="Export the filtered list as CSV (newest change first)",
+    description=f"The same filters and tenant scope as the list. At most {MAX_EXPORT_ROWS:,} rows: when "
+    "more match, the last line says the export was cut. Cells that a spreadsheet would read as a "
+    "formula are prefixed with `'`.",
+)
+def export_deliveries(
+    request: Request,
+    principal: Viewer,
+    where: Filter,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_EXPORT_ROWS, description="Rows at most (then a note says it was cut).")
+    ] = MAX_EXPORT_ROWS,
+) -> StreamingResponse:
+    engine = app_state(request).engine
+    rows = queries.export_deliveries(engine, tenant=principal.tenant, where=where, max_rows=limit)
+    log.info("deliveries exported", actor=principal.name, tenant=principal.tenant, limit=limit)
+    return StreamingResponse(
+        csv_lines(rows, limit),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": 'attachment; filename="deliveries.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @router.get("/stats", response_model=DeliveryStats, summary="Number of deliveries per status")

@@ -108,6 +108,8 @@ function followUpPage() {
   const filters = Object.fromEntries([...params].filter(([k, v]) => v && k !== "cursor"));
   const cursor = params.get("cursor");
   let nextCursor = null;
+  let shownDestinations = new Set();
+  document.getElementById("export-csv").href = "/console/api/deliveries/export.csv?" + new URLSearchParams(filters);
 
   const row = (d) =>
     h("tr", { "data-delivery-id": d.delivery_id, "data-status": d.status },
@@ -128,7 +130,10 @@ function followUpPage() {
     (!filters.destination || d.destination_id === filters.destination) &&
     (!filters.employee || `${d.employee_name} ${d.employee_email || ""}`.toLowerCase().includes(filters.employee.toLowerCase())) &&
     (!filters.date_from || d.end_date >= filters.date_from) &&
-    (!filters.date_to || d.start_date <= filters.date_to);
+    (!filters.date_to || d.start_date <= filters.date_to) &&
+    (!filters.tenant || d.tenant === filters.tenant) &&
+    (!filters.trigger || (filters.trigger === "manual" ? d.manual : !d.manual && d.trigger === filters.trigger)) &&
+    (!filters.kind || shownDestinations.has(d.destination_id)); // a row's kind is not in the stream
 
   function empty() {
     if (!tbody.querySelector("tr[data-delivery-id]")) {
@@ -159,6 +164,7 @@ function followUpPage() {
     firstLink.hidden = !cursor;
     firstLink.href = "?" + new URLSearchParams(filters);
     const ids = new Set(page.items.map((d) => d.destination_id));
+    shownDestinations = ids;
     document.getElementById("destination-ids").replaceChildren(...[...ids].sort().map((id) => h("option", { value: id })));
   }
 

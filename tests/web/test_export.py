@@ -1,0 +1,132 @@
+"""The follow-up list's filters (tenant, trigger, destination kind) and its CSV export, over real
+HTTP with the view filled from Kafka; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from projections.runner import catch_up
+from schemas.delivery import Status
+from tests.web.conftest import Api, fact, then
+
+
+def ids(page: dict[str, Any]) -> set[str]:
+    return {item["delivery_id"] for item in page["items"]}
+
+
+def rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def hook(admin: Any, destination_id: str, tenant: str) -> None:
+    created = admin.post(
+        "/api/v1/destinations",
+        json={
+            "id": destination_id,
+            "tenant": tenant,
+            "name": "Hook",
+            "kind": "http",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "secrets": {"signing_secrets": "whsec_" + "a" * 32},
+        },
+    )
+    assert created.status_code == 201, created.text
+
+
+def test_filters_by_tenant_trigger_and_destination_kind(api: Api) -> None:
+    with api.client("configure") as admin:
+        hook(admin, "dst-hook", "acme")
+    automatic = fact(destination_id="dst-hook", employee_name="Ann Auto")
+    retried = then(
+        fact(destination_id="dst-hook", employee_name="Rita Retry"), Status.SUCCESSFUL, trigger="retry"
+    )
+    replayed = then(
+        fact(destination_id="dst-other", employee_name="Ray Replay"), Status.PENDING, trigger="replay"
+    )
+    marked = then(fact(destination_id="dst-other", employee_name="Mark Hand"), Status.SUCCESSFUL, manual=True)
+    globex = fact(tenant="globex", destination_id="dst-globex", employee_name="Gus Globex")
+    api.seed(automatic, retried, replayed, marked, globex)
+    catch_up(api.settings, api.engine)  # the destination record, if it came after the first catch-up
+
+    def listed(who: str, **params: str) -> set[str]:
+        with api.client(who) as client:
+            answer = client.get("/api/v1/deliveries", params=params)
+        assert answer.status_code == 200, answer.text
+        return ids(answer.json())
+
+    assert listed("view", tenant="globex") == {globex.delivery_id}
+    assert listed("view", tenant="acme") == {d.delivery_id for d in (automatic, retried, replayed, marked)}
+    assert listed("acme-view", tenant="globex") == set()  # narrows the token's scope, never widens it
+    assert listed("view", trigger="automatic", tenant="acme") == {automatic.delivery_id}
+    assert listed("view", trigger="retry") == {retried.delivery_id}
+    assert listed("view", trigger="replay") == {replayed.delivery_id}
+    assert listed("view", trigger="manual") == {marked.delivery_id}
+    assert listed("view", kind="http") == {automatic.delivery_id, retried.delivery_id}
+    assert listed("view", kind="http", trigger="retry") == {retried.delivery_id}
+    assert listed("view", kind="google") == set()
+    with api.client("view") as client:
+        bad = client.get("/api/v1/deliveries", params={"trigger": "cron"})
+    assert bad.status_code == 422
+
+
+def test_export_is_the_filtered_list_as_csv_scoped_to_the_tenant(api: Api) -> None:
+    first = fact(employee_name="Jane Doe", status=Status.ERROR)
+    second = fact(employee_name="John Smith", status=Status.SUCCESSFUL)
+    other = fact(tenant="globex", employee_name="Gus Globex", status=Status.ERROR)
+    api.seed(first, second, other)
+    with api.client("acme-view") as client:
+        answer = client.get("/api/v1/deliveries/export.csv")
+        errors = client.get("/api/v1/deliveries/export.csv", params={"status": "ERROR"})
+        listed = client.get("/api/v1/deliveries", params={"status": "ERROR"}).json()
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/csv")
+    assert "attachment" in answer.headers["content-disposition"]
+    table = rows(answer.text)
+    header, body = table[0], table[1:]
+    assert header[:3] == ["delivery_id", "status", "manual"]
+    assert {r[0] for r in body} == {first.delivery_id, second.delivery_id}  # never globex's
+    by_id = {r[0]: dict(zip(header, r, strict=True)) for r in body}
+    assert by_id[first.delivery_id]["employee_name"] == "Jane Doe"
+    assert by_id[first.delivery_id]["status"] == "ERROR"
+    assert by_id[first.delivery_id]["last_error"] == "HTTP 500 from the calendar"
+    assert [r[0] for r in rows(errors.text)[1:]] == [d["delivery_id"] for d in listed["items"]]
+    assert [r[0] for r in rows(errors.text)[1:]] == [first.delivery_id]
+
+
+def test_export_neutralises_formulas_and_says_when_it_is_cut(api: Api) -> None:
+    hostile = [
+        fact(employee_name=name, status=Status.ERROR)
+        for name in (
+            '=HYPERLINK("http://evil";"x")',
+            "+1+1",
+            "-2",
+            "@SUM(A1)",
+            "\tTab",
+            "\rCr",
+            'Comma, "quote"',
+        )
+    ]
+    api.seed(*hostile)
+    with api.client("view") as client:
+        whole = client.get("/api/v1/deliveries/export.csv")
+        cut = client.get("/api/v1/deliveries/export.csv", params={"limit": 3})
+        too_many = client.get("/api/v1/deliveries/export.csv", params={"limit": 100_001})
+    table = rows(whole.text)
+    name_at = table[0].index("employee_name")
+    names = sorted(r[name_at] for r in table[1:])
+    assert names == sorted(
+        ['\'=HYPERLINK("http://evil";"x")', "'+1+1", "'-2", "'@SUM(A1)", "'\tTab", "'\rCr", 'Comma, "quote"']
+    )
+    assert all(len(r) == len(table[0]) for r in table[1:])  # a comma or quote never shifts a column
+    cut_table = rows(cut.text)
+    assert len(cut_table) == 1 + 3 + 1
+    assert cut_table[-1][0].startswith("# cut: more than 3 deliveries match")
+    assert not any(r[0].startswith("# cut") for r in table)
+    assert too_many.status_code == 422
+
+
+def test_export_needs_a_token(api: Api) -> None:
+    with api.client() as anonymous:
+        assert anonymous.get("/api/v1/deliveries/export.csv").status_code == 401
