@@ -223,6 +223,11 @@ class ResyncIn(BaseModel):
     )
 
 
+class AuditPageOut(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: int | None = Field(description="Pass as `before` for the next page; null on the last.")
+
+
 class ResyncOut(BaseModel):
     destination_id: str
     reason: Literal["operator", "re-enabled"] = Field(

@@ -146,3 +146,41 @@ def audit_trail(
         query = query.where(c.tenant == tenant)
     with connection(bind) as conn:
         return [AuditRecord(*row) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    items: list[AuditRecord]
+    next_cursor: int | None
+    """Pass back as ``before`` for the next (older) page; None on the last one."""
+
+
+def audit_log(
+    bind: Bind,
+    *,
+    tenant: str | None,
+    destination_id: str | None = None,
+    actor: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> AuditPage:
+    """Audit rows of every destination, newest first (by id: the order they were written), paged by
+    id. ``destination_id``: that destination only; ``actor``: case-insensitive substring of the
+    actor's name; ``tenant``: only that tenant's rows (None: every tenant)."""
+    if not 1 <= limit <= MAX_AUDIT_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_AUDIT_LIMIT}")
+    c = destination_audit.c
+    query = sa.select(*_AUDIT_COLUMNS).order_by(c.id.desc()).limit(limit + 1)
+    if tenant is not None:
+        query = query.where(c.tenant == tenant)
+    if destination_id is not None:
+        query = query.where(c.destination_id == destination_id)
+    if actor:
+        escaped = actor.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(sa.func.lower(c.actor).like(f"%{escaped}%", escape="\\"))
+    if before is not None:
+        query = query.where(c.id < before)
+    with connection(bind) as conn:
+        rows = [AuditRecord(*row) for row in conn.execute(query)]
+    items = rows[:limit]
+    return AuditPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)

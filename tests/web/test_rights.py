@@ -2,8 +2,9 @@
 
 The expected answer comes from the rule of issue [C], not from a list of routes: everything under
 ``/api/`` needs a token; ``/api/v1/destinations...``, ``/api/v1/alerts`` (where destination alerts
-go) and ``/api/v1/erasures`` (issue 17) need ``configure``, the rest ``view``; ``/metrics`` needs a
-token for all tenants (either right; issue 12 item 7); the probes outside ``/api/`` are public.
+go), ``/api/v1/erasures`` (issue 17) and ``/api/v1/audit`` need ``configure``, the rest ``view``;
+``/metrics`` needs a token for all tenants (either right; issue 12 item 7); the probes outside
+``/api/`` are public.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def required_right(path: str) -> str | None:
         return "view"
     if not path.startswith("/api/"):
         return None
-    configure = ("/api/v1/destinations", "/api/v1/alerts", "/api/v1/erasures")
+    configure = ("/api/v1/destinations", "/api/v1/alerts", "/api/v1/erasures", "/api/v1/audit")
     return "configure" if path.startswith(configure) else "view"
 
 

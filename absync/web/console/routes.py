@@ -191,6 +191,11 @@ def alerts_page(request: Request) -> Response:
     return _guarded(request, "alerts.html", Right.CONFIGURE, auto_disable_after=f"{days:g} days")
 
 
+@router.get("/console/audit")
+def audit_page(request: Request) -> Response:
+    return _guarded(request, "audit.html", Right.CONFIGURE)
+
+
 @router.get("/console/destinations/new")
 def new_destination_page(request: Request, kind: str = "http") -> Response:
     return _destination_form(request, kind, None)

@@ -9,19 +9,22 @@
 - :mod:`.recover`: Recover (re-send of its deliveries in Error) of a destination;
 - :mod:`.health`: a destination's health and health history (auto-disable, alerts sent);
 - :mod:`.alerts`: where operator alerts go (Slack, signed webhook; a token for every tenant);
+- :mod:`.audit`: the audit log of every destination (destination writes, resyncs, Retry and
+  Mark as processed);
 - :mod:`.me`: who the token is;
 - :mod:`.erasures`: erase an employee's personal data (docs/privacy.md).
 
 Writes never touch the view: the view follows from Kafka. Rights: every route needs a token;
-``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations``, ``/alerts`` and
-``/erasures``. A
-tenant-limited token gets 404 for other tenants' objects. Response models: :mod:`absync.web.models`.
+``view`` for deliveries and ``/me``, ``configure`` for everything under ``/destinations``,
+``/alerts``, ``/erasures`` and ``/audit``. A tenant-limited token gets 404 for other tenants'
+objects. Response models: :mod:`absync.web.models`.
 """
 
 from fastapi import APIRouter
 
 from absync.web.routes import (
     alerts,
+    audit,
     commands,
     deliveries,
     destinations,
@@ -42,6 +45,7 @@ router.include_router(health.router)
 router.include_router(resync.router)
 router.include_router(alerts.router)
 router.include_router(recover.router)
+router.include_router(audit.router)
 router.include_router(me.router)
 router.include_router(erasures.router)
 

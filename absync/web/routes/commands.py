@@ -3,7 +3,9 @@
 A command is produced to the commands topic (the delivery processor acts on it); the view is never
 written here. Guarantees: 202 only once Kafka has acknowledged the command (else 503, nothing
 promised); 409 when the delivery's status makes the command meaningless (:data:`REFUSED`); 404 for
-another tenant's delivery. Right ``view``: viewers may retry and mark as processed.
+another tenant's delivery. Right ``view``: viewers may retry and mark as processed. Each accepted
+command is recorded in the destination audit trail (action ``retry`` or ``mark-processed``, the
+token's name as actor, the delivery in ``changes``) after Kafka acknowledged it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from absync.web.auth import Principal, Viewer
 from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, UNAVAILABLE, CommandAccepted
 from absync.web.routes.common import DeliveryId, visible_delivery
 from absync.web.state import AppState, app_state
+from projections import queries
 from schemas.codec import codec_for
 from schemas.delivery import Command, CommandKind, Status
 from streams.topics import Topics
@@ -26,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 COMMAND_ACK_TIMEOUT = 10.0
 """Seconds a command waits for Kafka's acknowledgement (then 503)."""
+
+AUDIT_ACTIONS = {CommandKind.RETRY: "retry", CommandKind.MARK_PROCESSED: "mark-processed"}
+"""The action an accepted command is recorded under in the destination's audit trail."""
 
 router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
 
@@ -73,6 +79,19 @@ def _issue_command(
             status.HTTP_503_SERVICE_UNAVAILABLE, "Kafka did not acknowledge the command: try again"
         )
     log.info("command issued", kind=kind.value, delivery=delivery.delivery_id, actor=principal.name)
+    queries.record_audit(  # after the acknowledgement: only a command Kafka holds is recorded
+        state.engine,
+        destination_id=delivery.destination_id,
+        tenant=delivery.tenant,
+        actor=principal.name,
+        action=AUDIT_ACTIONS[kind],
+        changes={
+            "delivery_id": delivery.delivery_id,
+            "absence_id": delivery.absence_id,
+            "employee": delivery.employee_name,
+            "status": delivery.status,
+        },
+    )
     return CommandAccepted(command_id=command.command_id, kind=kind, delivery_id=delivery.delivery_id)
 
 

@@ -2,7 +2,8 @@
 absences, in a thread of this process; see :mod:`absync.web.resync_jobs`). Right ``configure``.
 
 At most one resync per destination runs in a process: starting one while it runs returns its
-progress; a disabled destination is refused (409).
+progress; a disabled destination is refused (409). A started resync is recorded in the audit trail
+(action ``resync``); asking for a running one's progress is not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, ResyncIn, R
 from absync.web.resync_jobs import resync_request
 from absync.web.routes.common import DestinationId, not_found, visible_destination
 from absync.web.state import app_state
+from projections import queries
 
 router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRORS)
 
@@ -40,7 +42,17 @@ def start_resync(
     destination = visible_destination(state, principal, destination_id)
     if not destination.enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
+    previous = state.resync_jobs.get(destination_id)
     job = state.resync_jobs.start(state.settings, resync_request(body, destination_id), "operator")
+    if job is not previous:  # a new job, not the progress of a running one
+        queries.record_audit(
+            state.engine,
+            destination_id=destination.id,
+            tenant=destination.tenant,
+            actor=principal.name,
+            action="resync",
+            changes={k: v for k, v in job.request.parameters().items() if v is not None},
+        )
     return job.out()
 
 

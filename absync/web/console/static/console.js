@@ -665,11 +665,49 @@ function alertsPage() {
   api("/alerts").then(fill, (error) => showState(state, `Could not load: ${error.message}`, "error"));
 }
 
+// -- audit page ------------------------------------------------------------------------------------
+
+function auditDetails(e) {
+  return Object.entries(e.changes).map(([field, value]) =>
+    value && typeof value === "object" && "from" in value
+      ? `${field}: ${JSON.stringify(value.from)} → ${JSON.stringify(value.to)}`
+      : `${field}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
+}
+
+function auditPage() {
+  const params = new URLSearchParams(location.search);
+  const form = document.getElementById("audit-filters");
+  for (const [name, value] of params) if (form.elements[name]) form.elements[name].value = value;
+  const filters = Object.fromEntries([...params].filter(([k, v]) => v && k !== "before"));
+  const tbody = document.querySelector("#audit tbody");
+  const query = new URLSearchParams({ limit: "50", ...filters });
+  if (params.get("before")) query.set("before", params.get("before"));
+  api(`/audit?${query}`).then((page) => {
+    tbody.replaceChildren(...page.items.map((e) =>
+      h("tr", { "data-audit-id": String(e.id), "data-action": e.action },
+        h("td", {}, time(e.at)),
+        h("td", {}, e.actor),
+        h("td", {}, e.action),
+        h("td", { class: "mono" }, e.destination_id),
+        h("td", { class: "why" }, auditDetails(e)))));
+    if (!page.items.length) tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "5" }, "Nothing recorded matches these filters.")));
+    const next = document.getElementById("audit-next");
+    next.hidden = !page.next_cursor;
+    if (page.next_cursor) next.href = "?" + new URLSearchParams({ ...filters, before: String(page.next_cursor) });
+    const first = document.getElementById("audit-first");
+    first.hidden = !params.get("before");
+    first.href = "?" + new URLSearchParams(filters);
+  }, (error) => {
+    tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "5", role: "alert" }, `Could not load the audit log: ${error.message}`)));
+  });
+}
+
 const PAGES = {
   alerts: alertsPage,
   deliveries: followUpPage,
   delivery: deliveryPage,
   destinations: destinationsPage,
   destination: destinationPage,
+  audit: auditPage,
 };
 PAGES[document.body.dataset.page]?.();
