@@ -78,6 +78,8 @@ deliveries = sa.Table(
     sa.Column("error_seen_at", UtcDateTime, doc="occurred_at of that fact"),
     sa.Column("success_at", UtcDateTime, doc="occurred_at of the latest SUCCESSFUL fact"),
     sa.Column("external_id", sa.Text, doc="the created item's id, from the latest success that had one"),
+    sa.Column("legal_entity_id", sa.String(), doc="the employee's, from the shown fact (NULL: older facts)"),
+    sa.Column("department_id", sa.String(), doc="the employee's, from the shown fact (NULL: none or older)"),
     sa.Column("status_at", UtcDateTime, nullable=False, doc="occurred_at of the event that set `status`"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
@@ -96,6 +98,8 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_cursor", "updated_at", "delivery_id"),
     sa.Index("ix_deliveries_tenant_cursor", "tenant", "updated_at", "delivery_id"),
     sa.Index("ix_deliveries_change_seq", "change_seq"),
+    sa.Index("ix_deliveries_legal_entity", "legal_entity_id", "updated_at"),
+    sa.Index("ix_deliveries_department", "department_id", "updated_at"),
 )
 
 attempts = sa.Table(

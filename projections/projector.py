@@ -219,6 +219,10 @@ def merge(row: Row | None, fact: DeliveryStatus) -> Row:
         )
     merged["last_error"] = _shown_error(merged)
     merged.setdefault("external_id", None)
+    merged.setdefault("legal_entity_id", None)
+    merged.setdefault("department_id", None)
+    if wins and fact.legal_entity_id is not None:  # a v3 fact (an older one carries neither: kept)
+        merged["legal_entity_id"], merged["department_id"] = fact.legal_entity_id, fact.department_id
     if fact.external_id and fact.status == Status.SUCCESSFUL and fact.occurred_at >= seen["success_at"]:
         merged["external_id"] = fact.external_id  # the created item, as of the latest success
     return {name: without_nul(value) for name, value in merged.items()}

@@ -40,7 +40,7 @@ AVRO_DIR = Path(__file__).parent / "avro"
 SCHEMA_FILES: dict[str, list[str]] = {
     "AbsenceEvent": ["absence_event.v1.avsc", "absence_event.v2.avsc", "absence_event.v3.avsc"],
     "Delivery": ["delivery.v1.avsc"],
-    "DeliveryStatus": ["delivery_status.v1.avsc", "delivery_status.v2.avsc"],
+    "DeliveryStatus": ["delivery_status.v1.avsc", "delivery_status.v2.avsc", "delivery_status.v3.avsc"],
     "Command": ["command.v1.avsc"],
     "Destination": ["destination.v1.avsc", "destination.v2.avsc", "destination.v3.avsc"],
 }

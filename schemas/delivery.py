@@ -203,6 +203,10 @@ class DeliveryStatus:
     external_id: str | None = None
     """On success: the id the destination holds the absence under (calendar event id, ADP leave id,
     resource URL), at most :data:`EXTERNAL_ID_LIMIT` characters (schema v2; None in v1 records)."""
+    legal_entity_id: str | None = None
+    """The employee's legal entity and department, from the absence event (schema v3; None in
+    older records), so the follow-up can be filtered by them."""
+    department_id: str | None = None
 
     @classmethod
     def for_delivery(cls, delivery: Delivery, status: Status, seq: int, **extra: Any) -> DeliveryStatus:
@@ -219,6 +223,8 @@ class DeliveryStatus:
             employee_id=ev.employee.id,
             employee_name=ev.employee.display_name,
             employee_email=ev.employee.email,
+            legal_entity_id=ev.employee.legal_entity_id,
+            department_id=ev.employee.department_id,
             start_date=ev.absence.start_date.isoformat(),
             end_date=ev.absence.end_date.isoformat(),
             status=status,
@@ -255,6 +261,8 @@ class DeliveryStatus:
             "error": self.error,
             "attempt_record": None if record is None else _attempt_avro(record),
             "external_id": self.external_id,
+            "legal_entity_id": self.legal_entity_id,
+            "department_id": self.department_id,
         }
 
     @classmethod

@@ -29,6 +29,8 @@ COLUMNS = (
     "employee_id",
     "employee_name",
     "employee_email",
+    "legal_entity_id",
+    "department_id",
     "absence_id",
     "version",
     "change",

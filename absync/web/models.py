@@ -67,6 +67,8 @@ class DeliveryOut(BaseModel):
         description="What the destination holds the absence as (calendar event id, ADP leave id, "
         "resource URL), from its latest success; null before one, or if the destination gave none.",
     )
+    legal_entity_id: str | None = Field(default=None, description="The employee's (null: older records).")
+    department_id: str | None = Field(default=None, description="The employee's, if any.")
 
 
 class AttemptOut(BaseModel):

@@ -56,6 +56,9 @@ class DeliverySummary:
     updated_at: dt.datetime
     external_id: str | None
     """The created item's id, as of the latest success (None before, or if the destination gave none)."""
+    legal_entity_id: str | None
+    department_id: str | None
+    """The employee's, as the shown fact carried them (None for facts written before schema v3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class DeliveryFilter:
     tenant: str | None = None
     trigger: str | None = None
     kind: str | None = None
+    legal_entity_id: str | None = None
+    department_id: str | None = None
 
 
 def _conditions(scope: str | None, f: DeliveryFilter) -> list[sa.ColumnElement[bool]]:
@@ -167,6 +172,10 @@ def _conditions(scope: str | None, f: DeliveryFilter) -> list[sa.ColumnElement[b
             conditions.append(c.manual.is_(True))
         else:
             conditions.append(sa.and_(c.trigger == trigger, c.manual.is_(False)))
+    if f.legal_entity_id is not None:
+        conditions.append(c.legal_entity_id == f.legal_entity_id)
+    if f.department_id is not None:
+        conditions.append(c.department_id == f.department_id)
     if f.kind is not None:
         kinds = sa.select(destinations.c.id).where(destinations.c.kind == f.kind)
         if scope is not None:

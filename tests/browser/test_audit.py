@@ -1,6 +1,6 @@
 """The audit page in Chromium against the running service: a destination created and disabled by
 an admin, a delivery retried by a viewer; the page lists them newest first, filters by operator and
-by destination, and is not offered to the view right."""
+by destination, and is not offered to the view right. The README's audit screenshot is taken here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Console, absence_change, sign_in
+from tests.browser.conftest import SCREENSHOTS, Console, absence_change, sign_in
 from tests.browser.test_follow_up import PEOPLE, settle
 
 pytestmark = pytest.mark.browser
@@ -51,6 +51,7 @@ def test_audit_page_lists_filters_and_is_for_configure_only(console: Console, pa
     expect(rows.nth(1)).to_contain_text("Omar (admin)")
     expect(rows.nth(2)).to_contain_text("create")
     expect(page.locator("#audit")).not_to_contain_text("c" * 32)
+    page.screenshot(path=str(SCREENSHOTS / "audit.png"), full_page=True)
 
     page.get_by_label("Operator").fill("nina")
     page.get_by_role("button", name="Apply").click()

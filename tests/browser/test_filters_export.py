@@ -1,4 +1,4 @@
-"""Follow-up filters (trigger, destination kind, tenant) and the CSV export, in Chromium, against
+"""Follow-up filters (trigger, destination kind, legal entity, tenant) and the CSV export, in Chromium, against
 the running pipeline: a refused delivery retried by an operator shows under trigger "Retry", and the
 export link downloads exactly the filtered rows."""
 
@@ -63,6 +63,16 @@ def test_filter_by_trigger_kind_and_tenant_then_export_csv(console: Console, pag
     page.get_by_label("Destination kind").select_option("google")
     page.get_by_role("button", name="Apply").click()
     page.wait_for_url("**kind=google**")
+    expect(page.locator("#deliveries tbody")).to_contain_text("No delivery matches these filters.")
+
+    page.goto(console.url("/console/deliveries"))
+    page.get_by_label("Legal entity").fill("le-1")  # the entity of every employee sent here
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**legal_entity=le-1**")
+    expect(rows).to_have_count(2)
+    page.get_by_label("Legal entity").fill("le-2")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**legal_entity=le-2**")
     expect(page.locator("#deliveries tbody")).to_contain_text("No delivery matches these filters.")
 
     page.goto(console.url("/console/deliveries?tenant=someone-else"))

@@ -47,6 +47,12 @@ def delivery_filter(
         Query(description="What caused the shown status; `manual`: marked as processed by hand."),
     ] = None,
     kind: Annotated[str | None, Query(description="The destination's kind.", max_length=50)] = None,
+    legal_entity: Annotated[
+        str | None, Query(description="The employee's legal entity id.", max_length=200)
+    ] = None,
+    department: Annotated[
+        str | None, Query(description="The employee's department id.", max_length=200)
+    ] = None,
 ) -> queries.DeliveryFilter:
     """The list's filters, shared by the list and its CSV export (so both select the same rows)."""
     return queries.DeliveryFilter(
@@ -59,6 +65,8 @@ def delivery_filter(
         tenant=tenant,
         trigger=trigger,
         kind=kind,
+        legal_entity_id=legal_entity,
+        department_id=department,
     )
 
 

@@ -132,6 +132,8 @@ function followUpPage() {
     (!filters.date_from || d.end_date >= filters.date_from) &&
     (!filters.date_to || d.start_date <= filters.date_to) &&
     (!filters.tenant || d.tenant === filters.tenant) &&
+    (!filters.legal_entity || d.legal_entity_id === filters.legal_entity) &&
+    (!filters.department || d.department_id === filters.department) &&
     (!filters.trigger || (filters.trigger === "manual" ? d.manual : !d.manual && d.trigger === filters.trigger)) &&
     (!filters.kind || shownDestinations.has(d.destination_id)); // a row's kind is not in the stream
 
