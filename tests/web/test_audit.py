@@ -31,9 +31,9 @@ def test_writes_and_commands_are_recorded_and_filtered(api: Api) -> None:
     with api.client("acme-configure") as admin, api.client("view") as viewer:
         assert admin.post("/api/v1/destinations", json={"id": "acme:hook", **hook_body()}).status_code == 201
         assert admin.put("/api/v1/destinations/acme:hook", json=hook_body(name="Renamed")).status_code == 200
-        assert admin.post("/api/v1/destinations/acme:hook/disable").status_code == 200
-        assert admin.post("/api/v1/destinations/acme:hook/enable").status_code == 200
         assert admin.post("/api/v1/destinations/acme:hook/resync").status_code == 202
+        assert admin.post("/api/v1/destinations/acme:hook/disable").status_code == 200
+        assert admin.post("/api/v1/destinations/acme:hook/enable").status_code == 200  # + a catch-up
         assert viewer.post(f"/api/v1/deliveries/{failed.delivery_id}/retry").status_code == 202
         assert viewer.post(f"/api/v1/deliveries/{pending.delivery_id}/mark-processed").status_code == 202
         assert (
@@ -53,9 +53,9 @@ def test_writes_and_commands_are_recorded_and_filtered(api: Api) -> None:
         ("acme admin", "create", "acme:other"),
         ("viewer", "mark-processed", "acme:hook"),
         ("viewer", "retry", "acme:hook"),
-        ("acme admin", "resync", "acme:hook"),
         ("acme admin", "enable", "acme:hook"),
         ("acme admin", "disable", "acme:hook"),
+        ("acme admin", "resync", "acme:hook"),
         ("acme admin", "update", "acme:hook"),
         ("acme admin", "create", "acme:hook"),
     ]
@@ -63,9 +63,9 @@ def test_writes_and_commands_are_recorded_and_filtered(api: Api) -> None:
     assert [a for _, a, _ in actions(hook_only)] == [
         "mark-processed",
         "retry",
-        "resync",
         "enable",
         "disable",
+        "resync",
         "update",
         "create",
     ]
