@@ -12,8 +12,11 @@ The table is Markdown, ready for docs/performance.md.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -162,24 +165,42 @@ def run_script(name: str, args: list[str]) -> tuple[list[Row], str | None]:
         return [], "script not written yet"
     log(f"running bench.{name} {' '.join(args)}")
     started = time.monotonic()
+    timeout = SCRIPT_TIMEOUTS.get(name, SCRIPT_TIMEOUT)
+    # Its own process group: a script that times out is stopped with everything it started (the
+    # service, receivers), not only itself; otherwise they keep running and load the next benches.
+    proc = subprocess.Popen(
+        [PYTHON, "-m", f"bench.{name}", *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [PYTHON, "-m", f"bench.{name}", *args],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=SCRIPT_TIMEOUTS.get(name, SCRIPT_TIMEOUT),
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        output = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode()
-        return parse(output), f"timed out after {SCRIPT_TIMEOUTS.get(name, SCRIPT_TIMEOUT):g}s"
+        stdout, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        stdout, _ = proc.communicate()
+        return parse(stdout or ""), f"timed out after {timeout:g}s"
+    except BaseException:  # Ctrl-C no longer reaches the script's own session: pass it on
+        stop_group(proc)
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
     log(f"bench.{name} took {time.monotonic() - started:.0f}s (exit {done.returncode})")
     rows = parse(done.stdout)
     if done.returncode != 0:
         return rows, f"exit {done.returncode}"
     return rows, None if rows else "printed no figure"
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the script's process group, up to 20 s to stop, then SIGKILL to whatever is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def parse(output: str) -> list[Row]:
