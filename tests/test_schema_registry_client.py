@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError as SettingsError
 
-from schemas.codec import AVRO_DIR, AvroCodec
+from schemas.codec import AVRO_DIR, SCHEMA_FILES, AvroCodec
 from schemas.errors import DecodeError, RegistryUnavailableError, SchemaUnavailableError, UnknownSchemaIdError
 from schemas.registry import SchemaRegistryResolver
 from streams.schema_registry import schema_registry
@@ -18,7 +18,8 @@ from streams.settings import Settings
 from tests.fakes.schema_registry import running_registry
 from tests.streams_helpers import make_event
 
-V2_TEXT = (AVRO_DIR / "absence_event.v2.avsc").read_text()
+# The schema the codec writes with: the registry's id 1 must name it, as it would in production.
+CURRENT_TEXT = (AVRO_DIR / SCHEMA_FILES["AbsenceEvent"][-1]).read_text()
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ def free_port() -> int:
 
 
 def test_basic_auth_is_sent_and_a_wrong_password_is_an_outage_without_the_password() -> None:
-    with running_registry({1: V2_TEXT}) as registry:
+    with running_registry({1: CURRENT_TEXT}) as registry:
         registry.password = "pa55-w0rd-xyz"
         settings = Settings(
             schema_registry_url=registry.url,
@@ -49,7 +50,7 @@ def test_basic_auth_is_sent_and_a_wrong_password_is_an_outage_without_the_passwo
 
 
 def test_an_unknown_id_and_an_unreachable_registry_are_retryable_and_told_apart() -> None:
-    with running_registry({1: V2_TEXT}) as registry:
+    with running_registry({1: CURRENT_TEXT}) as registry:
         resolver = SchemaRegistryResolver(registry.url)
         with pytest.raises(UnknownSchemaIdError, match="schema id 7 not found"):
             resolver.schema(7)
@@ -62,7 +63,7 @@ def test_an_unknown_id_and_an_unreachable_registry_are_retryable_and_told_apart(
 
 def test_a_cached_id_needs_no_registry_and_an_outage_is_not_asked_again_during_the_cooldown() -> None:
     event = make_event()
-    with running_registry({1: V2_TEXT}) as registry:
+    with running_registry({1: CURRENT_TEXT}) as registry:
         resolver = SchemaRegistryResolver(registry.url, cooldown=60.0)
         codec = AvroCodec("AbsenceEvent", resolver)
         data = codec.encode_confluent(event.to_avro(), 1)
