@@ -12,8 +12,11 @@ Idempotency is the receiver's by design: PUT and DELETE are keyed by absence id,
 carries ``webhook-id`` and ``Idempotency-Key`` (the delivery id, stable across retries; one id per
 half-day in lucca.legacy), so a repeated delivery has no second effect.
 
+``batch_size`` (2..100, absync.v1 only) turns on the batch mode: one signed POST carries up to that
+many changes and is answered with a result per change (connectors/http_batch.py).
+
 Connections: up to ``max_connections`` (setting, default 32) per destination, in pools of
-``POOL_CONNECTIONS`` httpx clients, a request going to the pool its URL hashes to. httpcore checks
+``POOL_CONNECTIONS`` httpx clients, a request going to the pool its message id hashes to. httpcore checks
 every connection of a pool (a socket poll each) on every request, so one large pool made each request
 cost more CPU the more connections it had (bench.pipeline_throughput, docs/performance.md).
 """
@@ -40,9 +43,11 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.batching import MicroBatcher
 from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
 from connectors.egress_clients import guarded_client
 from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
+from connectors.http_batch import MAX_BATCH_SIZE, BatchSender, BatchSizeSetting, batch_size_of
 from connectors.registry import register
 from connectors.wire import Answer, send_recorded, status_error
 from schemas.delivery import RESPONSE_BODY_LIMIT, Delivery, Operation
@@ -198,6 +203,9 @@ class HttpSettings(KindSettings):
     timeout: Any = setting("One call's timeout, e.g. 10s (default: the service's).")
     x_version: Any = setting("lucca.legacy: the X-Version header (default 1).")
     max_connections: Any = setting(f"Connections to the receiver (default {DEFAULT_MAX_CONNECTIONS}).")
+    batch_size: BatchSizeSetting = setting(
+        f"absync.v1 batch mode: up to this many changes per request, 2 to {MAX_BATCH_SIZE} (default 1: off)."
+    )
 
 
 DECLARATION = KindDeclaration(
@@ -252,7 +260,9 @@ class HttpConnector(Connector):
         raw_keys = self.secrets.get("signing_secrets")
         self.signing_keys = parse_signing_secrets(raw_keys.get_secret_value()) if raw_keys else []
         self.max_connections = self.count_setting("max_connections", DEFAULT_MAX_CONNECTIONS)
+        self.batch_size = batch_size_of(self.settings, self.destination.id, self.format)
         self._clients: list[httpx.AsyncClient] = []
+        self._batcher: MicroBatcher | None = None
 
     def _url(self) -> str:
         url = str(self.setting("url", required=True)).rstrip("/")
@@ -320,8 +330,18 @@ class HttpConnector(Connector):
         ]
         if not self.signing_keys and self.format == "absync.v1":
             log.warning("http destination sends unsigned requests", destination=self.destination.id)
+        if self.batch_size > 1:  # connectors/http_batch.py
+            self._batcher = BatchSender(
+                self.url,
+                lambda message_id, body: self._prepare(_Request("POST", self.url, message_id, body, {})),
+                lambda delivery: to_json_bytes(absync_body(delivery)),
+                timeout=self.timeout,
+                secret_headers=[*self.auth_headers, "webhook-signature"],
+            ).batcher(self.batch_size, self.attempt_deadline, f"http:{self.destination.id}")
 
     async def close(self) -> None:
+        if self._batcher is not None:  # first: its waiting and in-flight items fail retryably
+            await self._batcher.close()
         clients, self._clients = self._clients, []
         for client in clients:
             await client.aclose()
@@ -329,6 +349,8 @@ class HttpConnector(Connector):
     # -- deliveries ---------------------------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        if self._batcher is not None:
+            return await self._batcher.deliver(delivery, recorder)
         deleting = delivery.operation is Operation.DELETE
         requests = (
             self._lucca_requests(delivery)
@@ -372,12 +394,11 @@ class HttpConnector(Connector):
             for doc in lucca_bodies(delivery.event)
         ]
 
-    async def _send(self, request: _Request, recorder: CallRecorder) -> Answer:
-        """Sends one request (signed with a fresh timestamp) and records it, secrets masked. The
-        answer's body is read up to RESPONSE_BODY_LIMIT bytes and no further."""
+    def _prepare(self, request: _Request) -> tuple[httpx.AsyncClient, httpx.Request]:
+        """The client ``request`` goes through and the request itself, signed with a fresh timestamp."""
         if not self._clients:
             raise RuntimeError("HttpConnector.setup() was not awaited")
-        client = self._clients[zlib.crc32(request.url.encode()) % len(self._clients)]
+        client = self._clients[zlib.crc32(request.message_id.encode()) % len(self._clients)]
         headers = {**self.auth_headers, **request.headers, "Idempotency-Key": request.message_id}
         if request.body is not None:
             headers["Content-Type"] = "application/json"
@@ -388,9 +409,14 @@ class HttpConnector(Connector):
             headers["webhook-signature"] = sign(
                 self.signing_keys, request.message_id, timestamp, request.body or b""
             )
-        http_request = client.build_request(
+        return client, client.build_request(
             request.method, request.url, content=request.body, headers=headers
         )
+
+    async def _send(self, request: _Request, recorder: CallRecorder) -> Answer:
+        """Sends one request (signed with a fresh timestamp) and records it, secrets masked. The
+        answer's body is read up to RESPONSE_BODY_LIMIT bytes and no further."""
+        client, http_request = self._prepare(request)
 
         def error_text(exc: BaseException) -> str:
             if isinstance(exc, httpx.TimeoutException):

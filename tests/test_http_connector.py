@@ -237,7 +237,7 @@ async def test_post_mode_sends_the_change_in_the_body(
 
 def documented_verify() -> Callable[..., bool]:
     """The receiver-side check printed in docs/http-sync.md, executed as a reader would paste it."""
-    block = re.search(r"```python\n(.*?def verify_webhook.*?)```", DOC.read_text(), re.S)
+    block = re.search(r"```python\n((?:(?!```).)*?def verify_webhook.*?)```", DOC.read_text(), re.S)
     assert block is not None, "docs/http-sync.md lost its verify_webhook example"
     assert inspect.getsource(verify_webhook) in block.group(1), "the doc and the receiver disagree"
     namespace: dict[str, Any] = {}

@@ -5,7 +5,11 @@ It speaks both formats of docs/http-sync.md and keeps the state a real receiver 
 - absync.v1: ``state`` maps absence id -> latest JSON body (``PUT .../{id}`` and ``POST`` of
   ``absence.upserted`` store it, ``DELETE .../{id}`` and ``absence.deleted`` remove it);
 - lucca.legacy (``X-Resource-Type: leave``): ``half_days`` maps half-day id -> latest body
-  (``X-Event`` created/approved add, deleted removes).
+  (``X-Event`` created/approved add, deleted removes);
+- absync.v1 batch mode (``POST`` of ``{"type":"absync.batch","items":[...]}``): each item is applied
+  as a single ``POST`` body would be, deduplicated by its ``delivery_id``, and answered with
+  ``{"results":[{"id":..,"status":..}]}``; ``batch_items`` lists every item received (absence id,
+  delivery id, status answered). ``fail_items_next`` fails chosen items only.
 
 It verifies Standard Webhooks signatures when given secrets (401 otherwise), deduplicates by
 ``webhook-id`` (or ``Idempotency-Key``), counts ``effects`` (state changes) apart from
@@ -75,7 +79,9 @@ class ReceivedRequest:
     arrived_at: dt.datetime
     absence_id: str | None = None
     status: int | None = None  # None: connection closed without an answer
-    outcome: str = "pending"  # effect | no-change | duplicate | rejected | injected | closed | bad-request
+    outcome: str = (
+        "pending"  # effect | no-change | duplicate | rejected | injected | closed | bad-request | batch
+    )
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -168,6 +174,9 @@ class Receiver:
         self.duplicates = 0
         self._seen: set[str] = set()
         self._rules: list[_Rule] = []
+        self._item_rules: list[_Rule] = []
+        self.batch_items: list[tuple[str, str, int]] = []
+        """(absence id, delivery id, status answered) of every batch item received, in order."""
         self._latency = 0.0
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -278,6 +287,22 @@ class Receiver:
         """Closes the connection without answering the next ``n`` matching requests."""
         self._add(_Rule(n, close=True, path=path, absence_id=absence_id))
 
+    def fail_items_next(
+        self,
+        n: int,
+        status: int = 500,
+        *,
+        absence_id: str | None = None,
+        retry_after: float | None = None,
+        error: str = "injected item failure",
+    ) -> None:
+        """In batch requests: answers ``status`` (the item not applied) for the next ``n`` items
+        (of ``absence_id`` only, if given); the rest of each batch is applied as usual."""
+        headers = {"error": error} | ({"retry_after": str(retry_after)} if retry_after is not None else {})
+        if n > 0:
+            with self._lock:
+                self._item_rules.append(_Rule(n, status=status, headers=headers, absence_id=absence_id))
+
     def set_latency(self, seconds: float) -> None:
         """Slows every answer by ``seconds`` (0 to stop)."""
         with self._lock:
@@ -286,6 +311,7 @@ class Receiver:
     def clear_failures(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._item_rules.clear()
             self._latency = 0.0
 
     def _add(self, rule: _Rule) -> None:
@@ -377,8 +403,12 @@ class Receiver:
                 request.outcome = "duplicate"
                 return 200, _JSON, b'{"duplicate":true}'
             try:
+                if request.method == "POST" and request.headers.get("x-resource-type") != "leave":
+                    doc = request.json()
+                    if isinstance(doc, dict) and doc.get("type") == "absync.batch":
+                        return 200, _JSON, self._apply_batch(request, doc)
                 status = self._apply(request)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 request.outcome = "bad-request"
                 return 400, _JSON, json.dumps({"error": f"bad request: {exc!r}"}).encode()
             if message_id:
@@ -412,6 +442,54 @@ class Receiver:
                 return 404
             return self._count(request, True, 204)
         raise ValueError(f"{request.method} {request.path} is not part of the protocol")
+
+    def _apply_batch(self, request: ReceivedRequest, doc: dict[str, Any]) -> bytes:
+        """Applies each item as a single POST body, deduplicated by its ``delivery_id``; the answer
+        of docs/http-sync.md ("Batch mode"). Called under the lock."""
+        items = doc["items"]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ValueError("items must be a list of objects")
+        for item in items:  # the whole batch is checked before any item is applied
+            if item["type"] not in ("absence.upserted", "absence.deleted") or not item["delivery_id"]:
+                raise ValueError(f"bad item {str(item)[:100]}")
+            str(item["absence"]["id"])
+        results: list[dict[str, Any]] = []
+        effects = 0
+        for item in items:
+            delivery_id, absence_id = item["delivery_id"], str(item["absence"]["id"])
+            result: dict[str, Any] = {"id": delivery_id}
+            rule = self._take_item_rule(absence_id)
+            if rule is not None and rule.status is not None:
+                result |= {"status": rule.status, **rule.headers}
+            elif delivery_id in self._seen:
+                self.duplicates += 1
+                result["status"] = 200
+            else:
+                if item["type"] == "absence.deleted":
+                    changed, status = self.state.pop(absence_id, None) is not None, 200
+                else:
+                    changed, status = (
+                        self.state.get(absence_id) != item,
+                        201 if absence_id not in self.state else 200,
+                    )
+                    self.state[absence_id] = item
+                effects += changed
+                self._seen.add(delivery_id)
+                result["status"] = status
+            self.batch_items.append((absence_id, delivery_id, result["status"]))
+            results.append(result)
+        self.effects += effects
+        request.outcome = "batch"
+        return json.dumps({"results": results}).encode()
+
+    def _take_item_rule(self, absence_id: str) -> _Rule | None:
+        for rule in self._item_rules:
+            if rule.absence_id is None or rule.absence_id == absence_id:
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self._item_rules.remove(rule)
+                return rule
+        return None
 
     def _store(self, request: ReceivedRequest, absence_id: str, doc: Any) -> int:
         created = absence_id not in self.state
