@@ -41,6 +41,7 @@ from pydantic import AfterValidator
 
 from connectors.base import DeliveryOutcome, read_body
 from connectors.batching import BatchItem, ItemCalls, ItemResult, MicroBatcher
+from connectors.egress import NOT_ALLOWED, refused
 from connectors.exceptions import ConfigurationError, ConnectorError, PermanentError, RetryableError
 from connectors.wire import status_error
 from schemas.delivery import Delivery, Operation
@@ -156,7 +157,12 @@ class BatchSender:
                 content = await read_body(response, limit)
             finally:
                 await response.aclose()
-        except httpx.TransportError as exc:
+        except Exception as exc:
+            if refused(exc):  # the egress policy: one uniform error, as in single mode
+                calls.fail(NOT_ALLOWED)
+                return [ConfigurationError(NOT_ALLOWED) for _ in items]
+            if not isinstance(exc, httpx.TransportError):
+                raise
             text = (
                 f"{where}: no answer within {self.timeout:g} s ({type(exc).__name__})"
                 if isinstance(exc, httpx.TimeoutException)

@@ -207,6 +207,13 @@ async def test_a_timed_out_batch_fails_every_item_retryably(
     assert all(r.calls[0].error for r in recorders)
 
 
+async def test_a_refused_address_is_the_uniform_configuration_error(batching: Callable[..., Any]) -> None:
+    connector = await batching("http://10.0.0.1/hook", batch_size=2)  # tests allow loopback only
+    results, recorders = await deliver_all(connector, changes(2))
+    assert all(isinstance(r, ConfigurationError) and "address not allowed" in r.message for r in results)
+    assert all(r.calls[0].error for r in recorders)
+
+
 # -- hostile answers -------------------------------------------------------------------------------
 
 
