@@ -427,9 +427,9 @@ def _free_port() -> int:
         return port
 
 
-def http_destinations(run: BenchRun, receiver_url: str, count: int) -> list[str]:
+def http_destinations(run: BenchRun, receiver_url: str, count: int, batch_size: int = 1) -> list[str]:
     """Publishes ``count`` signed absync.v1 destinations of the bench tenant, one URL path each
-    (``/d1``, ``/d2``...); returns their URLs."""
+    (``/d1``, ``/d2``...), in batch mode when ``batch_size`` > 1; returns their URLs."""
     box = SecretBox.from_settings(run.settings)
     urls = [f"{receiver_url}/d{i}" for i in range(1, count + 1)]
     for i, url in enumerate(urls, start=1):
@@ -440,7 +440,8 @@ def http_destinations(run: BenchRun, receiver_url: str, count: int) -> list[str]
                 tenant=TENANT,
                 name=f"bench receiver {i}",
                 kind="http",
-                settings={"url": url, "format": "absync.v1", "method_mode": "rest"},
+                settings={"url": url, "format": "absync.v1", "method_mode": "rest"}
+                | ({"batch_size": batch_size} if batch_size > 1 else {}),
                 secrets={"signing_secrets": box.encrypt(SIGNING_SECRET)},
                 revision=1,
             ),

@@ -1,7 +1,7 @@
 """Pipeline throughput: absence events per second from ``absences`` to a loopback HTTP receiver.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python -m bench.pipeline_throughput \\
-        [--events 4000] [--events-3 2000]
+        [--events 4000] [--events-3 2000] [--batch-size 50 [--rounds 2]]
 
 For 1 and for 3 matching destinations: N realistic events are published to ``absences`` first, then
 ``absync run --only fanout --only delivery`` (one worker, one process) starts; the rate is the
@@ -10,12 +10,18 @@ excluded). Baseline, measured in the same run on the same broker and receiver: a
 loop (confluent-kafka consumer, one httpx keep-alive PUT per destination, one status event produced
 per request, offsets committed per batch), also in its own process. Prints the rates, the ratio
 absync/baseline and both processes' peak RSS.
+
+``--batch-size N`` (N > 1) compares, for 1 destination, absync in single mode with absync whose
+destination is in absync.v1 batch mode (``batch_size: N``, docs/http-sync.md), interleaved ``--rounds``
+times (single, batch, single, batch...), and prints each round's rate and CPU per event with the
+load average; the receiver logs one arrival per change of a batch, so rates count changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import uuid
 
@@ -44,15 +50,17 @@ WAIT_TIMEOUT = 150.0
 """Upper bound of one measurement (seconds) once the events are published."""
 
 
-def measure(events: int, destinations: int, *, baseline: bool) -> tuple[float, float, float]:
+def measure(
+    events: int, destinations: int, *, baseline: bool, batch_size: int = 1
+) -> tuple[float, float, float]:
     """(events per second, peak RSS in MB, CPU ms per event) of the process doing the work.
 
     CPU per event is steadier than the rate on a machine shared with other work."""
-    label = "baseline" if baseline else "absync"
+    label = "baseline" if baseline else "absync" if batch_size == 1 else f"absync-batch{batch_size}"
     with BenchRun(f"tput-{label}") as run:
         receiver = ReceiverProc(run.workdir)
         try:
-            urls = http_destinations(run, receiver.url, destinations)
+            urls = http_destinations(run, receiver.url, destinations, batch_size)
             factory = EventFactory()
             publish_events(run, (factory.event() for _ in range(events)))
             log(f"{label}: {events} events published, {destinations} destination(s)")
@@ -124,6 +132,20 @@ def baseline_worker(topic: str, status_topic: str, urls: list[str], expect: int)
     consumer.close()
 
 
+def compare_batch(events: int, batch_size: int, rounds: int) -> None:
+    """Single mode against batch mode, 1 destination, interleaved; one row per measurement."""
+    rows: list[Row] = []
+    for round_ in range(1, rounds + 1):
+        for size in (1, batch_size):
+            rate, _, cpu = measure(events, 1, baseline=False, batch_size=size)
+            mode = "single" if size == 1 else f"batch_size {size}"
+            load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+            log(f"round {round_}, {mode}: {rate:.0f} events/s, {cpu:.2f} ms CPU/event, load {load}")
+            rows.append(Row(f"round {round_}, {mode}: throughput (load {load})", rate, "events/s"))
+            rows.append(Row(f"round {round_}, {mode}: CPU per event", cpu, "ms"))
+    print_rows(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,9 +157,14 @@ def main() -> None:
     parser.add_argument("--status-topic", help=argparse.SUPPRESS)
     parser.add_argument("--url", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=1, help="compare single and batch mode")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds with --batch-size")
     args = parser.parse_args()
     if args.baseline_worker:
         baseline_worker(args.topic, args.status_topic, args.url, args.expect)
+        return
+    if args.batch_size > 1:
+        compare_batch(args.events, args.batch_size, args.rounds)
         return
     started = time.monotonic()
     rows: list[Row] = []

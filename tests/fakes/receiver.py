@@ -9,7 +9,8 @@ It speaks both formats of docs/http-sync.md and keeps the state a real receiver 
 - absync.v1 batch mode (``POST`` of ``{"type":"absync.batch","items":[...]}``): each item is applied
   as a single ``POST`` body would be, deduplicated by its ``delivery_id``, and answered with
   ``{"results":[{"id":..,"status":..}]}``; ``batch_items`` lists every item received (absence id,
-  delivery id, status answered). ``fail_items_next`` fails chosen items only.
+  delivery id, status answered). ``fail_items_next`` fails chosen items only. The debug log has one
+  ``received`` line per item of a batch (per request otherwise): the benches count changes by it.
 
 It verifies Standard Webhooks signatures when given secrets (401 otherwise), deduplicates by
 ``webhook-id`` (or ``Idempotency-Key``), counts ``effects`` (state changes) apart from
@@ -79,9 +80,10 @@ class ReceivedRequest:
     arrived_at: dt.datetime
     absence_id: str | None = None
     status: int | None = None  # None: connection closed without an answer
-    outcome: str = (
-        "pending"  # effect | no-change | duplicate | rejected | injected | closed | bad-request | batch
-    )
+    items: list[tuple[str, int]] = field(default_factory=list)
+    """A batch request's items: (absence id, status answered)."""
+    outcome: str = "pending"
+    """effect | no-change | duplicate | rejected | injected | closed | bad-request | batch"""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -375,7 +377,18 @@ class Receiver:
         with self._changed:
             request.status = status
             self._changed.notify_all()
-        log.debug("received", method=method, path=path, status=status, outcome=request.outcome)
+        if request.items:  # a batch: one line per change it carried (what the benches count)
+            for absence_id, item_status in request.items:
+                log.debug(
+                    "received",
+                    method=method,
+                    path=path,
+                    status=item_status,
+                    outcome="batch item",
+                    absence_id=absence_id,
+                )
+        else:
+            log.debug("received", method=method, path=path, status=status, outcome=request.outcome)
         return status, reply_headers, reply
 
     def _answer(self, request: ReceivedRequest) -> tuple[int | None, dict[str, str], bytes]:
@@ -477,6 +490,7 @@ class Receiver:
                 self._seen.add(delivery_id)
                 result["status"] = status
             self.batch_items.append((absence_id, delivery_id, result["status"]))
+            request.items.append((absence_id, result["status"]))
             results.append(result)
         self.effects += effects
         request.outcome = "batch"
