@@ -43,7 +43,6 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
-from connectors.batching import MicroBatcher
 from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
 from connectors.egress_clients import guarded_client
 from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
@@ -262,7 +261,7 @@ class HttpConnector(Connector):
         self.max_connections = self.count_setting("max_connections", DEFAULT_MAX_CONNECTIONS)
         self.batch_size = batch_size_of(self.settings, self.destination.id, self.format)
         self._clients: list[httpx.AsyncClient] = []
-        self._batcher: MicroBatcher | None = None
+        self._batches: BatchSender | None = None
 
     def _url(self) -> str:
         url = str(self.setting("url", required=True)).rstrip("/")
@@ -331,17 +330,20 @@ class HttpConnector(Connector):
         if not self.signing_keys and self.format == "absync.v1":
             log.warning("http destination sends unsigned requests", destination=self.destination.id)
         if self.batch_size > 1:  # connectors/http_batch.py
-            self._batcher = BatchSender(
+            self._batches = BatchSender(
                 self.url,
                 lambda message_id, body: self._prepare(_Request("POST", self.url, message_id, body, {})),
                 lambda delivery: to_json_bytes(absync_body(delivery)),
+                size=self.batch_size,
                 timeout=self.timeout,
+                deadline=self.attempt_deadline,
                 secret_headers=[*self.auth_headers, "webhook-signature"],
-            ).batcher(self.batch_size, self.attempt_deadline, f"http:{self.destination.id}")
+                name=f"http:{self.destination.id}",
+            )
 
     async def close(self) -> None:
-        if self._batcher is not None:  # first: its waiting and in-flight items fail retryably
-            await self._batcher.close()
+        if self._batches is not None:  # first: its waiting and in-flight items fail retryably
+            await self._batches.close()
         clients, self._clients = self._clients, []
         for client in clients:
             await client.aclose()
@@ -349,8 +351,8 @@ class HttpConnector(Connector):
     # -- deliveries ---------------------------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        if self._batcher is not None:
-            return await self._batcher.deliver(delivery, recorder)
+        if self._batches is not None:
+            return await self._batches.deliver(delivery, recorder)
         deleting = delivery.operation is Operation.DELETE
         requests = (
             self._lucca_requests(delivery)
@@ -470,6 +472,8 @@ class HttpConnector(Connector):
         """absync.v1: a signed ``POST {url}`` of ``{"type":"absync.ping"}``; lucca.legacy: ``OPTIONS
         {url}`` with the credentials (a Lucca receiver knows no ping and would store any POST).
         2xx or 405 (the URL exists, the method is not routed) means reachable."""
+        if self._batches is not None:  # batch mode: an empty batch proves the receiver speaks it
+            return await self._batches.ping(recorder)
         ping_id = f"ping_{uuid.uuid4().hex}"
         if self.format == "lucca.legacy":
             request = _Request("OPTIONS", self.url, ping_id, None, {"X-Version": self.x_version})

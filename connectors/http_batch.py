@@ -23,6 +23,7 @@ through a :class:`connectors.batching.MicroBatcher`, whose flushes call
   status fail *that* item (or every item, when the whole answer is unusable) with a
   :class:`RetryableError` naming the problem; results for ids not in the batch are ignored. Never a
   crash, never an item counted as done without its own 2xx.
+- **connection test**: an empty batch, answered 2xx with ``{"results":[]}`` (:meth:`BatchSender.ping`).
 - **recording**: each item's attempt shows the batch request (URL, headers masked) with its own item
   as the request body, and the answer's status with its own result as the response body
   (:class:`connectors.batching.ItemCalls`).
@@ -39,11 +40,11 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator
 
-from connectors.base import DeliveryOutcome, read_body
+from connectors.base import CallRecorder, DeliveryOutcome, read_body
 from connectors.batching import BatchItem, ItemCalls, ItemResult, MicroBatcher
 from connectors.egress import NOT_ALLOWED, refused
 from connectors.exceptions import ConfigurationError, ConnectorError, PermanentError, RetryableError
-from connectors.wire import status_error
+from connectors.wire import send_recorded, status_error
 from schemas.delivery import Delivery, Operation
 
 MAX_BATCH_SIZE = 100
@@ -121,8 +122,11 @@ class BatchSender:
         prepare: Prepare,
         encode: Callable[[Delivery], bytes],
         *,
+        size: int,
         timeout: float,
+        deadline: float,
         secret_headers: Collection[str],
+        name: str = "",
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.url = url
@@ -131,10 +135,41 @@ class BatchSender:
         self.timeout = timeout
         self.secret_headers = tuple(secret_headers)
         self.max_body_bytes = max_body_bytes
+        self.batcher = MicroBatcher(self.deliver_batch, max_items=size, deadline=deadline, name=name)
+        """Where the connector's ``deliver`` calls go: they are flushed into :meth:`deliver_batch`."""
 
-    def batcher(self, size: int, deadline: float, name: str) -> MicroBatcher:
-        """A micro-batcher that flushes into :meth:`deliver_batch`, ``size`` items at most."""
-        return MicroBatcher(self.deliver_batch, max_items=size, deadline=deadline, name=name)
+    async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        """``delivery`` sent in a batch with the concurrent ones; its own outcome or error."""
+        return await self.batcher.deliver(delivery, recorder)
+
+    async def close(self) -> None:
+        """Waiting and in-flight items fail retryably (before the connector closes its clients)."""
+        await self.batcher.close()
+
+    async def ping(self, recorder: CallRecorder) -> DeliveryOutcome:
+        """The connection test in batch mode: an empty batch (signed, recorded), which a receiver of
+        the batch mode answers 2xx with ``{"results":[]}``; any other answer raises as a delivery's."""
+        ping_id = f"ping_{uuid.uuid4().hex}"
+        client, request = self.prepare(ping_id, batch_body(ping_id, []))
+        where = f"POST {self.url} (an empty batch)"
+        try:
+            answer = await send_recorded(
+                client, request, recorder, limit=ANSWER_BASE_BYTES, secret_headers=self.secret_headers
+            )
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        if not answer.is_success:
+            raise _whole_error(where, answer.status_code, answer.text, answer.headers)
+        _, problem = _parse(answer.content, ANSWER_BASE_BYTES, set())
+        if problem is not None:
+            raise PermanentError(
+                f"{where} answered {answer.status_code}, {problem}: does the receiver support the batch "
+                "mode (docs/http-sync.md)?",
+                status_code=answer.status_code,
+            )
+        return DeliveryOutcome(
+            summary=f"{where} answered {answer.status_code}: reachable, batch mode understood"
+        )
 
     async def deliver_batch(self, items: Sequence[BatchItem]) -> list[ItemResult]:
         """One result per item, in order (the :data:`connectors.batching.SendBatch` contract)."""

@@ -214,6 +214,25 @@ async def test_a_refused_address_is_the_uniform_configuration_error(batching: Ca
     assert all(r.calls[0].error for r in recorders)
 
 
+async def test_the_connection_test_sends_an_empty_batch(
+    receiver: Receiver, batching: Callable[..., Any]
+) -> None:
+    connector = await batching(receiver.url + "/hook")
+    recorder = CallRecorder()
+    outcome = await connector.test_connection(recorder)
+    assert "batch mode understood" in outcome.summary
+    assert receiver.requests[0].json()["items"] == [] and receiver.requests[0].status == 200
+    assert recorder.calls[0].request_headers["webhook-signature"] == MASK
+
+    server = LoopbackServer(lambda request: Response(200, {"ok": True})).start()  # single mode only
+    try:
+        unaware = await batching(server.url + "/hook")
+        with pytest.raises(PermanentError, match="support the batch mode"):
+            await unaware.test_connection(CallRecorder())
+    finally:
+        server.stop()
+
+
 # -- hostile answers -------------------------------------------------------------------------------
 
 
