@@ -243,7 +243,7 @@ def _parse(content: bytes, limit: int, ids: set[str]) -> tuple[dict[str, list[di
         return {}, f"its answer is longer than {limit} bytes (not read)"
     try:
         doc = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return {}, 'its answer is not JSON (expected {"results":[...]})'
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list):

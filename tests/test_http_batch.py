@@ -297,6 +297,10 @@ HOSTILE: dict[str, tuple[Callable[[list[dict[str, Any]]], Response], dict[int, s
         lambda items: Raw(200, json.dumps({"results": [ok(i) for i in items]}).encode()[:-5]),
         {0: "not JSON", 1: "not JSON", 2: "not JSON"},
     ),
+    "deep": (
+        lambda items: Raw(200, b"[" * 10_000 + b"]" * 10_000),
+        {0: "not JSON", 1: "not JSON", 2: "not JSON"},
+    ),
     "huge": (
         lambda items: Response(200, {"results": [ok(i) for i in items], "pad": "x" * answer_limit(3)}),
         {0: "longer than", 1: "longer than", 2: "longer than"},
