@@ -256,11 +256,14 @@ class ItemCalls:
         if len(parts) != len(items):
             raise ValueError("one request part per item")
         hidden = {name.lower() for name in secret_headers}
-        shown = {name: (MASK if name.lower() in hidden else value) for name, value in headers.items()}
         self.items = list(items)
-        self.calls: list[RecordedCall] = [
-            item.recorder.start(method, url, shown, part) for item, part in zip(items, parts, strict=True)
-        ]
+        self.calls: list[RecordedCall] = []
+        for item, part in zip(items, parts, strict=True):
+            call = item.recorder.start(method, url, headers, part)  # learns credential headers' values
+            for name in call.request_headers:
+                if name.lower() in hidden:  # a secret whatever its name (a custom auth header)
+                    call.request_headers[name] = MASK
+            self.calls.append(call)
 
     def finish(
         self,

@@ -58,7 +58,12 @@ async def batching() -> AsyncIterator[Callable[..., Any]]:
     opened: list[HttpConnector] = []
 
     async def build(
-        url: str, *, batch_size: int = 10, timeout: float = 5.0, **settings: Any
+        url: str,
+        *,
+        batch_size: int = 10,
+        timeout: float = 5.0,
+        secrets: dict[str, str] | None = None,
+        **settings: Any,
     ) -> HttpConnector:
         destination = Destination(
             id=DEST,
@@ -67,8 +72,9 @@ async def batching() -> AsyncIterator[Callable[..., Any]]:
             kind="http",
             settings={"url": url, "batch_size": batch_size, **settings},
         )
+        values = {"signing_secrets": SECRET, **(secrets or {})}
         connector = HttpConnector(
-            destination, {"signing_secrets": SecretStr(SECRET)}, loopback_options(timeout)
+            destination, {k: SecretStr(v) for k, v in values.items()}, loopback_options(timeout)
         )
         await connector.setup()
         opened.append(connector)
@@ -231,6 +237,35 @@ async def test_the_connection_test_sends_an_empty_batch(
             await unaware.test_connection(CallRecorder())
     finally:
         server.stop()
+
+
+async def test_secrets_echoed_by_the_receiver_never_reach_the_record(batching: Callable[..., Any]) -> None:
+    token = "tok-0123456789-very-secret"
+
+    def echo(request: Request) -> Response:  # a receiver that echoes what it got, headers included
+        items = json.loads(request.body)["items"]
+        echoed = f"refused, you sent {request.headers}"
+        return Response(
+            200, {"results": [{"id": i["delivery_id"], "status": 400, "error": echoed} for i in items]}
+        )
+
+    server = LoopbackServer(echo).start()
+    try:
+        connector = await batching(
+            server.url + "/hook", batch_size=2, auth="bearer", secrets={"token": token}
+        )
+        recorders = [CallRecorder() for _ in range(2)]  # given no secrets: the connector must mask them
+        results = await asyncio.gather(
+            *(connector.deliver(d, r) for d, r in zip(changes(2), recorders, strict=True)),
+            return_exceptions=True,
+        )
+    finally:
+        server.stop()
+    assert all(isinstance(r, PermanentError) and "400" in r.message for r in results), results
+    for result, recorder in zip(results, recorders, strict=True):
+        shown = repr(result) + json.dumps([c.__dict__ for c in recorder.calls], default=str)
+        assert token not in shown
+        assert recorder.calls[0].request_headers["authorization"] == MASK
 
 
 # -- hostile answers -------------------------------------------------------------------------------
