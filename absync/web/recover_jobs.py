@@ -1,5 +1,6 @@
-"""Recovers started from the API (``POST /api/v1/destinations/{id}/recover``), each in a thread
-of the API process; see :mod:`absync.services.recover` for what a Recover does and guarantees.
+"""Recovers started from the API (``POST /api/v1/destinations/{id}/recover``), each a
+:class:`absync.web.jobs.Job` of the API process; see :mod:`absync.services.recover` for what a
+Recover does and guarantees.
 
 A job is tracked in memory (like a resync): its progress and result are read back through
 :meth:`RecoverJob.out` until the process stops. Interrupted, nothing is lost: the deliveries not
@@ -10,64 +11,43 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
-import structlog
 from sqlalchemy.engine import Engine
 
 from absync.services.recover import SKIP_REASONS, RecoverProgress, recover
+from absync.web.jobs import Job, Jobs
 from absync.web.models import RecoverOut
 from streams.settings import Settings
 
-log = structlog.get_logger(__name__)
 
-
-class RecoverJob:
+class RecoverJob(Job[RecoverProgress]):
     """A Recover running in a thread of this API process."""
 
     def __init__(
         self, settings: Settings, engine: Engine, destination_id: str, since: dt.datetime, started_by: str
     ) -> None:
+        super().__init__(f"recover-{destination_id}", RecoverProgress(), destination=destination_id)
         self.destination_id = destination_id
         self.since = since
         self.started_by = started_by
-        self.started_at = dt.datetime.now(dt.UTC)
-        self.progress = RecoverProgress()
-        self.error: str | None = None
         self._settings = settings
         self._engine = engine
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"recover-{destination_id}", daemon=True)
 
-    def start(self) -> RecoverJob:
-        self._thread.start()
-        return self
+    def snapshot(self, progress: RecoverProgress) -> RecoverProgress:
+        return replace(progress, skipped=dict(progress.skipped))
 
-    def stop(self) -> None:
-        """Asks the job to stop after the command being sent (the rest stays in Error)."""
-        self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        def update(progress: RecoverProgress) -> None:
-            self.progress = replace(progress, skipped=dict(progress.skipped))
-
-        try:
-            self.progress = recover(
-                self._settings,
-                self._engine,
-                self.destination_id,
-                self.since,
-                issued_by=self.started_by,
-                stop=self._stop,
-                progress=update,
-            )
-        except Exception as exc:  # reported by GET .../recover; what was sent stays sent
-            log.exception("recover failed", destination=self.destination_id)
-            self.error = str(exc)
+    def work(self, report: Callable[[RecoverProgress], None], stop: threading.Event) -> RecoverProgress:
+        return recover(
+            self._settings,
+            self._engine,
+            self.destination_id,
+            self.since,
+            issued_by=self.started_by,
+            stop=stop,
+            progress=report,
+        )
 
     def out(self) -> RecoverOut:
         p = self.progress
@@ -86,3 +66,7 @@ class RecoverJob:
             completed=p.completed and self.error is None,
             error=self.error,
         )
+
+
+RecoverJobs = Jobs[RecoverJob]
+"""The Recovers of this process, the latest per destination id."""

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Literal
 
 import structlog
 
+from absync.web.jobs import Job, Jobs
 from absync.web.models import ResyncIn, ResyncOut
 from processors.resync import ResyncProgress, ResyncRequest, catch_up_request, enabled_again, run_resync
 from processors.resync_filter import AbsenceScope
@@ -43,45 +44,27 @@ def resync_request(body: ResyncIn, destination_id: str) -> ResyncRequest:
     return ResyncRequest(destination_id, changed_since=since, scope=scope)
 
 
-class ResyncJob:
+class ResyncJob(Job[ResyncProgress]):
     """One resync in a thread of this process."""
 
     def __init__(self, settings: Settings, request: ResyncRequest, reason: Reason) -> None:
+        super().__init__(
+            f"resync-{request.destination_id}",
+            ResyncProgress(),
+            destination=request.destination_id,
+            reason=reason,
+        )
         self.request = request
         self.reason: Reason = reason
-        self.progress = ResyncProgress()
-        self.error: str | None = None
         self._settings = settings
-        self._thread = threading.Thread(
-            target=self._run, name=f"resync-{request.destination_id}", daemon=True
-        )
 
     @property
     def destination_id(self) -> str:
         return self.request.destination_id
 
-    def start(self) -> ResyncJob:
-        self._thread.start()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once the job has ended (for the tests and shutdown)."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _run(self) -> None:
-        def update(progress: ResyncProgress) -> None:
-            self.progress = replace(progress)
-
-        try:
-            self.progress = run_resync(self._settings, self.request, progress=update)
-        except Exception as exc:  # reported by GET .../resync; the checkpoint keeps what was done
-            log.exception("resync failed", destination=self.destination_id, reason=self.reason)
-            self.error = str(exc)
+    def work(self, report: Callable[[ResyncProgress], None], stop: threading.Event) -> ResyncProgress:
+        """The checkpoint keeps what was done if it raises (reported by GET .../resync)."""
+        return run_resync(self._settings, self.request, progress=report)
 
     def out(self) -> ResyncOut:
         p = self.progress
@@ -100,24 +83,8 @@ class ResyncJob:
         )
 
 
-class ResyncJobs:
-    """The jobs of this process, latest per destination."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, ResyncJob] = {}
-        self._lock = threading.Lock()
-
-    def get(self, destination_id: str) -> ResyncJob | None:
-        with self._lock:
-            return self._jobs.get(destination_id)
-
-    def start(self, settings: Settings, request: ResyncRequest, reason: Reason) -> ResyncJob:
-        """Starts ``request`` unless a job of that destination runs (then returns it)."""
-        with self._lock:
-            job = self._jobs.get(request.destination_id)
-            if job is None or not job.running:
-                job = self._jobs[request.destination_id] = ResyncJob(settings, request, reason).start()
-            return job
+ResyncJobs = Jobs[ResyncJob]
+"""The resyncs of this process, the latest per destination id."""
 
 
 def catch_up_on_enable(
@@ -134,4 +101,5 @@ def catch_up_on_enable(
         destination=after.id,
         changed_since=before.disabled_at.isoformat() if before.disabled_at else None,
     )
-    return jobs.start(settings, request, "re-enabled")
+    job, _ = jobs.start(request.destination_id, lambda: ResyncJob(settings, request, "re-enabled"))
+    return job

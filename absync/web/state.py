@@ -16,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from absync.services.destinations import DestinationService
-from absync.web.recover_jobs import RecoverJob
+from absync.web.recover_jobs import RecoverJobs
 from absync.web.resync_jobs import ResyncJobs
 from streams.destinations import DestinationTable
 from streams.secrets import SecretBox
@@ -41,10 +41,8 @@ class AppState:
     """Set when the server stops: open event streams end."""
     resync_jobs: ResyncJobs = field(default_factory=ResyncJobs)
     """The resyncs of this process (by hand, or the catch-up of an enable), newest per destination."""
-    recover_jobs: dict[str, RecoverJob] = field(default_factory=dict)
-    """The Recovers started by this process, by destination id (the newest per destination)."""
-    jobs_lock: threading.Lock = field(default_factory=threading.Lock)
-    """Held to check that no Recover of a destination runs and start one."""
+    recover_jobs: RecoverJobs = field(default_factory=RecoverJobs)
+    """The Recovers started by this process, the newest per destination id."""
 
 
 def app_state(request: Request) -> AppState:

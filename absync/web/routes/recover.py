@@ -17,7 +17,7 @@ from absync.services import recover as recovery
 from absync.web.auth import Configurer
 from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, RecoverIn, RecoverOut
 from absync.web.recover_jobs import RecoverJob
-from absync.web.routes.common import DestinationId, not_found, visible_destination
+from absync.web.routes.common import DestinationId, visible_destination
 from absync.web.state import app_state
 
 router = APIRouter(prefix="/destinations", tags=["destinations"], responses=ERRORS)
@@ -38,16 +38,15 @@ def start_recover(
     destination = visible_destination(state, principal, destination_id)
     if not destination.enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
-    with state.jobs_lock:
-        job = state.recover_jobs.get(destination_id)
-        if job is not None and job.running:
-            current = job.out()
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"a Recover of this destination is running (started by {current.started_by}, "
-                f"{current.done} of {current.total} re-sent): wait until it is done",
-            )
-        job = RecoverJob(state.settings, state.engine, destination_id, body.since, principal.name)
+
+    def busy(running: RecoverJob) -> str:
+        current = running.out()
+        return (
+            f"a Recover of this destination is running (started by {current.started_by}, "
+            f"{current.done} of {current.total} re-sent): wait until it is done"
+        )
+
+    def audit(_: RecoverJob) -> None:
         recovery.audit(
             state.engine,
             destination_id=destination_id,
@@ -55,7 +54,13 @@ def start_recover(
             actor=principal.name,
             since=body.since,
         )
-        state.recover_jobs[destination_id] = job.start()
+
+    job = state.recover_jobs.start_or_refuse(
+        destination_id,
+        lambda: RecoverJob(state.settings, state.engine, destination_id, body.since, principal.name),
+        busy,
+        before_start=audit,
+    )
     return job.out()
 
 
@@ -68,7 +73,4 @@ def start_recover(
 def recover_progress(request: Request, principal: Configurer, destination_id: DestinationId) -> RecoverOut:
     state = app_state(request)
     visible_destination(state, principal, destination_id)
-    job = state.recover_jobs.get(destination_id)
-    if job is None:
-        raise not_found("recover")
-    return job.out()
+    return state.recover_jobs.latest(destination_id, "recover").out()

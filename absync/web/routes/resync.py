@@ -14,8 +14,8 @@ from fastapi import APIRouter, Body, HTTPException, Request, status
 
 from absync.web.auth import Configurer
 from absync.web.models import BAD_BODY, CONFLICT, ERRORS, NOT_FOUND, ResyncIn, ResyncOut
-from absync.web.resync_jobs import resync_request
-from absync.web.routes.common import DestinationId, not_found, visible_destination
+from absync.web.resync_jobs import ResyncJob, resync_request
+from absync.web.routes.common import DestinationId, visible_destination
 from absync.web.state import app_state
 from projections import queries
 
@@ -42,9 +42,9 @@ def start_resync(
     destination = visible_destination(state, principal, destination_id)
     if not destination.enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, "the destination is disabled: enable it first")
-    previous = state.resync_jobs.get(destination_id)
-    job = state.resync_jobs.start(state.settings, resync_request(body, destination_id), "operator")
-    if job is not previous:  # a new job, not the progress of a running one
+    request_ = resync_request(body, destination_id)
+
+    def audit(job: ResyncJob) -> None:
         queries.record_audit(
             state.engine,
             destination_id=destination.id,
@@ -53,6 +53,11 @@ def start_resync(
             action="resync",
             changes={k: v for k, v in job.request.parameters().items() if v is not None},
         )
+
+    # A new job is audited; asking while one runs answers its progress, not audited.
+    job, _ = state.resync_jobs.start(
+        destination_id, lambda: ResyncJob(state.settings, request_, "operator"), before_start=audit
+    )
     return job.out()
 
 
@@ -65,7 +70,4 @@ def start_resync(
 def resync_progress(request: Request, principal: Configurer, destination_id: DestinationId) -> ResyncOut:
     state = app_state(request)
     visible_destination(state, principal, destination_id)
-    job = state.resync_jobs.get(destination_id)
-    if job is None:
-        raise not_found("resync")
-    return job.out()
+    return state.resync_jobs.latest(destination_id, "resync").out()
