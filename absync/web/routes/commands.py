@@ -2,7 +2,8 @@
 
 A command is produced to the commands topic (the delivery processor acts on it); the view is never
 written here. Guarantees: 202 only once Kafka has acknowledged the command (else 503, nothing
-promised); 409 when the delivery's status makes the command meaningless (:data:`REFUSED`); 404 for
+promised); 409 when the delivery's status makes the command meaningless
+(:data:`absync.services.commands.REFUSED`, the bulk actions' rule too); 404 for
 another tenant's delivery. Right ``view``: viewers may retry and mark as processed. Each accepted
 command is recorded in the destination audit trail (action ``retry`` or ``mark-processed``, the
 token's name as actor, the delivery in ``changes``) after Kafka acknowledged it.
@@ -16,13 +17,14 @@ import uuid
 import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 
+from absync.services.commands import refusal
 from absync.web.auth import Principal, Viewer
 from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, UNAVAILABLE, CommandAccepted
 from absync.web.routes.common import DeliveryId, visible_delivery
 from absync.web.state import AppState, app_state
 from projections import queries
 from schemas.codec import codec_for
-from schemas.delivery import Command, CommandKind, Status
+from schemas.delivery import Command, CommandKind
 from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -36,25 +38,11 @@ AUDIT_ACTIONS = {CommandKind.RETRY: "retry", CommandKind.MARK_PROCESSED: "mark-p
 router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
 
 
-REFUSED: dict[CommandKind, dict[str, str]] = {
-    CommandKind.RETRY: {
-        Status.SUPERSEDED: "a newer change of this absence replaced this delivery: retry that one",
-    },
-    CommandKind.MARK_PROCESSED: {
-        Status.SUCCESSFUL: "the delivery is already successful",
-        Status.SUPERSEDED: "a newer change of this absence replaced this delivery",
-    },
-}
-"""Commands that make no sense in a status (409). Retry is allowed on Error, Successful (send again)
-and Pending (send now instead of waiting for the next retry); Mark as processed on Error and
-Pending."""
-
-
 def _issue_command(
     state: AppState, principal: Principal, delivery_id: str, kind: CommandKind
 ) -> CommandAccepted:
     delivery = visible_delivery(state, principal, delivery_id).delivery
-    reason = REFUSED[kind].get(Status(delivery.status))
+    reason = refusal(kind, delivery.status)
     if reason is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, reason)
     command = Command(
