@@ -41,11 +41,13 @@ def replay_failed(
     failed: Iterable[FailedDelivery],
     *,
     issued_by: str,
+    kind: CommandKind = CommandKind.RETRY,
     rate: float = DEFAULT_RATE,
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """One RETRY command per failed delivery (see the module docstring); returns how many were sent."""
+    """One RETRY command per failed delivery (see the module docstring); returns how many were sent.
+    ``kind``: MARK_PROCESSED sends that command instead (the console's "Mark all as processed")."""
     stop = stop or threading.Event()
     limiter = RateLimiter(rate)
     output = Output(settings)
@@ -58,7 +60,7 @@ def replay_failed(
                 break
             command = Command(
                 command_id=uuid.uuid4().hex,
-                kind=CommandKind.RETRY,
+                kind=kind,
                 delivery_id=delivery.delivery_id,
                 destination_id=delivery.destination_id,
                 absence_id=delivery.absence_id,
@@ -72,5 +74,5 @@ def replay_failed(
                 progress(sent)
     finally:
         output.flush()
-    log.info("failed deliveries replayed", count=sent, issued_by=issued_by)
+    log.info("failed deliveries replayed", count=sent, issued_by=issued_by, kind=kind.value)
     return sent

@@ -271,3 +271,40 @@ class RecoverOut(BaseModel):
     skip_reasons: dict[str, str] = Field(description="What each reason in ``skipped`` means.")
     completed: bool
     error: str | None
+
+
+BulkActionName = Literal["retry", "mark-processed"]
+
+
+class BulkCountOut(BaseModel):
+    """What the list's filters select, for the confirmation of a bulk action."""
+
+    matching: int = Field(description="Deliveries the filters select (counted up to `limit` + 1).")
+    limit: int = Field(description="Deliveries a bulk action acts on at most.")
+    over_limit: bool = Field(description="More than `limit` match: a bulk action is refused; narrow them.")
+    by_status: dict[Status, int] = Field(description="The selected deliveries per status (0s left out).")
+    actionable: dict[BulkActionName, int] = Field(
+        description="Per action, how many it would act on as their statuses are now (the rest skipped)."
+    )
+    destinations: int = Field(description="Destinations they belong to.")
+
+
+class BulkOut(BaseModel):
+    job_id: str
+    action: BulkActionName
+    filters: dict[str, str] = Field(description="The list's filters the deliveries were selected by.")
+    started_by: str
+    started_at: dt.datetime
+    running: bool
+    phase: Literal["sending", "done"]
+    total: int = Field(description="Deliveries selected when the job started.")
+    done: int = Field(description="Commands sent so far (one per delivery acted on).")
+    skipped: dict[str, int] = Field(
+        description="Deliveries not acted on, by reason: their status now (where the single action "
+        "is refused too), or `stopped`."
+    )
+    skip_reasons: dict[str, str] = Field(description="What each reason in `skipped` means.")
+    failed: int = Field(description="Deliveries that could not be acted on (gone, unreadable).")
+    failures: list[str] = Field(description="The first failures: `delivery id: reason`.")
+    completed: bool
+    error: str | None

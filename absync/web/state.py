@@ -16,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from absync.services.destinations import DestinationService
+from absync.web.bulk_jobs import BulkJobs
 from absync.web.recover_jobs import RecoverJobs
 from absync.web.resync_jobs import ResyncJobs
 from streams.destinations import DestinationTable
@@ -43,6 +44,8 @@ class AppState:
     """The resyncs of this process (by hand, or the catch-up of an enable), newest per destination."""
     recover_jobs: RecoverJobs = field(default_factory=RecoverJobs)
     """The Recovers started by this process, the newest per destination id."""
+    bulk_jobs: BulkJobs = field(default_factory=BulkJobs)
+    """The bulk actions on the follow-up list started by this process, the newest per tenant scope."""
 
 
 def app_state(request: Request) -> AppState:

@@ -264,6 +264,57 @@ def export_deliveries(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryRef:
+    """What a command on a delivery names, and the delivery's status when it was read."""
+
+    delivery_id: str
+    destination_id: str
+    absence_id: str
+    tenant: str
+    status: str
+
+
+def delivery_refs(bind: Bind, *, tenant: str | None, where: DeliveryFilter, limit: int) -> list[DeliveryRef]:
+    """The deliveries :func:`list_deliveries` shows for ``where`` (same filter, same tenant scope, same
+    order: newest change first), at most ``limit``, in one read."""
+    c = deliveries.c
+    query = (
+        sa.select(c.delivery_id, c.destination_id, c.absence_id, c.tenant, c.status)
+        .where(*_conditions(tenant, where))
+        .order_by(c.updated_at.desc(), c.delivery_id.desc())
+        .limit(limit)
+    )
+    with connection(bind) as conn:
+        return [DeliveryRef(*row) for row in conn.execute(query)]
+
+
+def count_matching(
+    bind: Bind, *, tenant: str | None, where: DeliveryFilter, limit: int
+) -> dict[tuple[str, str, str], int]:
+    """(tenant, destination id, status) -> deliveries, over the deliveries :func:`list_deliveries`
+    shows for ``where``, counting at most ``limit`` of them (bounded work whatever matches: a sum of
+    ``limit`` means "``limit`` or more")."""
+    c = deliveries.c
+    matching = sa.select(c.tenant, c.destination_id, c.status).where(*_conditions(tenant, where)).limit(limit)
+    sub = matching.subquery()
+    query = sa.select(sub.c.tenant, sub.c.destination_id, sub.c.status, sa.func.count()).group_by(
+        sub.c.tenant, sub.c.destination_id, sub.c.status
+    )
+    with connection(bind) as conn:
+        return {(t, d, s): int(n) for t, d, s, n in conn.execute(query)}
+
+
+def current_status(bind: Bind, delivery_id: str, *, tenant: str | None) -> str | None:
+    """The delivery's status in the view now, or None when it is not there (or is another tenant's)."""
+    query = sa.select(deliveries.c.status).where(deliveries.c.delivery_id == delivery_id)
+    if tenant is not None:
+        query = query.where(deliveries.c.tenant == tenant)
+    with connection(bind) as conn:
+        value = conn.execute(query).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
 def get_delivery(bind: Bind, delivery_id: str, *, tenant: str | None) -> DeliveryDetail | None:
     """One delivery with its attempts (by number), or None (also when it belongs to another tenant)."""
     query = sa.select(*_SUMMARY_COLUMNS).where(deliveries.c.delivery_id == delivery_id)

@@ -3,6 +3,7 @@
 - :mod:`.deliveries`: list, counts, one delivery (from the SQL view);
 - :mod:`.stream`: the live stream of delivery changes (server-sent events);
 - :mod:`.commands`: Retry and Mark as processed (a ``Command`` produced to Kafka);
+- :mod:`.bulk`: Retry all / Mark all as processed on the list's filters (a tracked job);
 - :mod:`.destinations`: destinations (from the destinations topic; writes through
   :mod:`absync.services.destinations`), connection test, audit trail;
 - :mod:`.resync`: resync of a destination;
@@ -25,6 +26,7 @@ from fastapi import APIRouter
 from absync.web.routes import (
     alerts,
     audit,
+    bulk,
     commands,
     deliveries,
     destinations,
@@ -38,6 +40,7 @@ from absync.web.routes import (
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(stream.router)  # before deliveries: /deliveries/stream is not a delivery id
+router.include_router(bulk.router)  # nor is /deliveries/bulk
 router.include_router(deliveries.router)
 router.include_router(commands.router)
 router.include_router(destinations.router)

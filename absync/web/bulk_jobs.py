@@ -1,0 +1,97 @@
+"""Bulk actions started from the API (``POST /api/v1/deliveries/bulk/{action}``), each a
+:class:`absync.web.jobs.Job` of the API process; see :mod:`absync.services.bulk` for what one does
+and guarantees.
+
+One job per tenant scope at a time (:func:`scope_key`: a tenant's tokens share one, the tokens of
+every tenant another): a second one while it runs is refused, so a scope never has two bulk actions
+racing over the same deliveries. Tracked in memory like a Recover: its progress and result are
+read back through :meth:`BulkJob.out` until the process stops; interrupted, the deliveries not
+acted on are as they were, and the same action on the same filter acts on them.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+from sqlalchemy.engine import Engine
+
+from absync.services import bulk
+from absync.services.bulk import BulkAction, BulkProgress
+from absync.web.jobs import Job, Jobs
+from absync.web.models import BulkOut
+from projections import queries
+from streams.settings import Settings
+
+
+def scope_key(tenant: str | None) -> str:
+    """The key of a principal's bulk jobs: its tenant, or every tenant."""
+    return "*" if tenant is None else f"tenant:{tenant}"
+
+
+class BulkJob(Job[BulkProgress]):
+    """A bulk action running in a thread of this API process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        action: BulkAction,
+        where: queries.DeliveryFilter,
+        refs: list[queries.DeliveryRef],
+        *,
+        tenant: str | None,
+        started_by: str,
+    ) -> None:
+        self.job_id = f"bulk_{uuid.uuid4().hex}"
+        super().__init__(self.job_id, BulkProgress(total=len(refs)), action=action.value)
+        self.action = action
+        self.where = where
+        self.tenant = tenant
+        self.started_by = started_by
+        self._refs = refs
+        self._settings = settings
+        self._engine = engine
+
+    def snapshot(self, progress: BulkProgress) -> BulkProgress:
+        return replace(progress, skipped=dict(progress.skipped), failures=list(progress.failures))
+
+    def work(self, report: Callable[[BulkProgress], None], stop: threading.Event) -> BulkProgress:
+        return bulk.run(
+            self._settings,
+            self._engine,
+            self.action,
+            self._refs,
+            tenant=self.tenant,
+            issued_by=self.started_by,
+            stop=stop,
+            progress=report,
+        )
+
+    def out(self) -> BulkOut:
+        p = self.progress
+        running = self.running
+        reasons = bulk.skip_reasons(self.action)
+        return BulkOut(
+            job_id=self.job_id,
+            action="retry" if self.action is BulkAction.RETRY else "mark-processed",
+            filters=bulk.filter_fields(self.where),
+            started_by=self.started_by,
+            started_at=self.started_at,
+            running=running,
+            phase="done" if not running else p.phase,
+            total=p.total,
+            done=p.sent,
+            skipped=p.skipped,
+            skip_reasons={reason: reasons.get(reason, reason) for reason in p.skipped},
+            failed=p.failed,
+            failures=p.failures,
+            completed=p.completed and self.error is None,
+            error=self.error,
+        )
+
+
+BulkJobs = Jobs[BulkJob]
+"""The bulk actions of this process, the latest per tenant scope (:func:`scope_key`)."""

@@ -1,0 +1,121 @@
+"""``/api/v1/deliveries/bulk``: Retry all / Mark all as processed on the deliveries the follow-up
+list's filters select, as a tracked job (see :mod:`absync.services.bulk` for the guarantees and
+:mod:`absync.web.bulk_jobs` for the job).
+
+The filters are the list's own query parameters (:func:`absync.web.routes.deliveries.delivery_filter`,
+the list's and the CSV export's), scoped to the token's tenant like the list. Right ``view``, as
+the single Retry and Mark as processed. The flow: ``GET .../bulk/count`` (the count to confirm),
+``POST .../bulk/{action}`` with the same filters (and ``expected``, the count confirmed: 409 if the
+filters select another number now), then ``GET .../bulk`` for its progress and result. Refused:
+more than 10,000 deliveries selected, or none (422); a bulk action of the same tenant scope running
+(409). Each started job is recorded once in the audit trail (action ``bulk-retry`` or
+``bulk-mark-processed``, the filters and the count), before it starts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+
+from absync.services import bulk
+from absync.services.bulk import MAX_DELIVERIES, BulkAction
+from absync.web.auth import Viewer
+from absync.web.bulk_jobs import BulkJob, scope_key
+from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, BulkCountOut, BulkOut
+from absync.web.routes.common import invalid
+from absync.web.routes.deliveries import Filter
+from absync.web.state import app_state
+from schemas.delivery import Status
+
+router = APIRouter(prefix="/deliveries/bulk", tags=["deliveries"], responses=ERRORS)
+
+
+@router.get(
+    "/count",
+    response_model=BulkCountOut,
+    summary="How many deliveries the filters select, for a bulk action's confirmation",
+    description=f"The list's filters and tenant scope; counted up to {MAX_DELIVERIES + 1:,}.",
+)
+def bulk_count(request: Request, principal: Viewer, where: Filter) -> BulkCountOut:
+    seen = bulk.preview(app_state(request).engine, tenant=principal.tenant, where=where)
+    return BulkCountOut(
+        matching=seen.matching,
+        limit=bulk.MAX_DELIVERIES,
+        over_limit=seen.over_limit,
+        by_status={Status(s): n for s, n in seen.by_status.items() if s in Status.__members__},
+        actionable={action.value: seen.actionable(action) for action in BulkAction},
+        destinations=len(seen.destinations),
+    )
+
+
+@router.post(
+    "/{action}",
+    response_model=BulkOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**CONFLICT},
+    summary="Retry all / Mark all as processed: the deliveries the filters select (in the background)",
+    description=f"The list's filters as query parameters. 422 when more than {MAX_DELIVERIES:,} "
+    "deliveries match (narrow the filters) or none; 409 while a bulk action of this tenant scope "
+    "runs, or when `expected` is not the number the filters select now.",
+)
+def start_bulk(
+    request: Request,
+    principal: Viewer,
+    action: BulkAction,
+    where: Filter,
+    expected: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_DELIVERIES, description="The count the operator confirmed (GET .../count)."),
+    ] = None,
+) -> BulkOut:
+    state = app_state(request)
+    try:
+        refs = bulk.select(state.engine, tenant=principal.tenant, where=where)
+    except bulk.TooManyError as exc:
+        raise invalid(("query", "filters"), str(exc)) from exc
+    if not refs:
+        raise invalid(("query", "filters"), "no delivery matches these filters")
+    if expected is not None and expected != len(refs):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the filters now select {len(refs):,} deliveries, not {expected:,}: confirm the new count",
+        )
+
+    def busy(running: BulkJob) -> str:
+        current = running.out()
+        return (
+            f"a bulk action is running (started by {current.started_by}: {current.action}, "
+            f"{current.done:,} of {current.total:,} sent): wait until it is done"
+        )
+
+    def audit(job: BulkJob) -> None:
+        bulk.audit(
+            state.engine, action=action, job_id=job.job_id, actor=principal.name, where=where, refs=refs
+        )
+
+    job = state.bulk_jobs.start_or_refuse(
+        scope_key(principal.tenant),
+        lambda: BulkJob(
+            state.settings,
+            state.engine,
+            action,
+            where,
+            refs,
+            tenant=principal.tenant,
+            started_by=principal.name,
+        ),
+        busy,
+        before_start=audit,
+    )
+    return job.out()
+
+
+@router.get(
+    "",
+    response_model=BulkOut,
+    responses=NOT_FOUND,
+    summary="Progress and result of the latest bulk action of this token's tenant scope",
+)
+def bulk_progress(request: Request, principal: Viewer) -> BulkOut:
+    return app_state(request).bulk_jobs.latest(scope_key(principal.tenant), "bulk action").out()
