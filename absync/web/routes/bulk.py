@@ -5,7 +5,7 @@ list's filters select, as a tracked job (see :mod:`absync.services.bulk` for the
 The filters are the list's own query parameters (:func:`absync.web.routes.deliveries.delivery_filter`,
 the list's and the CSV export's), scoped to the token's tenant like the list. Right ``view``, as
 the single Retry and Mark as processed. The flow: ``GET .../bulk/count`` (the count to confirm),
-``POST .../bulk/{action}`` with the same filters (and ``expected``, the count confirmed: 409 if the
+``POST .../bulk/retry`` (or ``.../bulk/mark-processed``) with the same filters (and ``expected``, the count confirmed: 409 if the
 filters select another number now), then ``GET .../bulk`` for its progress and result. Refused:
 more than 10,000 deliveries selected, or none (422); a bulk action of the same tenant scope running
 (409). Each started job is recorded once in the audit trail (action ``bulk-retry`` or
@@ -20,12 +20,13 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from absync.services import bulk
 from absync.services.bulk import MAX_DELIVERIES, BulkAction
-from absync.web.auth import Viewer
+from absync.web.auth import Principal, Viewer
 from absync.web.bulk_jobs import BulkJob, scope_key
 from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, BulkCountOut, BulkOut
 from absync.web.routes.common import invalid
 from absync.web.routes.deliveries import Filter
 from absync.web.state import app_state
+from projections import queries
 from schemas.delivery import Status
 
 router = APIRouter(prefix="/deliveries/bulk", tags=["deliveries"], responses=ERRORS)
@@ -49,25 +50,49 @@ def bulk_count(request: Request, principal: Viewer, where: Filter) -> BulkCountO
     )
 
 
+Expected = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_DELIVERIES, description="The count the operator confirmed (GET .../count)."),
+]
+START_DESCRIPTION = (
+    f"The list's filters as query parameters. 422 when more than {MAX_DELIVERIES:,} deliveries "
+    "match (narrow the filters) or none; 409 while a bulk action of this tenant scope runs, or when "
+    "`expected` is not the number the filters select now."
+)
+
+
 @router.post(
-    "/{action}",
+    "/retry",
     response_model=BulkOut,
     status_code=status.HTTP_202_ACCEPTED,
     responses={**CONFLICT},
-    summary="Retry all / Mark all as processed: the deliveries the filters select (in the background)",
-    description=f"The list's filters as query parameters. 422 when more than {MAX_DELIVERIES:,} "
-    "deliveries match (narrow the filters) or none; 409 while a bulk action of this tenant scope "
-    "runs, or when `expected` is not the number the filters select now.",
+    summary="Retry all: send again the deliveries the filters select (in the background)",
+    description=START_DESCRIPTION,
 )
-def start_bulk(
+def retry_all(request: Request, principal: Viewer, where: Filter, expected: Expected = None) -> BulkOut:
+    return _start(request, principal, BulkAction.RETRY, where, expected)
+
+
+@router.post(
+    "/mark-processed",
+    response_model=BulkOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**CONFLICT},
+    summary="Mark all as processed: the deliveries the filters select (in the background)",
+    description=START_DESCRIPTION,
+)
+def mark_all_processed(
+    request: Request, principal: Viewer, where: Filter, expected: Expected = None
+) -> BulkOut:
+    return _start(request, principal, BulkAction.MARK_PROCESSED, where, expected)
+
+
+def _start(
     request: Request,
-    principal: Viewer,
+    principal: Principal,
     action: BulkAction,
-    where: Filter,
-    expected: Annotated[
-        int | None,
-        Query(ge=0, le=MAX_DELIVERIES, description="The count the operator confirmed (GET .../count)."),
-    ] = None,
+    where: queries.DeliveryFilter,
+    expected: int | None,
 ) -> BulkOut:
     state = app_state(request)
     try:
