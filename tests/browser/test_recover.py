@@ -1,5 +1,6 @@
 """Recover from the console: a destination's deliveries in Error are re-sent from its row, the
-progress and the result (re-sent, skipped) shown, and the deliveries then succeed as retries."""
+progress and the result (re-sent, skipped) shown, and the deliveries then succeed as retries. The
+README's screenshot of the Recover dialog is taken here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import WAIT_MS, Console, absence_change, sign_in
+from tests.browser.conftest import SCREENSHOTS, WAIT_MS, Console, absence_change, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -40,6 +41,7 @@ def test_recover_from_the_console_resends_the_failed_deliveries(console: Console
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Recover HR calendar webhook")
     expect(page.get_by_label("In Error since (your local time)")).not_to_have_value("")
+    page.screenshot(path=str(SCREENSHOTS / "recover.png"))
     dialog.get_by_role("button", name="Recover").click()
     state = page.locator("#destinations-state")
     expect(state).to_contain_text(
