@@ -1,18 +1,18 @@
-"""Bulk actions started from the API (``POST /api/v1/deliveries/bulk/{action}``), each a
-:class:`absync.web.jobs.Job` of the API process; see :mod:`absync.services.bulk` for what one does
-and guarantees.
+"""Bulk actions started from the API (``POST /api/v1/deliveries/bulk/retry``, ``.../mark-processed``),
+each a :class:`absync.web.jobs.Job` of the API process; see :mod:`absync.services.bulk` for what
+one does and guarantees.
 
-One job per tenant scope at a time (:func:`scope_key`: a tenant's tokens share one, the tokens of
-every tenant another): a second one while it runs is refused, so a scope never has two bulk actions
-racing over the same deliveries. Tracked in memory like a Recover: its progress and result are
-read back through :meth:`BulkJob.out` until the process stops; interrupted, the deliveries not
-acted on are as they were, and the same action on the same filter acts on them.
+At most :data:`RUNNING_AT_MOST` jobs run per tenant scope (:func:`scope_key`: a tenant's tokens
+share one, the tokens of every tenant another); one more is refused until one is done. Tracked in
+memory like a Recover, the latest :data:`KEPT` per scope: a job's progress and result are read back
+through :meth:`BulkJob.out` (by its id, or the scope's latest) until the process stops;
+interrupted, the deliveries not acted on are as they were, and the same action on the same filter
+acts on them.
 """
 
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -24,6 +24,11 @@ from absync.web.jobs import Job, Jobs
 from absync.web.models import BulkOut
 from projections import queries
 from streams.settings import Settings
+
+RUNNING_AT_MOST = 4
+"""Bulk actions running at once per tenant scope (each up to 10,000 commands, rate-limited)."""
+KEPT = 20
+"""Bulk actions whose result is kept per tenant scope."""
 
 
 def scope_key(tenant: str | None) -> str:
@@ -45,8 +50,7 @@ class BulkJob(Job[BulkProgress]):
         tenant: str | None,
         started_by: str,
     ) -> None:
-        self.job_id = f"bulk_{uuid.uuid4().hex}"
-        super().__init__(self.job_id, BulkProgress(total=len(refs)), action=action.value)
+        super().__init__(f"bulk-{action.value}", BulkProgress(total=len(refs)), action=action.value)
         self.action = action
         self.where = where
         self.tenant = tenant
@@ -93,5 +97,8 @@ class BulkJob(Job[BulkProgress]):
         )
 
 
-BulkJobs = Jobs[BulkJob]
-"""The bulk actions of this process, the latest per tenant scope (:func:`scope_key`)."""
+class BulkJobs(Jobs[BulkJob]):
+    """The bulk actions of this process, by tenant scope (:func:`scope_key`)."""
+
+    def __init__(self) -> None:
+        super().__init__(running_at_most=RUNNING_AT_MOST, keep=KEPT)

@@ -5,8 +5,9 @@ follow-up list (:mod:`absync.web.bulk_jobs`).
 A :class:`Job` runs its work in a daemon thread of this process; its progress and its error are read
 back while it runs and after it ended, until the process stops (jobs live in memory: each kind's
 work is written so that a job cut short loses nothing, see its module). :class:`Jobs` holds the
-latest job per key (a destination id, a tenant scope) and guarantees that at most one job per key
-runs: starting one while another of the same key runs gives back the running one, untouched.
+latest jobs per key (a destination id, a tenant scope), a bounded number, and guarantees that at
+most so many jobs of a key run (one for a destination's resync or Recover): starting one more
+gives back the latest running one, untouched.
 
 The routes' side is here too, so that they answer alike: :meth:`Jobs.start_or_refuse` (409 while a
 job of the key runs) and :meth:`Jobs.latest` (404 before the first one).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, Self, TypeVar
@@ -38,6 +40,7 @@ class Job(ABC, Generic[P]):
         self.error: str | None = None
         """Why the work raised, if it did (what it had done stays done)."""
         self.started_at = dt.datetime.now(dt.UTC)
+        self.job_id = uuid.uuid4().hex
         self._log_fields = log_fields
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -83,31 +86,47 @@ J = TypeVar("J", bound=Job[Any])
 
 
 class Jobs(Generic[J]):
-    """The jobs of one kind in this process: the latest per key, at most one running per key."""
+    """The jobs of one kind in this process, by key: at most ``running_at_most`` running per key
+    (one by default: a destination's resync or Recover), and the latest ``keep`` per key (the
+    running ones on top; the oldest finished ones are forgotten first)."""
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, J] = {}
+    def __init__(self, *, running_at_most: int = 1, keep: int = 1) -> None:
+        if not 1 <= running_at_most <= keep:
+            raise ValueError("need 1 <= running_at_most <= keep")
+        self._running_at_most = running_at_most
+        self._keep = keep
+        self._jobs: dict[str, list[J]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> J | None:
+    def get(self, key: str, job_id: str | None = None) -> J | None:
+        """The key's latest job, or its job ``job_id``; None if there is none (or it is forgotten)."""
         with self._lock:
-            return self._jobs.get(key)
+            jobs = self._jobs.get(key, [])
+            if job_id is None:
+                return jobs[-1] if jobs else None
+            return next((job for job in jobs if job.job_id == job_id), None)
 
     def start(
         self, key: str, make: Callable[[], J], *, before_start: Callable[[J], None] | None = None
     ) -> tuple[J, bool]:
-        """Starts ``make()`` under ``key`` unless a job of that key runs: ``(job, True)`` when started,
-        ``(the running job, False)`` otherwise. ``before_start`` (an audit record) is called with the
-        new job before its thread starts; if it raises, the job neither starts nor replaces the
-        key's previous one."""
+        """Starts ``make()`` under ``key`` unless ``running_at_most`` jobs of that key run:
+        ``(job, True)`` when started, ``(the latest running job, False)`` otherwise. ``before_start``
+        (an audit record) is called with the new job before its thread starts; if it raises, the
+        job neither starts nor is kept."""
         with self._lock:
-            job = self._jobs.get(key)
-            if job is not None and job.running:
-                return job, False
+            jobs = self._jobs.setdefault(key, [])
+            running = [job for job in jobs if job.running]
+            if len(running) >= self._running_at_most:
+                return running[-1], False
             job = make()
             if before_start is not None:
                 before_start(job)
-            self._jobs[key] = job.start()
+            jobs.append(job.start())
+            while len(jobs) > self._keep:
+                finished = next((old for old in jobs if not old.running), None)
+                if finished is None:
+                    break
+                jobs.remove(finished)
             return job, True
 
     def start_or_refuse(
@@ -118,15 +137,15 @@ class Jobs(Generic[J]):
         *,
         before_start: Callable[[J], None] | None = None,
     ) -> J:
-        """:meth:`start`, or 409 with ``busy(running job)`` as the detail while one of ``key`` runs."""
+        """:meth:`start`, or 409 with ``busy(latest running job)`` as the detail when it is refused."""
         job, started = self.start(key, make, before_start=before_start)
         if not started:
             raise HTTPException(status.HTTP_409_CONFLICT, busy(job))
         return job
 
-    def latest(self, key: str, what: str) -> J:
-        """The key's latest job, or 404 ``no such <what>`` before the first one."""
-        job = self.get(key)
+    def latest(self, key: str, what: str, job_id: str | None = None) -> J:
+        """:meth:`get`, or 404 ``no such <what>``."""
+        job = self.get(key, job_id)
         if job is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what}")
         return job

@@ -4,11 +4,12 @@ list's filters select, as a tracked job (see :mod:`absync.services.bulk` for the
 
 The filters are the list's own query parameters (:func:`absync.web.routes.deliveries.delivery_filter`,
 the list's and the CSV export's), scoped to the token's tenant like the list. Right ``view``, as
-the single Retry and Mark as processed. The flow: ``GET .../bulk/count`` (the count to confirm),
-``POST .../bulk/retry`` (or ``.../bulk/mark-processed``) with the same filters (and ``expected``, the count confirmed: 409 if the
-filters select another number now), then ``GET .../bulk`` for its progress and result. Refused:
-more than 10,000 deliveries selected, or none (422); a bulk action of the same tenant scope running
-(409). Each started job is recorded once in the audit trail (action ``bulk-retry`` or
+the single Retry and Mark as processed. The flow: ``GET .../bulk/count`` (the count to confirm);
+``POST .../bulk/retry`` (or ``.../bulk/mark-processed``) with the same filters and ``expected``,
+the count confirmed (409 if the filters select another number now); then ``GET
+.../bulk?job_id=`` for its progress and result. Refused: more than 10,000 deliveries selected, or
+none (422); :data:`absync.web.bulk_jobs.RUNNING_AT_MOST` bulk actions of the same tenant scope
+running (409). Each started job is recorded once in the audit trail (action ``bulk-retry`` or
 ``bulk-mark-processed``, the filters and the count), before it starts.
 """
 
@@ -21,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from absync.services import bulk
 from absync.services.bulk import MAX_DELIVERIES, BulkAction
 from absync.web.auth import Principal, Viewer
-from absync.web.bulk_jobs import BulkJob, scope_key
+from absync.web.bulk_jobs import RUNNING_AT_MOST, BulkJob, scope_key
 from absync.web.models import CONFLICT, ERRORS, NOT_FOUND, BulkCountOut, BulkOut
 from absync.web.routes.common import invalid
 from absync.web.routes.deliveries import Filter
@@ -56,8 +57,8 @@ Expected = Annotated[
 ]
 START_DESCRIPTION = (
     f"The list's filters as query parameters. 422 when more than {MAX_DELIVERIES:,} deliveries "
-    "match (narrow the filters) or none; 409 while a bulk action of this tenant scope runs, or when "
-    "`expected` is not the number the filters select now."
+    f"match (narrow the filters) or none; 409 while {RUNNING_AT_MOST} bulk actions of this tenant "
+    "scope run, or when `expected` is not the number the filters select now."
 )
 
 
@@ -110,8 +111,9 @@ def _start(
     def busy(running: BulkJob) -> str:
         current = running.out()
         return (
-            f"a bulk action is running (started by {current.started_by}: {current.action}, "
-            f"{current.done:,} of {current.total:,} sent): wait until it is done"
+            f"{RUNNING_AT_MOST} bulk actions of this tenant scope are running (the latest started by "
+            f"{current.started_by}: {current.action}, {current.done:,} of {current.total:,} sent): "
+            "wait until one is done"
         )
 
     def audit(job: BulkJob) -> None:
@@ -140,7 +142,14 @@ def _start(
     "",
     response_model=BulkOut,
     responses=NOT_FOUND,
-    summary="Progress and result of the latest bulk action of this token's tenant scope",
+    summary="Progress and result of a bulk action of this token's tenant scope (the latest by default)",
 )
-def bulk_progress(request: Request, principal: Viewer) -> BulkOut:
-    return app_state(request).bulk_jobs.latest(scope_key(principal.tenant), "bulk action").out()
+def bulk_progress(
+    request: Request,
+    principal: Viewer,
+    job_id: Annotated[
+        str | None, Query(max_length=64, description="The job's id (as started); none: the latest.")
+    ] = None,
+) -> BulkOut:
+    jobs = app_state(request).bulk_jobs
+    return jobs.latest(scope_key(principal.tenant), "bulk action", job_id).out()

@@ -69,7 +69,7 @@
       while (job.running) {
         showState(state, `${NAMES[job.action]} (started by ${job.started_by}): ${n(job.done)} / ${n(job.total)} sent, ${n(job.failed)} failed…`, "info");
         await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-        job = await api("/deliveries/bulk");
+        job = await api(`/deliveries/bulk?job_id=${encodeURIComponent(job.job_id)}`);
       }
       result(job);
     } finally {
