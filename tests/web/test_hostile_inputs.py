@@ -104,3 +104,30 @@ def test_another_tenants_destination_looks_missing_and_rights_are_checked(api: A
             assert viewer.request(method, path, json={}).status_code == 403, path
         erase = viewer.post("/api/v1/erasures", json={"employee_email": "jane@acme.com"})
         assert erase.status_code == 403
+
+
+def test_malformed_recover_times_and_erasure_emails_are_refused_without_a_job(api: Api) -> None:
+    create(api, "dst-recover", "acme")
+    with api.client("configure") as admin:
+        for since in [
+            "2026-01-01T00:00:00\x00+00:00",
+            "2026-01-01T00:00:00+99:00",
+            "2026-01-01T00:00:00Z" + "0" * 100_000,
+            None,
+            ["2026-01-01T00:00:00Z"],
+            1_767_225_600,
+        ]:
+            refused = admin.post("/api/v1/destinations/dst-recover/recover", json={"since": since})
+            assert refused.status_code == 422, (since, refused.text[:200])
+            assert refused.json()["detail"][0]["loc"] == ["body", "since"]
+        assert admin.get("/api/v1/destinations/dst-recover/recover").status_code == 404  # no job
+        for email in ["jane\x00@acme.com", "j" * 400 + "@acme.com", "@", 5, ["jane@acme.com"]]:
+            refused = admin.post("/api/v1/erasures", json={"employee_email": email})
+            assert refused.status_code == 422, (email, refused.text[:200])
+        for raw in [b'{"employee_email":"jane\xff@acme.com"}', b'{"employee_email":"jane\\ud800@acme.com"}']:
+            refused = admin.post(
+                "/api/v1/erasures", content=raw, headers={"Content-Type": "application/json"}
+            )
+            assert refused.status_code in (400, 422), (raw, refused.text)
+        audit = admin.get("/api/v1/audit", params={"destination": "dst-recover"}).json()["items"]
+        assert [entry["action"] for entry in audit] == ["create"]
