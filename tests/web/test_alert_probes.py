@@ -139,7 +139,7 @@ class TestUnderProductionPolicy(ProductionSettings):
         receiver = LoopbackServer(recording(received))
         receiver.start()
         try:
-            # Stored as an older version (or a DNS name now pointing at loopback) would have it.
+            # A name resolving to loopback, stored as an older version would have let it be.
             alerts.save(
                 api.engine,
                 SecretBox.from_settings(api.settings),
@@ -147,7 +147,7 @@ class TestUnderProductionPolicy(ProductionSettings):
                 slack_channel=None,
                 slack_base_url=None,
                 slack_token=None,
-                webhook_url=receiver.url + "/alerts",
+                webhook_url=receiver.url.replace("127.0.0.1", "localhost") + "/alerts",  # DNS, /etc/hosts
                 webhook_secret=None,
                 egress=LOOPBACK_EGRESS,
             )
