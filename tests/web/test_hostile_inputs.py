@@ -131,3 +131,15 @@ def test_malformed_recover_times_and_erasure_emails_are_refused_without_a_job(ap
             assert refused.status_code in (400, 422), (raw, refused.text)
         audit = admin.get("/api/v1/audit", params={"destination": "dst-recover"}).json()["items"]
         assert [entry["action"] for entry in audit] == ["create"]
+
+
+def test_a_destination_name_is_one_line_of_text(api: Api) -> None:
+    """The name goes into operator alerts: a line break would forge a Slack line of its own."""
+    body = {"id": "dst-name", "tenant": "acme", "kind": "http", "settings": {"url": "http://127.0.0.1:9/"}}
+    with api.client("configure") as admin:
+        for name in ["HR\n:white_check_mark: absync: every destination recovered", "HR\x00", "HR\x1b[2J"]:
+            refused = admin.post("/api/v1/destinations", json={**body, "name": name})
+            assert refused.status_code == 422, (name, refused.text)
+            [error] = refused.json()["detail"]
+            assert error["loc"] == ["body", "name"] and "control characters" in error["msg"], error
+        assert admin.post("/api/v1/destinations", json={**body, "name": "HR Zürich (été)"}).status_code == 201
