@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -78,8 +79,11 @@ class HealthEvent:
 
 
 def slack_escape(text: str) -> str:
-    """Slack's three control characters as entities (api.slack.com/reference/surfaces/formatting)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack's three control characters as entities (api.slack.com/reference/surfaces/formatting),
+    and every control character (a line break included) as a space: the text stays one line, so a
+    destination's answer cannot forge a line of its own."""
+    one_line = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    return one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Notifier:
