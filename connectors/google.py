@@ -111,10 +111,11 @@ class _RecordingHttp(httplib2.Http):  # type: ignore[misc]
 def check_service_account_json(value: str) -> None:
     """Raises ValueError, saying what is wrong and never quoting the file, unless ``value`` is a
     service-account key file as Google Cloud's console downloads it (JSON, ``type``
-    ``service_account``, a ``client_email`` and a PEM ``private_key`` google-auth can load)."""
+    ``service_account``, a ``client_email`` and a PEM ``private_key`` google-auth can load and sign
+    RS256 tokens with: an RSA key, not an EC or Ed25519 one)."""
     try:
         info = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be a key file
         raise ValueError("not a JSON file; upload the service account's JSON key file") from None
     if not isinstance(info, dict):
         raise ValueError("not a service-account key file (the JSON is not an object)")
@@ -127,11 +128,17 @@ def check_service_account_json(value: str) -> None:
     if missing:
         raise ValueError(f"the service-account key file has no {' or '.join(missing)}")
     try:
-        service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             {**info, "token_uri": info.get("token_uri") or DEFAULT_TOKEN_URI}, scopes=SCOPES
         )
     except (ValueError, KeyError, TypeError):
         raise ValueError("the private_key of the service-account key file cannot be read") from None
+    try:  # google-auth loads an EC or Ed25519 key too, and fails only when it signs a token (RS256)
+        credentials.signer.sign(b"absync key check")
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            "the private_key of the service-account key file is not an RSA key (Google's keys are RSA)"
+        ) from None
 
 
 class GoogleSettings(CalendarSettingsModel):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import urllib.error
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -98,8 +99,8 @@ def check_public_holidays(value: Any) -> Any:
     for index, item in enumerate(value):
         if isinstance(item, dt.date) and not isinstance(item, dt.datetime):
             continue
-        try:
-            if not isinstance(item, str) or len(item) != 10:
+        try:  # fromisoformat also takes ISO week dates (2026-W10-2) and non-ASCII digits
+            if not isinstance(item, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", item):
                 raise ValueError
             dt.date.fromisoformat(item)
         except ValueError:

@@ -20,6 +20,7 @@ destination's ``working_days`` less its ``public_holidays``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -188,8 +189,8 @@ def _holidays(value: Any) -> frozenset[dt.date]:
             days.add(item)
             continue
         text = item if isinstance(item, str) else ""
-        try:
-            if len(text) != 10:
+        try:  # fromisoformat also takes ISO week dates (2026-W10-2): only YYYY-MM-DD is a date here
+            if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
                 raise ValueError
             days.add(dt.date.fromisoformat(text))
         except ValueError:

@@ -16,6 +16,7 @@ validated with the same rules wherever a destination comes from:
 - a secret written anew (non-empty) passes the check its kind declares, if any
   (:meth:`KindCatalog.check_secrets`: e.g. Google's key file must be a service-account key), and
   no error message contains a secret's value;
+- ``name`` is one line of text: no control character (NUL, line break, escape);
 - ``rate_limit`` is a number of requests per second within the bounds of
   :func:`schemas.destination.check_rate`, or null (no limit);
 - everything is bounded: lengths of names and filter values, number of filter values and secrets,
@@ -124,6 +125,15 @@ class DestinationUpdate(BaseModel):
         if kind not in known:
             raise ValueError(f"Input should be {', '.join(repr(k) for k in known)}")
         return kind
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        """Shown in the console, the audit and operator alerts: no NUL, line break or escape (a
+        line break in an alert's Slack text would forge a line of its own)."""
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("must not contain control characters (NUL, line breaks, escapes)")
+        return name
 
     @field_validator("rate_limit", mode="before")
     @classmethod

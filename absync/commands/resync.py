@@ -43,9 +43,15 @@ def parse_since(text: str) -> dt.datetime:
     """``YYYY-MM-DD`` (midnight UTC) or an ISO 8601 timestamp (UTC when it has no offset)."""
     try:
         value = dt.datetime.fromisoformat(text)
+        value = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        utc = value.astimezone(dt.UTC)  # OverflowError past year 9999 in UTC
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or ISO 8601)") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        raise argparse.ArgumentTypeError(f"not a date: {text[:40]!r} (use YYYY-MM-DD or ISO 8601)") from None
+    except OverflowError:
+        utc = None
+    if utc is None or utc.year < 1970:  # Kafka's record times start in 1970 (the broker refuses less)
+        raise argparse.ArgumentTypeError(f"not a time Kafka knows: {text[:40]!r} (1970 to 9999, UTC)")
+    return value
 
 
 def parse_date(text: str) -> dt.date:

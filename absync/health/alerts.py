@@ -11,13 +11,24 @@ token to a host of their own without entering it again).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
+from connectors.egress import (
+    DEFAULT_POLICY,
+    METADATA_NAMES,
+    NOT_ALLOWED,
+    EgressPolicy,
+    IPAddress,
+    parse_address,
+)
 from connectors.exceptions import ConnectorError
 from connectors.http import parse_signing_secrets
 from projections.db import alert_settings, writer
@@ -85,13 +96,45 @@ def load(engine: Engine, box: SecretBox) -> AlertSettings:
     )
 
 
-def _http_url(value: str | None, field: str) -> str | None:
+def _literal_address(host: str) -> IPAddress | None:
+    """``host`` as the address it spells without DNS: standard literals, and the legacy IPv4 forms
+    the resolver takes (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``); ``localhost`` too."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return ipaddress.ip_address("127.0.0.1")
+    literal = parse_address(name)
+    if literal is not None:
+        return literal
+    try:
+        return ipaddress.ip_address(socket.inet_aton(name)) if name[:1].isdigit() else None
+    except OSError:
+        return None
+
+
+def _http_url(value: str | None, field: str, egress: EgressPolicy) -> str | None:
+    """``value`` if it is an http(s) URL the egress policy may reach, as far as can be told without
+    DNS (a name is checked, pinned, at every send: :mod:`absync.health.notify`)."""
     if value is None or not value.strip():
         return None
     value = value.strip()
     bad = not value.lower().startswith(("https://", "http://")) or len(value) > 2000
     if bad or any(ch.isspace() or not ch.isprintable() for ch in value):
         raise AlertSettingsError(f"{field} must be an http(s) URL of at most 2000 characters, without spaces")
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    if not host:
+        raise AlertSettingsError(f"{field} must be an http(s) URL with a host (and a valid port)")
+    if parts.username is not None or parts.password is not None:
+        raise AlertSettingsError(
+            f"{field} must not carry a user or password (it is shown to operators): "
+            "sign the webhook with webhook_secret instead"
+        )
+    literal = _literal_address(host)
+    if host.rstrip(".").lower() in METADATA_NAMES or (literal is not None and not egress.permits(literal)):
+        raise AlertSettingsError(f"{field}: {NOT_ALLOWED}")
     return value
 
 
@@ -105,11 +148,14 @@ def save(
     slack_token: str | None,
     webhook_url: str | None,
     webhook_secret: str | None,
+    egress: EgressPolicy = DEFAULT_POLICY,
 ) -> AlertSettings:
-    """Replaces the settings; a secret given as None or "" is kept (unless its address changed)."""
+    """Replaces the settings; a secret given as None or "" is kept (unless its address changed).
+    An address ``egress`` refuses (a literal or a metadata name: loopback, private, link-local,
+    metadata, in any spelling) or one carrying a user or password is refused."""
     previous = load(engine, box)
-    slack_base_url = _http_url(slack_base_url, "slack_base_url")
-    webhook_url = _http_url(webhook_url, "webhook_url")
+    slack_base_url = _http_url(slack_base_url, "slack_base_url", egress)
+    webhook_url = _http_url(webhook_url, "webhook_url", egress)
     channel = (slack_channel or "").strip() or None
     if channel is not None and (len(channel) > 200 or not channel.isprintable()):
         raise AlertSettingsError("slack_channel must be a channel id or name (at most 200 characters)")

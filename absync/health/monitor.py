@@ -256,10 +256,14 @@ class HealthMonitor:
     # -- sending --------------------------------------------------------------------------------
 
     async def send_pending(self, now: dt.datetime) -> None:
-        """Sends the events due (pending, next try reached) to every target that has not taken them."""
+        """Sends the events due (pending, next try reached) to every target that has not taken them.
+        A target that fails is not tried again in this round (its events stay due, untried and
+        uncounted): a receiver that never answers costs a round one :data:`absync.health.notify.TIMEOUT` per
+        target, not one per event, so the next tick (auto-disable included) is never held up."""
         settings = await run_in_thread(alerts.load, self.engine, self.box, name="health-alerts")
         notifier = Notifier(settings, self.egress)
         targets = notifier.targets()
+        down: set[str] = set()
         pending = await run_in_thread(self._due_events, now, name="health-due")
         for item in pending:
             destination = self.destinations.get(item["destination_id"])
@@ -274,20 +278,29 @@ class HealthMonitor:
                 summary=item["summary"],
             )
             done = {t for t in item["sent_to"].split(",") if t}
-            errors = []
+            errors, tried, skipped = [], False, False
             for target in targets:
                 if target in done:
                     continue
+                if target in down:
+                    skipped = True
+                    continue
+                tried = True
                 try:
                     await notifier.send(target, event)
                     done.add(target)
                 except NotifyError as exc:
                     errors.append(str(exc))
+                    down.add(target)
+            if targets and not tried:
+                continue  # its targets failed earlier this round: left as it is, due next round
             tries = item["notify_attempts"] + 1
             if not targets:
                 status = "none"
-            elif not errors:
+            elif not errors and not skipped:
                 status = "sent"
+            elif not errors:
+                status = "pending"  # taken by one target, the other is down this round
             else:
                 status = "failed" if tries >= MAX_TRIES else "pending"
                 log.warning(
@@ -298,7 +311,7 @@ class HealthMonitor:
                 "notify_attempts": tries,
                 "notify_error": "; ".join(errors)[:2000] or None,
                 "sent_to": ",".join(sorted(done)),
-                "next_try_at": now + _backoff(tries) if status == "pending" else None,
+                "next_try_at": now + _backoff(tries) if status == "pending" and errors else None,
             }
             await run_in_thread(self._update_event, item["id"], values, name="health-event")
 

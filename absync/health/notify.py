@@ -15,8 +15,10 @@ The webhook follows Standard Webhooks: ``webhook-id`` (stable per event, so a re
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +26,19 @@ from typing import Any
 import httpx
 
 from absync.health.alerts import DEFAULT_SLACK_BASE_URL, AlertSettings
-from connectors.egress import EgressPolicy
+from connectors.egress import NOT_ALLOWED, AddressNotAllowed, EgressPolicy
 from connectors.egress_clients import guarded_client
 from connectors.exceptions import ConnectorError
 from connectors.http import parse_signing_secrets, sign
 from connectors.redact import Redactor, secret_forms
 
 TIMEOUT = 10.0
+"""Seconds one send may take in all (connect, send, answer): a receiver that never answers, or drips
+its answer a byte at a time, is given up on after it."""
 MAX_ANSWER = 2_000
 """How much of a refusing answer is kept in the event's error."""
+MAX_BODY = 64 * 1024
+"""How much of an answer is read at most (a Slack answer or a webhook acknowledgement is small)."""
 EMOJI = {"failing": ":warning:", "disabled": ":no_entry:", "recovered": ":white_check_mark:"}
 
 
@@ -73,8 +79,11 @@ class HealthEvent:
 
 
 def slack_escape(text: str) -> str:
-    """Slack's three control characters as entities (api.slack.com/reference/surfaces/formatting)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack's three control characters as entities (api.slack.com/reference/surfaces/formatting),
+    and every control character (a line break included) as a space: the text stays one line, so a
+    destination's answer cannot forge a line of its own."""
+    one_line = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    return one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Notifier:
@@ -96,15 +105,25 @@ class Notifier:
         ]
 
     async def send(self, target: str, event: HealthEvent) -> None:
-        """Sends ``event`` to ``target`` ("slack" or "webhook"); raises :class:`NotifyError`."""
+        """Sends ``event`` to ``target`` ("slack" or "webhook"); raises :class:`NotifyError`, at the
+        latest :data:`TIMEOUT` seconds after the call (redirects are not followed)."""
         try:
-            async with guarded_client(self.egress, timeout=TIMEOUT, follow_redirects=False) as client:
+            async with (
+                asyncio.timeout(TIMEOUT),
+                guarded_client(
+                    self.egress, timeout=TIMEOUT, follow_redirects=False, max_body=MAX_BODY
+                ) as client,
+            ):
                 if target == "slack":
                     await self._slack(client, event)
                 else:
                     await self._webhook(client, event)
         except NotifyError:
             raise
+        except TimeoutError:
+            raise NotifyError(f"{target}: no answer within {TIMEOUT:g} s") from None
+        except AddressNotAllowed:  # not an OSError, by design: it used to end the health component
+            raise NotifyError(f"{target}: {NOT_ALLOWED}") from None
         except (httpx.HTTPError, OSError, ValueError, ConnectorError) as exc:
             raise NotifyError(
                 self._redactor.scrub(f"{target}: {type(exc).__name__}: {exc}")[:MAX_ANSWER]

@@ -1,6 +1,7 @@
 """The FastAPI application: ``/api/v1`` (see :mod:`absync.web.routes`), health, readiness, metrics.
 
-Edges: request bodies are capped before anything reads them (:mod:`absync.web.limits`),
+Edges: request bodies are capped before anything reads them (:mod:`absync.web.limits`), a URL
+with a control character is refused before any route sees it (:mod:`absync.web.inputs`),
 ``/metrics`` needs the metrics token or an all-tenant API token, and ``/docs`` is served from
 local files (:mod:`absync.web.docs`; no ReDoc, no CDN).
 
@@ -35,6 +36,7 @@ from absync.services.destinations import DestinationService
 from absync.web.auth import metrics_access
 from absync.web.console import router as console_router
 from absync.web.docs import router as docs_router
+from absync.web.inputs import NoControlCharacters
 from absync.web.limits import BodyLimit
 from absync.web.metrics import make_registry
 from absync.web.routes import router
@@ -103,6 +105,7 @@ def create_app(
     app.include_router(router)
     app.include_router(console_router)
     app.include_router(docs_router)
+    app.add_middleware(NoControlCharacters)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     _add_operational_routes(app, state)
     app.add_exception_handler(StarletteHTTPException, _http_error)

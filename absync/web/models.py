@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.delivery import CommandKind, Status
 from schemas.destination import ChangeSelection
@@ -195,6 +195,33 @@ def _iso_time(value: object) -> object:
     return value
 
 
+KAFKA_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _kafka_time(value: dt.datetime | None) -> dt.datetime | None:
+    """A time Kafka can look records up by: from 1970 (record timestamps are Unix milliseconds; an
+    earlier one made the broker answer UNSUPPORTED_VERSION and the resync job fail after its 202)."""
+    if value is None:
+        return None
+    try:
+        utc = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is past year 9999 in UTC
+        utc = None
+    if utc is None or utc < KAFKA_EPOCH:
+        raise ValueError("must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    return value
+
+
+def _plain_text(value: str | None) -> str | None:
+    """No control character (NUL, line breaks, escapes): no id holds one, PostgreSQL refuses a NUL."""
+    if value is not None and re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must not contain control characters (NUL, line breaks, escapes)")
+    return value
+
+
+PlainId = Annotated[str | None, AfterValidator(_plain_text)]
+
+
 class ResyncIn(BaseModel):
     """What to resync; every field is optional (nothing: every absence the destination should hold)."""
 
@@ -214,14 +241,14 @@ class ResyncIn(BaseModel):
         description="Every absence ending on or after this date (YYYY-MM-DD): the absence's own date, "
         "the product's back-fill from a date.",
     )
-    legal_entity: str | None = Field(
-        default=None, min_length=1, max_length=256, description="Legal entity id."
-    )
-    department: str | None = Field(default=None, min_length=1, max_length=256, description="Department id.")
-    changed_since: Annotated[dt.datetime | None, BeforeValidator(_iso_time)] = Field(
-        default=None,
-        description="Only absences whose latest change was written to Kafka at or after this time "
-        "(ISO 8601; UTC without an offset). Not the absence's date: see ending_on_or_after.",
+    legal_entity: PlainId = Field(default=None, min_length=1, max_length=256, description="Legal entity id.")
+    department: PlainId = Field(default=None, min_length=1, max_length=256, description="Department id.")
+    changed_since: Annotated[dt.datetime | None, BeforeValidator(_iso_time), AfterValidator(_kafka_time)] = (
+        Field(
+            default=None,
+            description="Only absences whose latest change was written to Kafka at or after this time "
+            "(ISO 8601; UTC without an offset). Not the absence's date: see ending_on_or_after.",
+        )
     )
 
 

@@ -204,6 +204,13 @@ BAD_HOLIDAYS: list[Any] = [
     [20260310],
     ["2026-03-10T00:00"],
     ["2026-01-01"] * (MAX_PUBLIC_HOLIDAYS + 1),
+    # Probes (docs/security.md): an ISO week date and a basic-format date, which date.fromisoformat
+    # takes; a NUL; a nested list; a 1 MB string.
+    ["2026-W11-2"],
+    ["2026-03-10", "20260310"],
+    ["2026-03-1\x00"],
+    [["2026-03-10"]],
+    ["2" * 1_000_000],
 ]
 
 

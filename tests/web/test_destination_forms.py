@@ -10,6 +10,8 @@ from http.cookies import SimpleCookie
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from absync.web.console.session import COOKIE
 from connectors.registry import declaration, declarations
@@ -74,8 +76,16 @@ def _google(secret: str) -> dict[str, object]:
     }
 
 
+def _pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
 def test_a_google_key_file_is_checked_when_written_and_never_echoed(api: Api) -> None:
     key = json.dumps(SERVICE_ACCOUNT_INFO)
+    ec_key = _pem(ec.generate_private_key(ec.SECP256R1()))
+    ed_key = _pem(ed25519.Ed25519PrivateKey.generate())
     wrong = {
         "not json": "-----BEGIN PRIVATE KEY-----\nMIIEv-not-json-at-all\n",
         "a user credential": json.dumps({"type": "authorized_user", "client_secret": "cs-5e1f9a7b"}),
@@ -83,12 +93,20 @@ def test_a_google_key_file_is_checked_when_written_and_never_echoed(api: Api) ->
         "a broken key": json.dumps(
             {**SERVICE_ACCOUNT_INFO, "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"}
         ),
+        # Probes (docs/security.md): keys google-auth loads but cannot sign RS256 with, and a JSON
+        # nested too deep for the parser (a RecursionError was a 500).
+        "an EC key": json.dumps({**SERVICE_ACCOUNT_INFO, "private_key": ec_key}),
+        "an Ed25519 key": json.dumps({**SERVICE_ACCOUNT_INFO, "private_key": ed_key}),
+        "nested 16 kB deep": "[" * 16_000,
     }
     expected = {
         "not json": "not a JSON file",
         "a user credential": "not a service-account key file ('type' is not 'service_account')",
         "no private key": "has no private_key",
         "a broken key": "private_key of the service-account key file cannot be read",
+        "an EC key": "private_key of the service-account key file is not an RSA key",
+        "an Ed25519 key": "private_key of the service-account key file is not an RSA key",
+        "nested 16 kB deep": "not a JSON file",
     }
     with api.client("configure") as admin:
         for what, secret in wrong.items():
@@ -99,6 +117,14 @@ def test_a_google_key_file_is_checked_when_written_and_never_echoed(api: Api) ->
             assert expected[what] in message, (what, message)
             for line in secret.splitlines():
                 assert line[-10:] not in refused.text, what  # the file is never echoed back
+        for what, body in {
+            "over 16 kB": "x" * (16 * 1024 + 1),
+            "not a string": SERVICE_ACCOUNT_INFO,
+        }.items():
+            refused = admin.post("/api/v1/destinations", json=_google(body))  # type: ignore[arg-type]
+            assert refused.status_code == 422, (what, refused.text)
+            assert refused.json()["detail"][0]["loc"] == ["body", "secrets", "service_account_json"]
+            assert "xxxxxxxx" not in refused.text and "PRIVATE KEY" not in refused.text, what
         # A bad setting next to a good key: refused, and the key is not in the answer either.
         bad_url = _google(key)
         bad_url["settings"] = {"token_uri": "ftp://example.com/token"}

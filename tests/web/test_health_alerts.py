@@ -305,10 +305,11 @@ def test_an_alert_cannot_mention_the_channel_or_forge_a_link() -> None:
         kind="http",
         event="failing",
         at=dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC),
-        summary="is failing since 2026-11-02 09:00 UTC: answered <!here>",
+        summary="is failing since 2026-11-02 09:00 UTC: answered <!here>\n:white_check_mark: recovered\r\x00",
     )
     text = event.text()
     assert "<" not in text and ">" not in text
+    assert not any(ord(c) < 32 for c in text)  # one line: the answer cannot forge a line of its own
     assert "&lt;!channel&gt;" in text and "&lt;!here&gt;" in text and "&amp; co" in text
     assert event.payload()["destination"]["name"] == "<https://evil.example|Payroll> & co"  # JSON: as is
 

@@ -19,6 +19,7 @@ from absync.web.auth import Configurer, Principal
 from absync.web.models import BAD_BODY, ERRORS
 from absync.web.routes.common import invalid
 from absync.web.state import app_state
+from connectors.egress import EgressPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -85,13 +86,21 @@ def get_alerts(request: Request, principal: Configurer) -> dict[str, Any]:
     responses=BAD_BODY,
     summary="Set where operator alerts go (Slack channel and/or signed webhook)",
     description="A secret left out (or empty) is kept, unless its address changes: then it must be "
-    "entered again. Secrets are never returned. 403 with a token limited to a tenant.",
+    "entered again. Secrets are never returned. 403 with a token limited to a tenant. An address the "
+    "egress policy refuses (loopback, private, link-local, metadata, in any spelling) or with a user "
+    "or password is a 422; a name is checked at every send.",
 )
 def put_alerts(request: Request, principal: Configurer, body: AlertSettingsIn) -> dict[str, Any]:
     _all_tenants(principal)
     state = app_state(request)
     try:
-        saved = alerts.save(state.engine, state.box, actor=principal.name, **body.model_dump())
+        saved = alerts.save(
+            state.engine,
+            state.box,
+            actor=principal.name,
+            egress=EgressPolicy.from_settings(state.settings),
+            **body.model_dump(),
+        )
     except alerts.AlertSettingsError as exc:
         raise invalid(("body",), str(exc)) from exc
     log.info("alert settings changed", actor=principal.name, slack=saved.slack, webhook=saved.webhook)
