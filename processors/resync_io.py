@@ -17,6 +17,10 @@ from streams.settings import Settings
 DEFAULT_RATE = 500.0
 """Requests per second a resync sends by default: well under the worker's throughput."""
 KAFKA_TIMEOUT = 30.0
+OUTPUT_LINGER_MS = 20
+"""How long the output producer gathers records into one batch: bulk output, where a few ms more
+before Kafka has it cost nothing, and 1 ms (the live producers' setting) made a request per handful
+of records (CPU per resynced absence 0.16 -> 0.14 ms, and fewer requests for the broker)."""
 
 
 class ResyncError(ProcessorError):
@@ -52,7 +56,7 @@ class Output:
     """The idempotent producer of resync requests and commands; errors surface at flush."""
 
     def __init__(self, settings: Settings) -> None:
-        self._producer: Producer = make_producer(settings)
+        self._producer: Producer = make_producer(settings, **{"linger.ms": OUTPUT_LINGER_MS})
         self._errors: list[str] = []
 
     def _acknowledged(self, err: object, _msg: Message) -> None:
