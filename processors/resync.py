@@ -116,15 +116,41 @@ class ResyncRequest:
 
 @dataclass(slots=True)
 class ResyncProgress:
-    """Where a resync is: ``done``/``total`` count offsets of the send pass over the whole window."""
+    """Where a resync is: ``done``/``total`` count records (offsets) of the send pass over the whole
+    window; each record done is sent, skipped or failed. Counts include a resumed run's earlier part
+    (from its checkpoint); ``seconds``, :attr:`rate` and :attr:`seconds_left` are this run's."""
 
     phase: str = "starting"
     done: int = 0
     total: int = 0
     upserts: int = 0
     deletes: int = 0
+    sent: int = 0
+    """Resync requests produced: one per absence whose latest state passed the pre-filter."""
+    skipped: int = 0
+    """Records not sent: older states of an absence (sent from its latest), erasures (tombstones),
+    absences of another tenant or outside the destination's filters or the request's scope."""
+    failed: int = 0
+    """Records that could not be read (invalid: the fan-out dead-letters them with their reason)."""
     resumed: bool = False
     completed: bool = False
+    seconds: float = 0.0
+    """Seconds since this run started (frozen at its end)."""
+    done_before: int = 0
+    """``done`` when this run started (a resumed run's earlier part, not in :attr:`rate`)."""
+
+    @property
+    def rate(self) -> float:
+        """Records done per second in this run (scan passes included: the average that holds)."""
+        return (self.done - self.done_before) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Estimated seconds until the end at :attr:`rate` (None before anything is done)."""
+        if self.completed:
+            return 0.0
+        rate = self.rate
+        return (self.total - self.done) / rate if rate > 0 else None
 
 
 ProgressCallback = Callable[[ResyncProgress], None]
@@ -164,6 +190,7 @@ class _Replay:
     requests: str = ""
     """Where the resync requests go."""
     state: ResyncProgress = field(default_factory=ResyncProgress)
+    started: float = field(default_factory=time.monotonic)
 
     def run(self) -> ResyncProgress:
         topics = Topics(self.settings)
@@ -182,7 +209,10 @@ class _Replay:
             if checkpoint is None:
                 checkpoint = self._window(consumer)
             self.state.upserts, self.state.deletes = checkpoint.upserts, checkpoint.deletes
+            self.state.sent, self.state.skipped = checkpoint.sent, checkpoint.skipped
+            self.state.failed = checkpoint.failed
             self.state.total = sum(checkpoint.end[p] - checkpoint.start[p] for p in checkpoint.start)
+            self.state.done_before = self._done(checkpoint)
             self._report(checkpoint, "replaying")
             limiter = RateLimiter(self.request.rate)
             for partition in sorted(checkpoint.start):
@@ -203,12 +233,25 @@ class _Replay:
         finally:
             consumer.close()
 
-    def _counts(self) -> dict[str, int]:
-        return {"upserts": self.state.upserts, "deletes": self.state.deletes}
+    def _counts(self) -> dict[str, int | float]:
+        s = self.state
+        return {
+            "upserts": s.upserts,
+            "deletes": s.deletes,
+            "sent": s.sent,
+            "skipped": s.skipped,
+            "failed": s.failed,
+            "seconds": round(s.seconds, 1),
+        }
+
+    @staticmethod
+    def _done(checkpoint: Checkpoint) -> int:
+        return sum(checkpoint.position[p] - checkpoint.start[p] for p in checkpoint.start)
 
     def _report(self, checkpoint: Checkpoint, phase: str) -> None:
         self.state.phase = phase
-        self.state.done = sum(checkpoint.position[p] - checkpoint.start[p] for p in checkpoint.start)
+        self.state.done = self._done(checkpoint)
+        self.state.seconds = time.monotonic() - self.started
         self.progress(self.state)
 
     def _check_partitions(self, consumer: Consumer) -> None:
@@ -297,6 +340,8 @@ class _Replay:
             output.flush()  # the checkpoint never runs ahead of what Kafka holds
             checkpoint.position[partition] = position
             checkpoint.upserts, checkpoint.deletes = self.state.upserts, self.state.deletes
+            checkpoint.sent, checkpoint.skipped = self.state.sent, self.state.skipped
+            checkpoint.failed = self.state.failed
             checkpoint.save(path)
             self._report(checkpoint, f"sending partition {partition}")
 
@@ -304,17 +349,18 @@ class _Replay:
             if self.stop.is_set():
                 break
             offset = msg.offset() or 0
-            if msg.value() is not None and latest.get(absence_key_of(codec, msg)) == offset:
-                event = self._wanted(codec, msg)
-                if event is not None:
-                    if not limiter.acquire(self.stop):
-                        break  # this record is not sent: the checkpoint stays before it
-                    output.request(self.requests, msg, self.destination.id)
-                    operation = replay_operation(self.destination, event)
-                    if operation is Operation.UPSERT:
-                        self.state.upserts += 1
-                    elif operation is Operation.DELETE:
-                        self.state.deletes += 1
+            if msg.value() is None or latest.get(absence_key_of(codec, msg)) != offset:
+                self.state.skipped += 1  # an erasure, or an older state of an absence sent from its latest
+            elif (event := self._wanted(codec, msg)) is not None:
+                if not limiter.acquire(self.stop):
+                    break  # this record is not sent: the checkpoint stays before it
+                output.request(self.requests, msg, self.destination.id)
+                self.state.sent += 1
+                operation = replay_operation(self.destination, event)
+                if operation is Operation.UPSERT:
+                    self.state.upserts += 1
+                elif operation is Operation.DELETE:
+                    self.state.deletes += 1
             if time.monotonic() - last_save >= CHECKPOINT_INTERVAL:
                 save(offset + 1)
                 last_save = time.monotonic()
@@ -326,7 +372,8 @@ class _Replay:
         return True
 
     def _wanted(self, codec: AvroCodec, msg: Message) -> AbsenceEvent | None:
-        """The absence of a latest record if it passes the pre-filter (see the module docstring).
+        """The absence of a latest record if it passes the pre-filter (see the module docstring);
+        None counted as failed (unreadable) or skipped (filtered out).
 
         A record whose writer schema the registry cannot give yet is asked again with back-off, as
         the fan-out does; past the same patience the resync stops with an error (run it again to
@@ -348,10 +395,12 @@ class _Replay:
                 waited, pause = waited + pause, min(pause * 2, 30.0)
             except InvalidRecord as exc:  # dead-lettered by the fan-out already
                 log.debug("invalid absence record skipped", offset=msg.offset(), reason=exc.reason)
+                self.state.failed += 1
                 return None
-        if not self.request.scope.accepts(event):
-            return None
-        return event if self.destination.matches(event) else None
+        if self.request.scope.accepts(event) and self.destination.matches(event):
+            return event
+        self.state.skipped += 1
+        return None
 
 
 def run_resync(

@@ -31,6 +31,9 @@ class Checkpoint:
     position: dict[int, int]
     upserts: int = 0
     deletes: int = 0
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
 
     @staticmethod
     def path_for(settings: Settings, destination_id: str) -> Path:
@@ -50,6 +53,10 @@ class Checkpoint:
                 position={int(p): o for p, o in data["position"].items()},
                 upserts=int(data["upserts"]),
                 deletes=int(data["deletes"]),
+                # absent from the checkpoint of an older release: counted from 0
+                sent=int(data.get("sent", 0)),
+                skipped=int(data.get("skipped", 0)),
+                failed=int(data.get("failed", 0)),
             )
         except FileNotFoundError:
             return None

@@ -313,6 +313,13 @@ def test_the_cli_resync_stops_on_sigint_and_continues_where_it_stopped(settings:
         second = absync(settings, "resync", "--destination", "dst-cli", "--rate", "1000")
         assert second.returncode == 0, second.stderr
         assert "complete (resumed from its checkpoint): 12 upsert(s), 8 delete(s)" in second.stdout
+        # The summary (not a terminal: no bar) adds up over both runs: 44 records, the latest state
+        # of each of the 20 absences sent, the 24 older states skipped.
+        assert "records  44 of 44 read" in second.stdout
+        assert "sent     20\n" in second.stdout and "skipped  24 " in second.stdout
+        assert (
+            "failed   0 " in second.stdout and "duration " in second.stdout and "records/s" in second.stdout
+        )
         assert sorted(d.absence_id for d in replays(settings, "dst-cli")) == [
             f"abs-{i:03d}" for i in range(20)
         ]

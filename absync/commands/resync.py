@@ -7,8 +7,10 @@ hold now (see :mod:`processors.resync`).
 catch-up tool). ``--since`` is the deprecated old name of ``--changed-since``: it still works, and says
 so on stderr.
 
-Shows a progress bar (offsets replayed, rate, ETA) on stderr. Ctrl-C stops it cleanly: the position
-is checkpointed and the same command continues from it. Exit code 0 when complete, 1 when the
+Shows its progress on stderr (:mod:`absync.commands.resync_view`: a bar with records done / total,
+rate and time left on a terminal, structlog lines otherwise) and prints a summary on stdout (sent,
+skipped, failed, duration, rate). Ctrl-C stops it cleanly: the position is checkpointed and the same
+command continues from it. Exit code 0 when complete, 1 when the
 destination cannot be resynced, 130 when interrupted.
 """
 
@@ -23,18 +25,9 @@ import threading
 from types import FrameType
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from processors.resync import DEFAULT_RATE, ResyncError, ResyncProgress, ResyncRequest, run_resync
+from absync.commands.resync_view import summary, view_for
+from processors.resync import DEFAULT_RATE, ResyncError, ResyncRequest, run_resync
 from processors.resync_filter import AbsenceScope
 from streams.settings import get_settings
 
@@ -111,13 +104,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run)
 
 
-class RateColumn(ProgressColumn):
-    """Offsets replayed per second (rich's own speed columns speak of bytes)."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:,.0f}/s")
-
-
 def stop_on_signals(stop: threading.Event) -> None:
     """SIGINT/SIGTERM stop the resync at the next record (a checkpoint is written)."""
 
@@ -141,35 +127,11 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     console = Console(stderr=True)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[sent]}"),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("starting", total=None, sent="")
-
-        def show(state: ResyncProgress) -> None:
-            sent = f"{state.upserts} upsert(s), {state.deletes} delete(s)"
-            bar.update(task, description=state.phase, completed=state.done, total=state.total, sent=sent)
-
+    with view_for(console, args.destination) as view:
         try:
-            result = run_resync(get_settings(), request, stop=stop, progress=show)
+            result = run_resync(get_settings(), request, stop=stop, progress=view.update)
         except ResyncError as exc:
             console.print(f"resync not possible: {exc}")
             return 1
-    resumed = " (resumed from its checkpoint)" if result.resumed else ""
-    if not result.completed:
-        sys.stdout.write(
-            f"resync of {args.destination} interrupted{resumed}: {result.upserts} upsert(s), "
-            f"{result.deletes} delete(s) so far; run the same command to continue\n"
-        )
-        return 130
-    sys.stdout.write(
-        f"resync of {args.destination} complete{resumed}: {result.upserts} upsert(s), "
-        f"{result.deletes} delete(s) sent\n"
-    )
-    return 0
+    sys.stdout.write(summary(args.destination, result))
+    return 0 if result.completed else 130
