@@ -277,7 +277,9 @@ def test_the_api_starts_a_resync_in_the_background_and_reports_its_progress(
             time.sleep(0.2)
         assert job["completed"] and job["error"] is None
         assert (job["upserts"], job["deletes"]) == (6, 4)
-        assert job["done"] == job["total"] > 0
+        assert job["done"] == job["total"] == 22
+        assert (job["sent"], job["skipped"], job["failed"], job["seconds_left"]) == (10, 12, 0, 0)
+        assert job["rate"] > 0
         assert sorted(d.absence_id for d in replays(settings, "dst-api")) == [
             f"abs-{i:03d}" for i in range(10)
         ]

@@ -269,6 +269,16 @@ class ResyncOut(BaseModel):
     total: int = Field(description="Offsets to replay.")
     upserts: int
     deletes: int
+    sent: int = Field(description="Resync requests sent (absences whose latest state passed the filters).")
+    skipped: int = Field(
+        description="Records not sent: older states, erasures, outside the filters or scope."
+    )
+    failed: int = Field(description="Records that could not be read (dead-lettered by the fan-out).")
+    seconds: float = Field(description="Seconds the job has run (in this process).")
+    rate: float = Field(description="Offsets replayed per second by this job.")
+    seconds_left: float | None = Field(
+        description="Estimated seconds to the end at that rate (null: unknown)."
+    )
     completed: bool
     error: str | None
 

@@ -67,17 +67,25 @@ class ResyncJob(Job[ResyncProgress]):
         return run_resync(self._settings, self.request, progress=report)
 
     def out(self) -> ResyncOut:
+        running = self.running  # first: a job that ends meanwhile shows its final progress
         p = self.progress
+        left = p.seconds_left if running or p.completed else None  # stopped early: no end to estimate
         return ResyncOut(
             destination_id=self.destination_id,
             reason=self.reason,
             parameters=self.request.parameters(),
-            running=self.running,
+            running=running,
             phase=p.phase,
             done=p.done,
             total=p.total,
             upserts=p.upserts,
             deletes=p.deletes,
+            sent=p.sent,
+            skipped=p.skipped,
+            failed=p.failed,
+            seconds=round(p.seconds, 1),
+            rate=round(p.rate, 1),
+            seconds_left=None if left is None else round(left),
             completed=p.completed,
             error=self.error,
         )

@@ -102,6 +102,9 @@ def test_the_resync_dialog_backfills_from_a_date_with_legal_entity_and_departmen
     dialog.get_by_label("Department id").fill("dep-b")
     dialog.get_by_role("button", name="Start resync").click()
     expect(page.locator("#destinations-state")).to_contain_text("Resync of Backfill target complete")
+    expect(page.locator("#destinations-state")).to_contain_text(
+        re.compile(r"\d+ sent .* skipped, 0 failed in \d")
+    )
     with console.api("configure") as client:
         job = client.get("/api/v1/destinations/dst-backfill/resync").json()
     assert job["reason"] == "operator" and job["completed"]

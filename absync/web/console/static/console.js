@@ -414,6 +414,20 @@ function destinationsPage() {
     }, { once: true }));
   }
 
+  // "1:02:03" or "2:03"; "-:--" when unknown (the CLI's bar shows the same figures).
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "-:--";
+    const whole = Math.round(seconds), h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return `${h ? `${h}:` : ""}${mm}:${String(s).padStart(2, "0")}`;
+  }
+
+  function resyncProgress(job) {
+    const n = (value) => value.toLocaleString("en-GB");
+    const percent = job.total ? ` (${Math.floor((100 * job.done) / job.total)}%)` : "";
+    return `${job.phase}, ${n(job.done)} / ${n(job.total)} records${percent}, ${n(Math.round(job.rate))}/s, ${duration(job.seconds_left)} left; ${n(job.sent)} sent, ${n(job.skipped)} skipped, ${n(job.failed)} failed.`;
+  }
+
   async function resync(d, button) {
     const path = `/destinations/${encodeURIComponent(d.id)}/resync`;
     const body = await askResync(d);
@@ -422,12 +436,12 @@ function destinationsPage() {
     try {
       let job = await api(path, { method: "POST", body });
       while (job.running) {
-        showState(state, `Resync of ${d.name}: ${job.phase}, ${job.done.toLocaleString("en-GB")} / ${job.total.toLocaleString("en-GB")} replayed, ${job.upserts} sent, ${job.deletes} deleted.`, "info");
+        showState(state, `Resync of ${d.name}: ${resyncProgress(job)}`, "info");
         await new Promise((resolve) => setTimeout(resolve, 1000));
         job = await api(path);
       }
       if (job.error || !job.completed) throw new Error(job.error || "interrupted: start it again to continue");
-      showState(state, `Resync of ${d.name} complete: ${job.upserts} sent, ${job.deletes} deleted.`, "success");
+      showState(state, `Resync of ${d.name} complete: ${job.sent.toLocaleString("en-GB")} sent (${job.upserts.toLocaleString("en-GB")} upserts, ${job.deletes.toLocaleString("en-GB")} deletes), ${job.skipped.toLocaleString("en-GB")} skipped, ${job.failed.toLocaleString("en-GB")} failed in ${duration(job.seconds)}.`, "success");
     } catch (error) {
       showState(state, `Resync of ${d.name} failed: ${error.message}`, "error");
     } finally {
