@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 TEST_BROKER_PORT ?= 39092
 export ABSYNC_TEST_BROKER_PORT := $(TEST_BROKER_PORT)
 
-.PHONY: help venv system-deps broker broker-stop topics run test test-only faults lint format bench clean
+.PHONY: help venv system-deps broker broker-stop topics run test test-only faults lint format bench bench-resync clean
 
 help:
 	@echo "make run    run the service with its embedded defaults (local Kafka broker included)"
 	@echo "make test   install what the tests need, lint, and run the whole test suite"
 	@echo "make bench  benchmarks (figures and ratios against a baseline)"
+	@echo "make bench-resync [ARGS=\"--absences 20000\"]  resync of 1,000,000 absences, end to end"
 	@echo "make faults the fault suite and the three-broker cluster test"
 
 $(STAMP): pyproject.toml
@@ -68,6 +69,12 @@ faults: venv system-deps
 
 bench: venv
 	@bash deploy/local/bench.sh
+
+# Issue 15's resync benchmark (1,000,000 absences by default: long; too long for `make bench`).
+# ARGS go to bench/resync.py, e.g. ARGS="--absences 20000 --rate-limit 200".
+ARGS ?=
+bench-resync: venv
+	@bash deploy/local/bench-resync.sh $(ARGS)
 
 clean:
 	-@bash deploy/local/broker.sh stop
