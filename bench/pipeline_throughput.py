@@ -1,15 +1,18 @@
 """Pipeline throughput: absence events per second from ``absences`` to a loopback HTTP receiver.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python -m bench.pipeline_throughput \\
-        [--events 4000] [--events-3 2000] [--batch-size 50 [--rounds 2]]
+        [--events 4000] [--events-3 2000] [--runs 3] [--batch-size 50 [--rounds 2]]
 
-For 1 and for 3 matching destinations: N realistic events are published to ``absences`` first, then
+For 1 and for 3 matching destinations, ``--runs`` times (3: issue 15's targets read the median of
+three runs, each against the baseline in the same run): N realistic events are published to ``absences`` first, then
 ``absync run --only fanout --only delivery`` (one worker, one process) starts; the rate is the
 number of events divided by the time between the receiver's first and last request (start-up
 excluded). Baseline, measured in the same run on the same broker and receiver: a minimal hand-written
 loop (confluent-kafka consumer, one httpx keep-alive PUT per destination, one status event produced
-per request, offsets committed per batch), also in its own process. Prints the rates, the ratio
-absync/baseline and both processes' peak RSS.
+per request, offsets committed per batch), also in its own process, measured right after absync in
+each run. Prints, per destination count, the run whose throughput ratio absync/baseline is the
+median (its rates), the run whose CPU-per-event ratio is the median, the largest peak RSS of both
+processes, and the ratios of every run.
 
 ``--batch-size N`` (N > 1) compares, for 1 destination, absync in single mode with absync whose
 destination is in absync.v1 batch mode (``batch_size: N``, docs/http-sync.md), interleaved ``--rounds``
@@ -24,6 +27,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 from confluent_kafka import Consumer, Producer
@@ -146,12 +150,44 @@ def compare_batch(events: int, batch_size: int, rounds: int) -> None:
     print_rows(rows)
 
 
+Measured = tuple[float, float, float]
+"""(events per second, peak RSS in MB, CPU ms per event) of one process, see :func:`measure`."""
+
+
+def median_rows(suffix: str, runs: list[tuple[Measured, Measured]]) -> list[Row]:
+    """The rows of ``runs`` (absync, baseline) pairs: for throughput and for CPU per event, the run
+    whose ratio to its own baseline is the median (its figures and baseline as measured); the
+    largest peak RSS; and every run's ratios, so the spread shows."""
+
+    def median_run(ratio: Callable[[Measured, Measured], float]) -> tuple[Measured, Measured]:
+        return sorted(runs, key=lambda run: ratio(*run))[len(runs) // 2]
+
+    of = f"median of {len(runs)} run(s)" if len(runs) > 1 else "1 run"
+    fast, fast_base = median_run(lambda a, b: a[0] / b[0])
+    lean, lean_base = median_run(lambda a, b: a[2] / b[2])
+    fat = max(runs, key=lambda run: run[0][1])
+    return [
+        Row(f"throughput, {suffix} (absync vs baseline, {of})", fast[0], "events/s", fast_base[0]),
+        Row(f"CPU per event, {suffix} ({of})", lean[2], "ms", lean_base[2]),
+        Row(f"peak RSS, throughput worker, {suffix} (largest of {len(runs)})", fat[0][1], "MB", fat[1][1]),
+        Row(
+            f"throughput ratios of the runs, {suffix}", " / ".join(f"{a[0] / b[0]:.2f}" for a, b in runs), "x"
+        ),
+        Row(
+            f"CPU per event ratios of the runs, {suffix}",
+            " / ".join(f"{a[2] / b[2]:.2f}" for a, b in runs),
+            "x",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=4000, help="events with 1 destination")
     parser.add_argument("--events-3", type=int, default=2000, help="events with 3 destinations")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each, the median is reported (issue 15)")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--status-topic", help=argparse.SUPPRESS)
@@ -169,12 +205,14 @@ def main() -> None:
     started = time.monotonic()
     rows: list[Row] = []
     for destinations, events in ((1, args.events), (3, args.events_3)):
-        base_rate, base_rss, base_cpu = measure(events, destinations, baseline=True)
-        rate, rss, cpu = measure(events, destinations, baseline=False)
         suffix = "1 destination" if destinations == 1 else f"{destinations} destinations"
-        rows.append(Row(f"throughput, {suffix} (absync vs baseline)", rate, "events/s", base_rate))
-        rows.append(Row(f"CPU per event, {suffix}", cpu, "ms", base_cpu))
-        rows.append(Row(f"peak RSS, throughput worker, {suffix}", rss, "MB", base_rss))
+        runs: list[tuple[Measured, Measured]] = []
+        for i in range(1, args.runs + 1):  # baseline and absync side by side in each run
+            runs.append(
+                (measure(events, destinations, baseline=False), measure(events, destinations, baseline=True))
+            )
+            log(f"{suffix}, run {i}/{args.runs}: ratio {runs[-1][0][0] / runs[-1][1][0]:.2f}")
+        rows += median_rows(suffix, runs)
     print_rows(rows)
     log(f"pipeline_throughput took {time.monotonic() - started:.0f}s")
 
