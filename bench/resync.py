@@ -229,7 +229,7 @@ def replay_only(run: BenchRun, n: int) -> list[Row]:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     rows = [
         Row(f"resync replay alone (scan + produce, no rate limit), {n:,} absences", seconds, "s"),
-        Row("resync replay alone: CPU per absence (the command, start-up included)", 1000 * cpu / n, "ms"),
+        Row("resync replay alone: CPU per absence (the command, start-up included)", 1e6 * cpu / n, "us"),
     ]
     if own is not None and float(own[1]) > 0:
         rows.append(Row("resync replay alone: rate (its own duration)", n / float(own[1]), "absences/s"))
