@@ -5,12 +5,14 @@
     make bench-resync                                   # 1,000,000 absences (deploy/local/bench-resync.sh)
     make bench-resync ARGS="--absences 20000"           # small
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python -m bench.resync \\
-        [--absences 1000000] [--rate R] [--live-rate 10] [--rate-limit L] [--timeout 3600] [--no-replay-alone]
+        [--absences 1000000] [--rate R] [--live-rate 10] [--rate-limit L] [--batch-size N] [--timeout 3600]
+        [--no-replay-alone]
 
 Setup (not timed): ``--absences`` distinct new absences are published (:func:`bench.common.publish_many`),
 one ``absync run --only fanout --only delivery`` process catches up on them (no destination yet),
 then two destinations of the sink (:mod:`bench.sink`) are added: ``/d1`` (live) and ``/d2`` (new,
-empty; ``--rate-limit``: its ``rate_limit``). Live absences are published at ``--live-rate`` from then
+empty; ``--rate-limit``: its ``rate_limit``; ``--batch-size N``: both in absync.v1 batch mode, whose
+items the sink counts one by one). Live absences are published at ``--live-rate`` from then
 on, each flushed at once; once one has reached both destinations (the worker knows them), the timed
 part starts: ``absync resync --destination bench-d2 --rate R`` as a subprocess (no limit unless
 ``--rate``), until the sink has received every one of the absences at ``/d2`` (or ``--timeout``).
@@ -325,6 +327,7 @@ def main() -> None:
     parser.add_argument("--live-rate", type=float, default=10.0, help="live absences/s meanwhile")
     parser.add_argument("--rate-limit", type=float, help="rate_limit of the resynced destination (req/s)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the resync may take")
+    parser.add_argument("--batch-size", type=int, default=1, help="both destinations in absync.v1 batch mode")
     parser.add_argument("--no-replay-alone", dest="replay_alone", action="store_false")
     args = parser.parse_args()
     # Stopped (run_all's time limit, Ctrl-C): unwind, so the children stop and the topics go.
@@ -343,7 +346,8 @@ def main() -> None:
             started = time.monotonic()
             wait_fanned_out(run, args.timeout)
             log(f"fan-out caught up in {time.monotonic() - started:.0f}s")
-            http_destinations(run, sink.url, 2, rate_limits={2: args.rate_limit} if args.rate_limit else None)
+            limits = {2: args.rate_limit} if args.rate_limit else None
+            http_destinations(run, sink.url, 2, args.batch_size, rate_limits=limits)
             live = LiveLoad(run, args.live_rate).start()
             deadline = time.monotonic() + 120
             while min(sink.distinct(d, live.prefix) for d in ("d1", "d2")) == 0:  # the worker knows both

@@ -12,7 +12,9 @@ absence ids (the last path segment). ``GET /_stats`` answers those counts as JSO
 Why not ``tests.fakes.receiver``: it keeps every request (headers and body) in memory and logs a
 structlog line per request, which at a million requests is gigabytes of memory and a core of its
 own; this one keeps a set of ids. It serves absync.v1 in ``rest`` mode (``PUT``/``DELETE``
-``/<segment>/<absence id>``), which is what ``bench.resync`` configures.
+``/<segment>/<absence id>``), which is what ``bench.resync`` configures, and its batch mode
+(``POST /<segment>`` of an ``absync.batch``: each item counted and logged as if it came alone, a
+``200`` result for each).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ class Sink:
             prefix = absence_id.rsplit("-", 1)[0]
             self.requests[parts[0]][prefix] += 1
             self.ids[parts[0]][prefix].add(absence_id)
+
+    def batch(self, target: str, body: bytes) -> bytes:
+        """An absync.v1 batch (docs/http-sync.md, "Batch mode"): each item recorded as if it came
+        alone (``/<segment>/<absence id>``), answered 200 with a 200 result per item."""
+        segment = target.split("?", 1)[0].strip("/").split("/")[0]
+        results = []
+        for item in json.loads(body)["items"]:
+            self.record("POST", f"/{segment}/{item['absence']['id']}")
+            results.append({"id": item["delivery_id"], "status": 200})
+        answer = json.dumps({"results": results}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n\r\n"
+        return head.encode() + answer
 
     def write_out(self) -> None:
         if self._pending:
@@ -100,10 +114,13 @@ class Connection(asyncio.Protocol):
                     length = int(value.strip())
             if len(self._buffer) < end + 4 + length:
                 break
+            body = bytes(self._buffer[end + 4 : end + 4 + length])
             del self._buffer[: end + 4 + length]
             method, target = [*head[0].split(" "), "", ""][:2]
             if method == "GET" and target == "/_stats":
                 answers.append(self._sink.stats())
+            elif method == "POST" and body.startswith(b'{"type":"absync.batch"'):
+                answers.append(self._sink.batch(target, body))
             else:
                 self._sink.record(method, target)
                 answers.append(OK)
