@@ -10,11 +10,13 @@ both, but the replay partitions only while live work leaves room:
   concurrency slots); it reopens when they are back to that. Live records are never held back by it.
   Lag on a live partition shows as live records in flight: the worker admits them at once, up to its
   intake bound.
-- **bounded**: at most ``budget`` (half the slots) replay records are in flight at once; past it the
-  lane closes until half of those are done (hysteresis: it does not flap on every record). So a live
-  record of a destination being replayed finds at most that many replay records of its destination
-  ahead of it (the key lanes' per-destination share bounds them further), and a live record of another
-  destination finds at least half the slots free of replay work.
+- **bounded**: at most ``budget`` (as many as the concurrency slots) replay records are in flight at
+  once; past it the lane closes until half of those are done (hysteresis: it does not flap on every
+  record, and the half still queued keeps the slots busy while the partitions are fetched again). So
+  a live record waits at most for one round of replayed attempts to free a slot, where before it
+  waited behind the whole backlog of its partition (up to the intake bound, 50 records a slot); and
+  one destination, replayed or not, still holds at most its share of the slots
+  (:class:`streams.slots.GroupSlots`), so a hanging replayed destination leaves half of them.
 - **nothing lost, nothing early**: a replay record read while the lane is closed (already fetched
   when the partition was paused, or past the budget within a batch) is not handed out: its partition
   is paused and, when the lane reopens, sought back to that record (the same rewind as the delay
@@ -40,8 +42,10 @@ from streams.delay import Partition
 
 LIVE_ROOM = 4
 """The lane is open while the live records in flight are at most 1/LIVE_ROOM of the slots."""
-REPLAY_SHARE = 2
-"""At most 1/REPLAY_SHARE of the slots' worth of replay records in flight."""
+REPLAY_PER_SLOT = 1
+"""At most REPLAY_PER_SLOT replay records in flight per concurrency slot. Half a slot's worth (32 of
+64) cost the resync about a third of its rate in bench.resync (the slots idle while the partitions
+were fetched again after each refill)."""
 
 
 class ReplayLane:
@@ -50,7 +54,7 @@ class ReplayLane:
     def __init__(self, topic: str, concurrency: int) -> None:
         self.topic = topic
         self.live_room = max(1, concurrency // LIVE_ROOM)
-        self.budget = max(1, concurrency // REPLAY_SHARE)
+        self.budget = max(1, concurrency * REPLAY_PER_SLOT)
         self.open = True
         self._replay_in_flight = 0
         self._full = False

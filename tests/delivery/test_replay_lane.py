@@ -40,7 +40,7 @@ BACKLOG = 400
 
 @pytest.fixture
 def narrow_settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
-    """8 concurrency slots: the replay lane may hold 4 of them."""
+    """8 concurrency slots: at most 8 replayed records in flight."""
     with isolated(bootstrap, tmp_path, delivery_concurrency=8) as settings:
         yield settings
 
@@ -52,7 +52,7 @@ def successful(log: StatusLog, deliveries: list[Delivery]) -> int:
 def test_live_changes_go_out_while_a_replay_backlog_waits(narrow_settings: Settings) -> None:
     """400 replayed deliveries to a slow receiver (0.25 s an answer) are being worked on; a live
     change to another destination, and one to the replayed destination itself, are both delivered
-    while the replay backlog is still far from drained: at most 4 replayed records are in flight, so
+    while the replay backlog is still far from drained: at most 8 replayed records are in flight, so
     live work never queues behind the backlog."""
     settings = narrow_settings
     statuses = StatusLog(settings)

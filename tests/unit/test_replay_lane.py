@@ -8,7 +8,7 @@ TOPIC = "p.deliveries.replay"
 
 
 def test_the_lane_closes_while_live_work_is_busy_and_reopens_when_it_leaves_room() -> None:
-    lane = ReplayLane(TOPIC, concurrency=8)  # live room 2, budget 4
+    lane = ReplayLane(TOPIC, concurrency=8)  # live room 2, budget 8
     assigned = {(TOPIC, 0), (TOPIC, 1), ("p.deliveries", 0)}
     assert lane.update(live_in_flight=0, replay_in_flight=0) and lane.paused(assigned) == set()
     assert not lane.update(live_in_flight=3, replay_in_flight=0)
@@ -18,7 +18,7 @@ def test_the_lane_closes_while_live_work_is_busy_and_reopens_when_it_leaves_room
 
 
 def test_the_lane_hands_out_at_most_its_budget_and_refills_at_half() -> None:
-    lane = ReplayLane(TOPIC, concurrency=8)
+    lane = ReplayLane(TOPIC, concurrency=4)
     lane.update(0, 0)
     assert [lane.take() for _ in range(5)] == [True, True, True, True, False]
     assert not lane.update(0, 4)  # full
