@@ -33,9 +33,11 @@ takes its latest knowledge of the absence (the stored event when it is newer tha
 is why the latest event is always stored), and for that destination only: an UPSERT if it should hold
 it (and it now holds it), a DELETE if the absence is removed (cancelled, deleted) and matches the
 destination (:func:`replay_operation`), else nothing. A request is not a change: the version and the
-recent event ids are left as they are. Its deliveries have trigger REPLAY.
+recent event ids are left as they are. Its deliveries have trigger REPLAY and go to the replay lane,
+``deliveries.replay`` (same key and partitioning), which the delivery worker reads only when live
+work leaves room (:mod:`processors.delivery.replay_lane`): a resync never delays live changes.
 
-Every Delivery goes to ``deliveries`` keyed ``<destination>|<absence>`` with a deterministic id, with a
+Every other Delivery goes to ``deliveries`` keyed ``<destination>|<absence>`` with a deterministic id, with a
 PENDING DeliveryStatus to ``delivery-status``; outputs, state and input offsets commit in one
 transaction.
 """
@@ -327,7 +329,7 @@ class FanoutProcessor(Processor):
         status = DeliveryStatus.for_delivery(delivery, Status.PENDING, 0, occurred_at=delivery.created_at)
         return [
             Output(
-                self._topics.deliveries,
+                self._topics.replay if trigger is Trigger.REPLAY else self._topics.deliveries,
                 delivery.key.encode(),
                 codec_for("Delivery").encode(delivery.to_avro()),
             ),

@@ -4,8 +4,10 @@ The worker then makes one attempt now of the key's *latest* delivery, re-read fr
 replay never sends an outdated version), trigger RETRY. A ``Delivery`` written into the first retry
 topic instead would be dropped by the worker: it accepts a retry record only when it is the next
 stage expected for the key's latest delivery, and a delivery in Error expects none (the guard that
-stops duplicated retries after a crash). Commands travel beside ``deliveries`` (not queued behind
-live deliveries in the main topic) and are rate-limited the same way as a resync.
+stops duplicated retries after a crash). The commands go to the replay lane, ``deliveries.replay``
+(header ``absync-command``), which the worker reads only when live work leaves room
+(:mod:`processors.delivery.replay_lane`): a Recover of thousands never delays live changes nor an
+operator's single Retry (which stays on ``commands``). They are rate-limited the same way as a resync.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from processors.resync_io import DEFAULT_RATE, Output, RateLimiter
 from schemas.codec import codec_for
 from schemas.delivery import Command, CommandKind, now_utc
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import REPLAY_COMMAND_HEADER, Topics
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +53,8 @@ def replay_failed(
     stop = stop or threading.Event()
     limiter = RateLimiter(rate)
     output = Output(settings)
-    topic = Topics(settings).commands
+    topic = Topics(settings).replay
+    kind: list[tuple[str, str | bytes | None]] = [(REPLAY_COMMAND_HEADER, b"1")]
     codec = codec_for("Command")
     sent = 0
     try:
@@ -68,7 +71,7 @@ def replay_failed(
                 issued_by=issued_by,
                 issued_at=now_utc(),
             )
-            output.produce(topic, command.key, codec.encode(command.to_avro()))
+            output.produce(topic, command.key, codec.encode(command.to_avro()), headers=kind)
             sent += 1
             if progress is not None:
                 progress(sent)

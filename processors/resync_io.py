@@ -63,9 +63,15 @@ class Output:
         if err is not None:
             self._errors.append(str(err))
 
-    def produce(self, topic: str, key: str, value: bytes) -> None:
+    def produce(
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         """One record, partitioned by its key."""
-        self._produce(topic, key.encode(), value)
+        self._produce(topic, key.encode(), value, headers=headers)
 
     def request(self, topic: str, msg: Message, destination_id: str) -> None:
         """The resync request of one ``absences`` record: its partition number, key and value."""

@@ -35,9 +35,10 @@ class OffsetTracker:
         with self._lock:
             self._pending.get(partition, set()).discard(offset)
 
-    def in_flight(self) -> int:
+    def in_flight(self, topic: str | None = None) -> int:
+        """Records handed out and not done: of every partition, or of ``topic``'s."""
         with self._lock:
-            return sum(len(p) for p in self._pending.values())
+            return sum(len(v) for p, v in self._pending.items() if topic is None or p[0] == topic)
 
     def idle(self, partitions: set[Partition]) -> set[Partition]:
         """Partitions with records handed out and none of them pending."""

@@ -1,8 +1,10 @@
 """Every topic of absync, declared in one place.
 
-Partitioning rule: ``deliveries``, every retry topic, ``commands`` and ``delivery-state`` share one
-partition count and one key (``<destination_id>|<absence_id>``), so partition *p* of each belongs to
-the same worker (co-partitioning) and one absence's deliveries to one destination stay in order.
+Partitioning rule: ``deliveries``, ``deliveries.replay``, every retry topic, ``commands`` and
+``delivery-state`` share one partition count and one key (``<destination_id>|<absence_id>``), so
+partition *p* of each belongs to the same worker (co-partitioning) and one absence's deliveries to
+one destination stay in order (between the live and the replay lane, by the supersede rule of
+:func:`processors.delivery.state.admit`).
 ``absences``, ``resync`` and ``fanout-state`` share one key, ``<tenant>|<absence id>`` (absence ids are
 unique per tenant only; records written before the upgrade have the absence id alone), and one
 partition count: the fan-out reads partition *p* of ``absences`` and ``resync`` with the state of
@@ -30,6 +32,9 @@ from streams.kafka import make_admin
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+REPLAY_COMMAND_HEADER = "absync-command"
+"""On ``deliveries.replay``: the record is a ``Command`` (a bulk Retry), not a ``Delivery``."""
 
 DAY_MS = 86_400_000
 FOREVER = "-1"
@@ -70,6 +75,9 @@ class Topics:
         self.projection_invalid = f"{p}projection.invalid"
         self.resync = f"{p}resync"
         self.deliveries = f"{p}deliveries"
+        self.replay = f"{p}deliveries.replay"
+        """The replay lane: resync deliveries and bulk RETRY commands, read when live work leaves room
+        (:mod:`processors.delivery.replay_lane`)."""
         self.retries = [
             f"{p}deliveries.{retry_topic_suffix(i + 1, d)}" for i, d in enumerate(settings.retry_delays)
         ]
@@ -141,6 +149,15 @@ class Topics:
                 "Dead letter of the projection: status facts and destinations it cannot store.",
             ),
             TopicSpec("deliveries", self.deliveries, n, rf, keep(7), "Delivery work items."),
+            TopicSpec(
+                "replay",
+                self.replay,
+                n,
+                rf,
+                keep(7),
+                "The replay lane: resync deliveries and bulk Retry commands (header absync-command), "
+                "read by the delivery worker only when live work leaves room.",
+            ),
             TopicSpec(
                 "status",
                 self.status,

@@ -108,12 +108,14 @@ def wait_fanned_out(settings: Settings) -> None:
 
 
 def replays(settings: Settings, destination_id: str) -> list[Delivery]:
-    """The deliveries of ``destination_id`` on the deliveries topic once the fan-out has handled
-    every resync request (all REPLAY in these tests)."""
+    """The deliveries of ``destination_id`` on the deliveries topic and the replay lane (where a
+    resync's go) once the fan-out has handled every resync request (all REPLAY in these tests)."""
     wait_fanned_out(settings)
+    topics = Topics(settings)
     return [
         d
-        for d in deliveries_of(read_to_end(settings, Topics(settings).deliveries))
+        for topic in (topics.deliveries, topics.replay)
+        for d in deliveries_of(read_to_end(settings, topic))
         if d.destination_id == destination_id
     ]
 

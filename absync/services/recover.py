@@ -7,9 +7,10 @@ Guarantees:
 - Exactly the deliveries of the destination whose projected status is Error and whose status
   changed at or after ``since`` are considered; successful ones and failures older than ``since``
   are never re-sent.
-- The re-sends go through the normal path: one RETRY ``Command`` per delivery on the commands
-  topic (:func:`processors.resync.replay_failed`), so the worker makes one attempt of the key's
-  latest delivery, with its idempotency key and in the key's order.
+- The re-sends go through the normal path: one RETRY ``Command`` per delivery on the replay lane
+  (``deliveries.replay``, :func:`processors.replay_failed.replay_failed`), so the worker makes one
+  attempt of the key's latest delivery, with its idempotency key and in the key's order, when live
+  work leaves it room.
 - At most one re-send per absence: a second delivery in Error of the same absence would only make
   the worker re-send the same latest state again; it is skipped (reason ``same_absence``).
 - Bounded: at most ``limit`` deliveries per run; the newer ones (the list is read newest first)

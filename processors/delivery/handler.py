@@ -116,6 +116,8 @@ class Admitted:
     offset: int
     key: str
     value: bytes | None
+    command: bool = False
+    """A ``Command`` read from the replay lane (header ``absync-command``); ``commands`` is by topic."""
 
 
 class DeliveryHandler:
@@ -144,7 +146,7 @@ class DeliveryHandler:
         """Handles the record, or dead-letters it when it cannot be read. Raises only when the worker
         must stop (Kafka refused an output, or a bug): the record is then handled again later."""
         try:
-            if record.topic == self.topics.commands:
+            if record.command or record.topic == self.topics.commands:
                 await self._on_command(record)
             else:
                 await self._on_delivery(record)

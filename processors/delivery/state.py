@@ -9,7 +9,13 @@ assignment.
 :func:`admit` decides, from that state alone, what becomes of a delivery record read from
 ``deliveries`` (stage 0) or from a retry topic (stage 1..n):
 
-- a delivery older than the latest (lower ``version``) is :class:`Stale`: SUPERSEDED, never sent;
+- a delivery older than the latest is :class:`Stale`: SUPERSEDED, never sent. Older: a lower
+  ``version``; or, between the two lanes (one REPLAY, the other not), the same version written
+  earlier by the fan-out (``created_at``; in the same millisecond the live one counts as the later).
+  The second part keeps the lanes in order: a resync's UPSERT that waited in the replay lane
+  (``deliveries.replay``) must not undo a DELETE of the same version that the fan-out wrote after it
+  (a destination's narrowed filters) and that went out live first. Within one lane the partition
+  keeps the fan-out's order: a same-version delivery is newer (as a resync run twice);
 - a new delivery becomes the latest; its state is saved (acknowledged by Kafka) *before* it is sent,
   so after a crash an older delivery's retry can never overwrite it at the destination; the
   previous latest, if still PENDING or in ERROR, is SUPERSEDED (it will never be sent);
@@ -28,7 +34,7 @@ import json
 from dataclasses import dataclass
 
 from schemas.codec import codec_for
-from schemas.delivery import Delivery, Operation, Status
+from schemas.delivery import Delivery, Operation, Status, Trigger
 
 MANUAL = "MANUAL"
 """Key state status of a delivery an operator marked as processed."""
@@ -50,6 +56,11 @@ class KeyState:
     """The email the destination holds the absence under: that of the last UPSERT it took (sent, or
     marked as processed); None after a DELETE or when nothing was sent. Calendar connectors move the
     event when the employee's email differs (:attr:`schemas.delivery.Delivery.held_email`)."""
+    created_ms: int | None = None
+    """The latest delivery's ``created_at`` (ms since the epoch) and whether it is a REPLAY, for
+    :func:`admit`'s order of two deliveries of one version from two lanes; None in a state saved
+    before they existed (then read from ``record``)."""
+    replayed: bool | None = None
 
     def to_bytes(self) -> bytes:
         """Field by field: ``asdict`` (a recursive copy) showed in the profile, twice per delivery."""
@@ -62,6 +73,8 @@ class KeyState:
                 "next_stage": self.next_stage,
                 "status": self.status,
                 "held_email": self.held_email,
+                "created_ms": self.created_ms,
+                "replayed": self.replayed,
             }
         ).encode()
 
@@ -78,13 +91,46 @@ class KeyState:
     def of(cls, delivery: Delivery, encoded: bytes) -> KeyState:
         """``encoded``: the delivery's Avro record as received (encoding it again cost CPU per delivery)."""
         record = base64.b64encode(encoded).decode()
-        return cls(record, delivery.delivery_id, delivery.version, delivery.attempt, 0, Status.PENDING.value)
+        return cls(
+            record,
+            delivery.delivery_id,
+            delivery.version,
+            delivery.attempt,
+            0,
+            Status.PENDING.value,
+            created_ms=_ms(delivery),
+            replayed=delivery.trigger is Trigger.REPLAY,
+        )
+
+    def written(self) -> tuple[int, bool]:
+        """The latest delivery's ``created_at`` in ms, and whether it is a REPLAY."""
+        if self.created_ms is None or self.replayed is None:
+            latest = self.delivery()
+            return _ms(latest), latest.trigger is Trigger.REPLAY
+        return self.created_ms, self.replayed
 
     def delivery(self) -> Delivery:
         return Delivery.from_avro(codec_for("Delivery").decode(base64.b64decode(self.record)))
 
 
 _KEY_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(KeyState))
+
+
+def _ms(delivery: Delivery) -> int:
+    return int(delivery.created_at.timestamp() * 1000)
+
+
+def older(delivery: Delivery, state: KeyState) -> bool:
+    """Whether ``delivery`` is older than the key's latest (see the module docstring)."""
+    if delivery.version != state.version:
+        return delivery.version < state.version
+    if delivery.delivery_id == state.delivery_id:
+        return False
+    replayed = delivery.trigger is Trigger.REPLAY
+    latest_ms, latest_replayed = state.written()
+    if replayed == latest_replayed:
+        return False  # one lane: its partition keeps the fan-out's order
+    return _ms(delivery) <= latest_ms if replayed else _ms(delivery) < latest_ms
 
 
 def held_after(delivery: Delivery) -> str | None:
@@ -123,7 +169,7 @@ def admit(state: KeyState | None, delivery: Delivery, stage: int, encoded: bytes
     key's ``state`` (None: nothing known). ``encoded``: the record as read. Pure: ``state`` is not
     changed."""
     if stage == 0:
-        if state is not None and delivery.version < state.version:
+        if state is not None and older(delivery, state):
             return Stale()
         previous = None
         if (

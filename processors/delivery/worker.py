@@ -1,7 +1,9 @@
 """The delivery worker: the consume loop and the dispatch of records to ordered lanes per key.
 
-One consumer group reads ``deliveries``, every retry topic and ``commands``. They are co-partitioned
-(key ``<destination>|<absence>``, ``range`` assignor), so every record of one key reaches one worker.
+One consumer group reads ``deliveries``, every retry topic, ``commands`` and the replay lane
+``deliveries.replay``. They are co-partitioned (key ``<destination>|<absence>``, ``range`` assignor),
+so every record of one key reaches one worker. Live work goes first: the replay partitions run only
+while live work leaves room (:class:`processors.delivery.replay_lane.ReplayLane`).
 
 Threads and tasks:
 
@@ -44,6 +46,7 @@ from processors import ProcessorError
 from processors.delivery.connector_cache import ConnectorCache
 from processors.delivery.handler import Admitted, DeliveryHandler
 from processors.delivery.rate_limit import RateLimits
+from processors.delivery.replay_lane import ReplayLane
 from schemas.codec import codec_for
 from schemas.errors import SchemaError
 from streams.async_producer import AsyncProducer
@@ -52,12 +55,12 @@ from streams.destinations import DestinationTable
 from streams.kafka import group_id, make_consumer, make_producer
 from streams.lanes import KeyLanes
 from streams.offsets import OffsetTracker
-from streams.records import coordinates
+from streams.records import coordinates, header
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.state import DirectStore
 from streams.threads import run_in_thread
-from streams.topics import Topics
+from streams.topics import REPLAY_COMMAND_HEADER, Topics
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +96,7 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._max_buffered = concurrency * BUFFER_PER_SLOT
         self.tracker = OffsetTracker()
+        self.lane = ReplayLane(self.topics.replay, concurrency)
         self.rate_limits = RateLimits()
         """Per-destination rate limits; this process's share follows its ``deliveries`` partitions."""
         self._producer: AsyncProducer | None = None
@@ -173,7 +177,7 @@ class DeliveryWorker:
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             revoked = {(tp.topic, tp.partition) for tp in partitions}
             self._call_in_loop(self._drain())
-            self._commit(c, revoked)
+            self._commit(c, revoked, rewind)
             forget(revoked)
 
         def on_lost(_: Consumer, partitions: list[TopicPartition]) -> None:
@@ -194,7 +198,7 @@ class DeliveryWorker:
 
         try:
             consumer.subscribe(
-                [self.topics.deliveries, *self.topics.retries, self.topics.commands],
+                [self.topics.deliveries, *self.topics.retries, self.topics.commands, self.topics.replay],
                 on_assign=on_assign,
                 on_revoke=on_revoke,
                 on_lost=on_lost,
@@ -207,7 +211,11 @@ class DeliveryWorker:
                 throttled = in_flight >= self._max_buffered or (
                     throttled and in_flight > self._max_buffered // 2
                 )
-                wanted = (assigned if throttled else set()) | (gate.gated & assigned)
+                replaying = self.tracker.in_flight(self.lane.topic)
+                self.lane.update(in_flight - replaying, replaying)
+                wanted = (
+                    (assigned if throttled else set()) | (gate.gated & assigned) | self.lane.paused(assigned)
+                )
                 _apply_pauses(consumer, paused, wanted)
                 for resumed in [p for p in rewind if p not in paused]:  # active: back to its head
                     consumer.seek(TopicPartition(*resumed, rewind.pop(resumed)))
@@ -222,20 +230,29 @@ class DeliveryWorker:
                     if not gate.admit(msg):
                         continue
                     topic, partition, offset = coordinates(msg)
+                    replay = topic == self.lane.topic
+                    if replay and ((topic, partition) in rewind or not self.lane.take()):
+                        rewind.setdefault((topic, partition), offset)  # sought back when it reopens
+                        continue
                     rewind.pop((topic, partition), None)  # its head is back: no seek pending
                     self.tracker.started((topic, partition), offset)
                     admitted.append(
                         Admitted(
-                            topic, partition, offset, (msg.key() or b"").decode(errors="replace"), msg.value()
+                            topic,
+                            partition,
+                            offset,
+                            (msg.key() or b"").decode(errors="replace"),
+                            msg.value(),
+                            replay and header(msg, REPLAY_COMMAND_HEADER) is not None,
                         )
                     )
                 if admitted:  # one wake-up of the event loop per batch, not per record
                     self._in_loop(self._dispatch, admitted)
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL:
-                    self._commit(consumer, assigned)
+                    self._commit(consumer, assigned, rewind)
                     last_commit = time.monotonic()
             self._call_in_loop(self._drain())
-            self._commit(consumer, assigned)
+            self._commit(consumer, assigned, rewind)
         except BaseException as exc:
             self._in_loop(self._fail, exc)
             raise
@@ -250,10 +267,11 @@ class DeliveryWorker:
         share = min(1.0, mine / max(1, self.settings.partitions))
         self._in_loop(self.rate_limits.set_share, share)
 
-    def _commit(self, consumer: Consumer, partitions: set[Partition]) -> None:
+    def _commit(self, consumer: Consumer, partitions: set[Partition], rewind: dict[Partition, int]) -> None:
         """Commits what is done. An idle partition of a main topic commits the consumer's position,
-        past any transaction marker; a delay partition never does (the gate rewinds those)."""
-        idle = {p for p in self.tracker.idle(partitions) if p[0] not in self._stage_of}
+        past any transaction marker; a delay partition never does (the gate rewinds those), nor a
+        replay partition with a rewind pending (its position is past records not handed out)."""
+        idle = {p for p in self.tracker.idle(partitions) if p[0] not in self._stage_of and p not in rewind}
         positions = {
             (tp.topic, tp.partition): tp.offset
             for tp in consumer.position([TopicPartition(t, p) for t, p in idle])

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from processors.delivery import DeliveryWorker
 from schemas.codec import codec_for
-from schemas.delivery import Command, CommandKind, Delivery, DeliveryStatus, Status
+from schemas.delivery import Command, CommandKind, Delivery, DeliveryStatus, Status, Trigger
 from schemas.destination import ChangeSelection, Destination
 from schemas.models import AbsenceStatus, ChangeKind
 from streams.delay import due_at_header
@@ -131,6 +131,17 @@ class Feed:
                 self.topics.deliveries, key=delivery.key, value=codec.encode(delivery.to_avro())
             )
         self.flush()
+
+    def replayed(self, *deliveries: Delivery) -> list[Delivery]:
+        """Deliveries on the replay lane, as a resync's reach it (trigger REPLAY); returns them."""
+        codec = codec_for("Delivery")
+        replays = [d.evolve(trigger=Trigger.REPLAY) for d in deliveries]
+        for delivery in replays:
+            self._producer.produce(
+                self.topics.replay, key=delivery.key, value=codec.encode(delivery.to_avro())
+            )
+        self.flush()
+        return replays
 
     def delayed(self, delivery: Delivery, stage: int, partition: int) -> None:
         """A record straight into a retry topic (as the worker writes it: header and explicit partition)."""

@@ -1,5 +1,6 @@
-"""A worker process killed with SIGKILL in the middle of 2,000 changes loses nothing and, once
-restarted, causes no duplicate effect at the receiver (repeated webhook-ids are deduplicated)."""
+"""A worker process killed with SIGKILL in the middle of 2,000 changes and a resync's replayed
+deliveries loses nothing and, once restarted, causes no duplicate effect at the receiver (repeated
+webhook-ids are deduplicated)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import pytest
 from schemas.models import AbsenceEvent, AbsenceStatus, ChangeKind
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import Topics
-from tests.delivery.harness import http_destination, wait_consumed
+from tests.delivery.harness import Feed, change, http_destination, wait_consumed
 from tests.fakes.receiver import Receiver
 from tests.streams_helpers import make_event, next_change, produce_events
 
 pytestmark = pytest.mark.kafka
 
 ABSENCES = 500
+REPLAYED = 100
+"""Deliveries waiting on the replay lane when the worker starts (a resync's)."""
 
 
 def changes() -> tuple[list[AbsenceEvent], dict[str, int]]:
@@ -75,6 +78,9 @@ def test_sigkill_in_the_middle_loses_nothing_and_duplicates_no_effect(
 ) -> None:
     http_destination(settings, receiver.url + "/hook")
     events, final = changes()
+    replayed = [change(f"abs-replay-{i}", 1, ChangeKind.APPROVED) for i in range(REPLAYED)]
+    Feed(settings).replayed(*replayed)
+    final.update({d.absence_id: 1 for d in replayed})
     receiver.fail_next(40, 503)  # some deliveries wait in retry topics when the worker dies
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
@@ -90,6 +96,7 @@ def test_sigkill_in_the_middle_loses_nothing_and_duplicates_no_effect(
         )
         assert settled, log.read_text()[-3000:]
         wait_consumed(settings, Topics(settings).deliveries, timeout=120)
+        wait_consumed(settings, Topics(settings).replay, timeout=120)
         for topic in Topics(settings).retries:
             wait_consumed(settings, topic, timeout=120)
     finally:

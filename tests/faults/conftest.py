@@ -149,7 +149,7 @@ def wait_state(receiver: Receiver, expected: dict[str, int], timeout: float = SE
 def wait_idle(settings: Settings) -> None:
     """Waits until the delivery workers have handled every record of every delivery topic."""
     topics = Topics(settings)
-    for topic in (topics.deliveries, *topics.retries, topics.commands):
+    for topic in (topics.deliveries, *topics.retries, topics.commands, topics.replay):
         wait_consumed(settings, topic, timeout=SETTLE_S)
 
 
