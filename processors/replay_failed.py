@@ -48,13 +48,13 @@ def replay_failed(
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """One RETRY command per failed delivery (see the module docstring); returns how many were sent.
+    """One RETRY command per failed delivery, on the replay lane (see the module docstring); returns how many were sent.
     ``kind``: MARK_PROCESSED sends that command instead (the console's "Mark all as processed")."""
     stop = stop or threading.Event()
     limiter = RateLimiter(rate)
     output = Output(settings)
     topic = Topics(settings).replay
-    kind: list[tuple[str, str | bytes | None]] = [(REPLAY_COMMAND_HEADER, b"1")]
+    headers: list[tuple[str, str | bytes | None]] = [(REPLAY_COMMAND_HEADER, b"1")]
     codec = codec_for("Command")
     sent = 0
     try:
@@ -71,7 +71,7 @@ def replay_failed(
                 issued_by=issued_by,
                 issued_at=now_utc(),
             )
-            output.produce(topic, command.key, codec.encode(command.to_avro()), headers=kind)
+            output.produce(topic, command.key, codec.encode(command.to_avro()), headers=headers)
             sent += 1
             if progress is not None:
                 progress(sent)
