@@ -22,7 +22,7 @@ from schemas.codec import codec_for
 from schemas.delivery import Command, Status
 from schemas.models import AbsenceStatus, ChangeKind
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import REPLAY_COMMAND_HEADER, Topics
 from tests.delivery.harness import http_destination
 from tests.fakes.receiver import Receiver
 from tests.streams_helpers import make_event, next_change, produce_events, read_to_end
@@ -41,9 +41,11 @@ def wait_done(client: Any) -> dict[str, Any]:
 
 
 def commands(settings: Settings) -> list[Command]:
+    """The bulk job's commands: they travel the replay lane, so 10,000 of them never delay live work."""
     return [
         Command.from_avro(codec_for("Command").decode(m.value()))
-        for m in read_to_end(settings, Topics(settings).commands)
+        for m in read_to_end(settings, Topics(settings).replay)
+        if dict(m.headers() or []).get(REPLAY_COMMAND_HEADER) == b"1"
     ]
 
 
