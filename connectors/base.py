@@ -71,6 +71,8 @@ class ConnectorOptions:
     """Which addresses the connector may connect to (production's policy unless told otherwise)."""
     attempt_deadline: float | None = None
     """Seconds one whole attempt may take; None: ``ATTEMPT_DEADLINE_CALLS`` call timeouts."""
+    http_transport: str = "aiohttp"
+    """What carries the HTTP connector's httpx requests: ``httpx`` (httpcore) or ``aiohttp``."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectorOptions:
@@ -79,6 +81,7 @@ class ConnectorOptions:
             timeout=settings.connector_timeout,
             egress=EgressPolicy.from_settings(settings),
             attempt_deadline=settings.attempt_deadline or None,
+            http_transport=settings.http_transport,
         )
 
 

@@ -44,6 +44,7 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
+from connectors.egress_aiohttp import aiohttp_client
 from connectors.egress_clients import guarded_client
 from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.http_batch import MAX_BATCH_SIZE, BatchSender, BatchSizeSetting, batch_size_of
@@ -314,8 +315,9 @@ class HttpConnector(Connector):
         pools, rest = divmod(self.max_connections, POOL_CONNECTIONS)
         sizes = [POOL_CONNECTIONS] * pools + ([rest] if rest else [])
         tls = httpx.create_ssl_context()  # what each client would load by itself (CA bundle: ~30 ms each)
+        client = aiohttp_client if self.options.http_transport == "aiohttp" else guarded_client
         self._clients = [
-            guarded_client(
+            client(
                 self.options.egress,
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     """Seconds one delivery attempt may take in all (0: three connector timeouts, or three of the
     destination's own timeout); past it the attempt ends as a retryable timeout."""
     delivery_concurrency: int = 64
+    http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
+    """ABSYNC_HTTP_TRANSPORT: what carries the HTTP connector's httpx requests: httpcore (httpx's own)
+    or aiohttp (httpx-aiohttp); the egress policy holds for both (connectors/egress_clients.py)."""
     stall_timeout: float = 180.0
     """A processor loop that makes no progress this long ends the process (see StallWatchdog)."""
 

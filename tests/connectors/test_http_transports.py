@@ -1,0 +1,112 @@
+"""The HTTP connector on both transports (``ABSYNC_HTTP_TRANSPORT``: httpcore or aiohttp) behaves the
+same where it shows: the error an operator reads, one request per recorded call (no resend by the
+library), numeric spellings of an allowed address reached. Real sockets on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from connectors.base import CallRecorder, ConnectorOptions
+from connectors.egress import EgressPolicy
+from connectors.exceptions import RetryableError
+from tests.connectors.deliveries import make_delivery
+from tests.connectors.egress_targets import Listener, open_target
+
+TRANSPORTS = ("httpx", "aiohttp")
+
+
+class Dropper:
+    """Reads each request whole, counts it, and closes the connection without an answer."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.requests = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.lower().split(b"\r\n")
+                        if line.startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                if head:
+                    self.requests += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def dropper() -> Iterator[Dropper]:
+    server = Dropper()
+    yield server
+    server.close()
+
+
+def _options(transport: str) -> ConnectorOptions:
+    return ConnectorOptions(timeout=3, egress=EgressPolicy.build(["127.0.0.0/8"]), http_transport=transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_dropped_connection_is_one_request_and_reads_as_httpx_says(
+    transport: str, dropper: Dropper
+) -> None:
+    connector = await open_target("http", "127.0.0.1", dropper.port, _options(transport))
+    recorder = CallRecorder(connector.secrets)
+    try:
+        with pytest.raises(RetryableError) as failed:
+            await connector.deliver(make_delivery(), recorder)
+    finally:
+        await connector.close()
+    assert "RemoteProtocolError: Server disconnected without sending a response." in failed.value.message
+    assert dropper.requests == 1  # a PUT is not sent again by the library
+    assert len(recorder.calls) == 1
+    assert recorder.calls[0].error == failed.value.message
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "[::ffff:127.0.0.1]"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_numeric_spellings_of_an_allowed_address_are_reached(transport: str, host: str) -> None:
+    listener = Listener()
+    try:
+        connector = await open_target("http", host, listener.port, _options(transport))
+        try:
+            with pytest.raises(RetryableError) as failed:  # the listener closes at once
+                await connector.deliver(make_delivery(), CallRecorder(connector.secrets))
+        finally:
+            await connector.close()
+    finally:
+        listener.close()
+    assert listener.accepted == 1
+    assert "Server disconnected" in failed.value.message or "ReadError" in failed.value.message
