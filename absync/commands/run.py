@@ -26,11 +26,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--only", action="append", choices=list(COMPONENTS), help="run only this part (repeatable)"
     )
     parser.add_argument("--no-create-topics", action="store_true", help="do not create missing topics first")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N worker processes (fan-out and delivery in each)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if args.workers < 1:
+        sys.stderr.write("absync run: --workers must be at least 1\n")
+        return 2
     for name in args.only or COMPONENTS:
         load_factory(name)  # a part that cannot be imported stops start-up before any connection
     try:
@@ -51,5 +61,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_KAFKA_ACCESS
     if not args.no_create_topics:
         create_topics(settings)
+    if args.workers > 1:
+        from absync.workers import run_workers
+
+        return run_workers(args.only or list(COMPONENTS), args.workers)
     asyncio.run(run_components(settings, args.only))
     return 0
