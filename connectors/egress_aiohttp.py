@@ -38,7 +38,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
 from connectors.egress import EgressPolicy, parse_address
-from connectors.egress_clients import DEFAULT_LIMITS, DEFAULT_MAX_RESPONSE_BYTES, _CappedStream
+from connectors.egress_clients import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    StatelessClient,
+    _CappedStream,
+)
 
 
 class PolicyResolver(AbstractResolver):
@@ -185,12 +190,14 @@ def aiohttp_client(
     verify: ssl.SSLContext | bool = True,
     limits: httpx.Limits = DEFAULT_LIMITS,
     max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
+    keep_cookies: bool = True,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` on aiohttp whose every connection obeys ``policy`` (``kwargs`` go to
     the client), the counterpart of :func:`connectors.egress_clients.guarded_client`."""
     transport = GuardedAiohttpTransport(policy, verify=verify, limits=limits, max_body=max_body)
-    return httpx.AsyncClient(transport=transport, trust_env=False, **kwargs)
+    client = httpx.AsyncClient if keep_cookies else StatelessClient
+    return client(transport=transport, trust_env=False, **kwargs)
 
 
 __all__ = ["GuardedAiohttpTransport", "PolicyResolver", "aiohttp_client"]

@@ -168,17 +168,44 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         return response
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie store that keeps nothing (nothing to extract, nothing sent back)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        return None
+
+
+class StatelessClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that keeps no cookies: a webhook receiver's ``Set-Cookie`` is not
+    sent back. httpx reads every answer into its cookie jar through urllib compatibility objects,
+    ~5% of the delivery worker's CPU per request (docs/performance.md, issue 15)."""
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, _cookies: object) -> None:
+        return None
+
+
 def guarded_client(
     policy: EgressPolicy,
     *,
     verify: ssl.SSLContext | bool = True,
     limits: httpx.Limits = DEFAULT_LIMITS,
     max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
+    keep_cookies: bool = True,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose every connection obeys ``policy`` (``kwargs`` go to the client)."""
+    """An ``httpx.AsyncClient`` whose every connection obeys ``policy`` (``kwargs`` go to the client);
+    without ``keep_cookies`` a :class:`StatelessClient`."""
     transport = GuardedTransport(policy, verify=verify, limits=limits, max_body=max_body)
-    return httpx.AsyncClient(transport=transport, trust_env=False, **kwargs)
+    client = httpx.AsyncClient if keep_cookies else StatelessClient
+    return client(transport=transport, trust_env=False, **kwargs)
 
 
 # -- requests / urllib3 ------------------------------------------------------------------------

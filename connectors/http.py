@@ -326,6 +326,7 @@ class HttpConnector(Connector):
                 ),
                 headers={"User-Agent": self.options.user_agent},
                 verify=tls,
+                keep_cookies=False,  # a receiver's Set-Cookie is not sent back (StatelessClient)
             )
             for size in sizes
         ]

@@ -96,6 +96,15 @@ def _json_forms(value: str) -> set[str]:
 def secret_forms(secrets: Mapping[str, SecretStr | str]) -> set[str]:
     """Every form of a destination's secrets worth masking, Basic credentials included."""
     values = {name: (s.get_secret_value() if isinstance(s, SecretStr) else s) for name, s in secrets.items()}
+    return set(_forms_of(tuple(sorted(values.items()))))
+
+
+@functools.lru_cache(maxsize=256)
+def _forms_of(items: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """:func:`secret_forms` of the same secrets, computed once: a recorder is made per attempt and
+    the forms (and their pattern, :func:`_pattern_of`) showed in the worker's profile (issue 15). The
+    cache holds what the connectors hold already, in this process's memory only."""
+    values = dict(items)
     forms: set[str] = set()
     for value in values.values():
         if value:
@@ -104,7 +113,7 @@ def secret_forms(secrets: Mapping[str, SecretStr | str]) -> set[str]:
     if user is not None and password:
         pair = base64.b64encode(f"{user}:{password}".encode()).decode()
         forms |= {pair, pair.rstrip("=")}
-    return forms
+    return frozenset(forms)
 
 
 def header_forms(value: str) -> set[str]:
@@ -115,6 +124,13 @@ def header_forms(value: str) -> set[str]:
         if lowered.startswith(scheme):
             forms.add(value[len(scheme) :].strip())
     return {f for f in forms if len(f) >= MIN_PART}
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern_of(forms: frozenset[str]) -> re.Pattern[str]:
+    """The pattern masking ``forms``, longest first; compiled once per set of forms."""
+    ordered = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(re.escape(f) for f in ordered))
 
 
 class Redactor:
@@ -129,8 +145,7 @@ class Redactor:
         new = set(forms) - self._forms
         if new:
             self._forms |= new
-            ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
+            self._pattern = _pattern_of(frozenset(self._forms))
 
     def scrub(self, text: str) -> str:
         if self._pattern is None or not text:

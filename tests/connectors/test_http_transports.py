@@ -5,6 +5,7 @@ library), numeric spellings of an allowed address reached. Real sockets on loopb
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -110,3 +111,37 @@ async def test_numeric_spellings_of_an_allowed_address_are_reached(transport: st
         listener.close()
     assert listener.accepted == 1
     assert "Server disconnected" in failed.value.message or "ReadError" in failed.value.message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_receivers_cookie_is_not_sent_back(transport: str) -> None:
+    """The HTTP connector keeps no cookies (connectors.egress_clients.StatelessClient): each delivery
+    stands alone, whatever the receiver set before."""
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=abc123; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        connector = await open_target("http", "127.0.0.1", server.server_address[1], _options(transport))
+        try:
+            for _ in range(2):
+                await connector.deliver(make_delivery(), CallRecorder(connector.secrets))
+        finally:
+            await connector.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, None]
