@@ -43,6 +43,7 @@ from connectors.egress_clients import (
     DEFAULT_MAX_RESPONSE_BYTES,
     StatelessClient,
     _CappedStream,
+    guarded_client,
 )
 
 
@@ -200,4 +201,12 @@ def aiohttp_client(
     return client(transport=transport, trust_env=False, **kwargs)
 
 
-__all__ = ["GuardedAiohttpTransport", "PolicyResolver", "aiohttp_client"]
+def webhook_client(transport: str, policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
+    """The HTTP connector's client: on aiohttp (:func:`aiohttp_client`) or, with ``transport`` "httpx",
+    on httpcore (:func:`connectors.egress_clients.guarded_client`); either keeps no cookies (a
+    receiver's ``Set-Cookie`` is not sent back: :class:`connectors.egress_clients.StatelessClient`)."""
+    build = aiohttp_client if transport == "aiohttp" else guarded_client
+    return build(policy, keep_cookies=False, **kwargs)
+
+
+__all__ = ["GuardedAiohttpTransport", "PolicyResolver", "aiohttp_client", "webhook_client"]

@@ -44,8 +44,7 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
 from connectors.declaration import FormField, HttpUrlSetting, KindDeclaration, KindSettings, secret, setting
-from connectors.egress_aiohttp import aiohttp_client
-from connectors.egress_clients import guarded_client
+from connectors.egress_aiohttp import webhook_client
 from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.http_batch import MAX_BATCH_SIZE, BatchSender, BatchSizeSetting, batch_size_of
 from connectors.registry import register
@@ -315,9 +314,9 @@ class HttpConnector(Connector):
         pools, rest = divmod(self.max_connections, POOL_CONNECTIONS)
         sizes = [POOL_CONNECTIONS] * pools + ([rest] if rest else [])
         tls = httpx.create_ssl_context()  # what each client would load by itself (CA bundle: ~30 ms each)
-        client = aiohttp_client if self.options.http_transport == "aiohttp" else guarded_client
         self._clients = [
-            client(
+            webhook_client(
+                self.options.http_transport,
                 self.options.egress,
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
@@ -326,7 +325,6 @@ class HttpConnector(Connector):
                 ),
                 headers={"User-Agent": self.options.user_agent},
                 verify=tls,
-                keep_cookies=False,  # a receiver's Set-Cookie is not sent back (StatelessClient)
             )
             for size in sizes
         ]
