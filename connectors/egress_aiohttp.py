@@ -25,7 +25,6 @@ What holds, as with :func:`connectors.egress_clients.guarded_client`:
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -45,16 +44,24 @@ from connectors.egress_clients import (
     _CappedStream,
     guarded_client,
 )
+from connectors.executor import BlockingExecutor
+
+DNS_THREADS = 2
+"""Name look-ups of one client at once (new connections only; a pool reuses its connections)."""
 
 
 class PolicyResolver(AbstractResolver):
-    """aiohttp's resolver: the policy's checked addresses of a name (DNS in a thread), or a refusal."""
+    """aiohttp's resolver: the policy's checked addresses of a name, or a refusal. DNS runs on
+    ``DNS_THREADS`` threads of this client's own (:class:`connectors.executor.BlockingExecutor`), never
+    on asyncio's default executor: a name server that hangs holds this destination's lookups only, and
+    an abandoned lookup (the connect timeout) is bounded there."""
 
     def __init__(self, policy: EgressPolicy) -> None:
         self.policy = policy
+        self.threads = BlockingExecutor("egress-dns", DNS_THREADS)
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
-        addresses = await asyncio.get_running_loop().run_in_executor(None, self.policy.resolve, host, port)
+        addresses = await self.threads.run(self.policy.resolve, host, port)
         return [
             ResolveResult(
                 hostname=host,
@@ -68,7 +75,7 @@ class PolicyResolver(AbstractResolver):
         ]
 
     async def close(self) -> None:
-        return None
+        self.threads.close()
 
 
 def _httpx_error(exc: BaseException) -> httpx.TransportError | None:
@@ -141,6 +148,7 @@ class GuardedAiohttpTransport(AiohttpTransport):
         super().__init__(verify=context, limits=limits, trust_env=False, client=self._session)
         self.policy = policy
         self.max_body = max_body
+        self._resolver = PolicyResolver(policy)
         self._literals: dict[tuple[str, int], str] = {}
         """IP literals checked already (the answer of the policy for a literal never changes)."""
 
@@ -151,7 +159,7 @@ class GuardedAiohttpTransport(AiohttpTransport):
             limit_per_host=0,
             keepalive_timeout=self.limits.keepalive_expiry,
             ssl=self.ssl_context,
-            resolver=PolicyResolver(self.policy),
+            resolver=self._resolver,
             use_dns_cache=False,  # every new connection is checked by the policy
         )
         session = aiohttp.ClientSession(
@@ -173,6 +181,10 @@ class GuardedAiohttpTransport(AiohttpTransport):
             self._literals[(host, port)] = address
         literal = parse_address(host)
         return url if literal is not None and str(literal) == address else url.copy_with(host=address)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._resolver.close()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         checked = self._checked_url(request.url)

@@ -96,9 +96,11 @@ async def test_a_dropped_connection_is_one_request_and_reads_as_httpx_says(
     assert recorder.calls[0].error == failed.value.message
 
 
-@pytest.mark.parametrize("host", ["127.1", "2130706433", "[::ffff:127.0.0.1]"])
+@pytest.mark.parametrize("host", ["localhost", "127.1", "2130706433", "[::ffff:127.0.0.1]"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_numeric_spellings_of_an_allowed_address_are_reached(transport: str, host: str) -> None:
+async def test_a_name_and_numeric_spellings_of_an_allowed_address_are_reached(
+    transport: str, host: str
+) -> None:
     listener = Listener()
     try:
         connector = await open_target("http", host, listener.port, _options(transport))
