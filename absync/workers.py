@@ -105,4 +105,6 @@ def _stop_all(workers: list[subprocess.Popen[bytes]]) -> int:
             log.error("worker did not stop in time: killed", pid=worker.pid)
             worker.kill()
             codes.append(worker.wait())
-    return max((abs(c) for c in codes), default=0)
+    # A worker ended by the stop signal itself (still starting, before its handlers) stopped cleanly.
+    stopped = (-signal.SIGTERM, -signal.SIGINT)
+    return max((0 if c in stopped else abs(c) for c in codes), default=0)
