@@ -34,7 +34,9 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def measure(label: str, env: dict[str, str], events: int, destinations: int) -> tuple[float, float, float]:
+def measure(
+    label: str, env: dict[str, str], events: int, destinations: int, workers: int = 1
+) -> tuple[float, float, float]:
     """(events/s, CPU ms per event in all, CPU ms per event after start-up)."""
     with BenchRun(f"ab-{label.lower()}") as run:
         receiver = ReceiverProc(run.workdir)
@@ -42,7 +44,7 @@ def measure(label: str, env: dict[str, str], events: int, destinations: int) -> 
             http_destinations(run, receiver.url, destinations)
             factory = EventFactory()
             publish_events(run, (factory.event() for _ in range(events)))
-            worker = start_pipeline(run, **env)
+            worker = start_pipeline(run, workers=workers, **env)
             started_cpu = worker.cpu_seconds()
             try:
                 expected = events * destinations
@@ -78,13 +80,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--destinations", type=int, default=1)
+    parser.add_argument(
+        "--workers-a",
+        type=int,
+        default=1,
+        help="absync run --workers of A (rate only: CPU is the supervisor's)",
+    )
+    parser.add_argument("--workers-b", type=int, default=1, help="absync run --workers of B")
     args = parser.parse_args()
     variants = {"A": _env(args.a), "B": _env(args.b)}
+    workers = {"A": args.workers_a, "B": args.workers_b}
     results: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
     for i in range(args.rounds):
         for label in ("A", "B") if i % 2 == 0 else ("B", "A"):
             try:
-                results[label].append(measure(label, variants[label], args.events, args.destinations))
+                results[label].append(
+                    measure(label, variants[label], args.events, args.destinations, workers[label])
+                )
             except (RuntimeError, TimeoutError) as exc:  # one failed run is reported, not fatal
                 log(f"{label}: run failed: {exc}")
     med = {k: [statistics.median(r[j] for r in v) for j in range(3)] for k, v in results.items()}

@@ -287,7 +287,9 @@ class Proc:
         self.stop()
 
 
-def start_pipeline(run: BenchRun, components: Sequence[str] = ("fanout", "delivery"), **env: str) -> Proc:
+def start_pipeline(
+    run: BenchRun, components: Sequence[str] = ("fanout", "delivery"), workers: int = 1, **env: str
+) -> Proc:
     """``absync run --only <component>...`` on the run's topics, once its partitions are assigned.
 
     Run as ``python -m absync`` from the repository root, so the working tree's packages are used
@@ -296,9 +298,11 @@ def start_pipeline(run: BenchRun, components: Sequence[str] = ("fanout", "delive
     argv = [PYTHON, "-m", "absync", "run", "--no-create-topics"]
     for component in components:
         argv += ["--only", component]
+    if workers > 1:  # absync/workers.py: the process measured is then the supervisor (no CPU figure)
+        argv += ["--workers", str(workers)]
     name = f"absync-{uuid.uuid4().hex[:6]}"
     proc = Proc("absync", argv, run.env(**env), run.workdir / f"{name}.log")
-    proc.wait_for_log("partitions assigned", count=len(components))
+    proc.wait_for_log("partitions assigned", count=len(components) * workers)
     profile_dir = os.environ.get("ABSYNC_BENCH_PROFILE")
     if profile_dir and shutil.which("py-spy", path=str(Path(PYTHON).parent)):
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
