@@ -55,9 +55,20 @@ def test_run_stops_when_a_component_cannot_be_imported(module: str, tmp_path: Pa
 
 
 def test_cli_stops_when_a_sub_command_cannot_be_imported() -> None:
+    # The listing imports no sub-command (absync/cli.py) but checks that each module is there.
     result = run_absync("absync.commands.resync", "--help")
     assert result.returncode != 0
     assert "absync.commands.resync" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "blocked", ["absync.commands.resync", "processors.resync"], ids=["its-module", "what-it-imports"]
+)
+def test_a_chosen_sub_command_that_cannot_be_imported_stops_the_cli(blocked: str) -> None:
+    result = run_absync(blocked, "resync", "--help")
+    assert result.returncode != 0
+    assert blocked in result.stderr
+    assert "usage:" not in result.stdout
 
 
 def test_cli_lists_every_sub_command() -> None:
