@@ -149,9 +149,9 @@ def test_a_client_that_never_reads_is_dropped_and_the_others_keep_receiving(
 ) -> None:
     feed = install_feed(api.component.app, max_pending=50)
     reader = watch("view")
-    # The silent client: a tiny receive buffer, one request, then never a read.
+    # The silent client: a small receive buffer (64 kB: a 4 kB one drains its backlog at ~40 kB/s at the end), one request, then never a read.
     silent = socket.create_connection(("127.0.0.1", int(api.base_url.rsplit(":", 1)[1])))
-    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     request = f"GET /api/v1/deliveries/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.tokens['view']}\r\n\r\n"
     silent.sendall(request.encode())
     eventually(lambda: len(feed.subscribers) == 2, "the silent client subscribed")
