@@ -215,4 +215,3 @@ def _inner_answer(data: bytes) -> Answer | None:
     if length is not None and length.isdigit() and int(length) <= len(body):
         body = body[: int(length)]
     return Answer(int(match.group(1)), httpx.Headers(headers), body)
-

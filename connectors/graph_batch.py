@@ -77,26 +77,31 @@ def build_batch(requests: Sequence[SubRequest]) -> bytes:
     if len(requests) > MAX_REQUESTS:
         raise ValueError(f"a $batch holds at most {MAX_REQUESTS} requests, got {len(requests)}")
     seen: set[str] = set()
-    out: list[dict[str, Any]] = []
     for request in requests:
         key = request.id.lower()
         if not request.id or key in seen:
             raise ValueError(f"$batch request ids must be unique and non-empty, got {request.id!r}")
         seen.add(key)
-        if request.method not in METHODS:
-            raise ValueError(f"unknown method {request.method!r}")
-        if not request.url.startswith("/") or request.url.startswith("//"):
-            raise ValueError(f"a $batch url is relative to the version root, got {request.url!r}")
-        item: dict[str, Any] = {"id": request.id, "method": request.method, "url": request.url}
-        headers = dict(request.headers)
-        if request.body is not None:
-            if not any(name.lower() == "content-type" for name in headers):
-                headers["Content-Type"] = "application/json"
-            item["body"] = request.body
-        if headers:
-            item["headers"] = headers
-        out.append(item)
+    out = [entry(request) for request in requests]
     return json.dumps({"requests": out}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def entry(request: SubRequest) -> dict[str, Any]:
+    """One request as the ``requests`` array holds it. Raises ValueError for an unknown method or a
+    url that is not relative (``/...``)."""
+    if request.method not in METHODS:
+        raise ValueError(f"unknown method {request.method!r}")
+    if not request.url.startswith("/") or request.url.startswith("//"):
+        raise ValueError(f"a $batch url is relative to the version root, got {request.url!r}")
+    item: dict[str, Any] = {"id": request.id, "method": request.method, "url": request.url}
+    headers = dict(request.headers)
+    if request.body is not None:
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+        item["body"] = request.body
+    if headers:
+        item["headers"] = headers
+    return item
 
 
 def split_batches(
