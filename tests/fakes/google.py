@@ -68,6 +68,7 @@ class FakeGoogle:
         self._tokens: dict[str, str] = {}
         self._faults: list[Response] = []
         self._user_faults: dict[str, list[Response]] = {}
+        self._batch_faults: list[Response] = []
         self.batch_sizes: list[int] = []
         """The number of calls of each batch request served (refused ones included)."""
         self.batched: list[Request] = []
@@ -140,6 +141,10 @@ class FakeGoogle:
     def fail(self, status: int = 503, times: int = 1) -> None:
         self._faults.extend([google_error(status, "backendError", "Backend Error")] * times)
 
+    def fail_batch(self, status: int = 503, times: int = 1) -> None:
+        """The next ``times`` batch requests are refused as a whole with ``status``."""
+        self._batch_faults.extend([google_error(status, "backendError", "Backend Error")] * times)
+
     def fail_user(
         self,
         email: str,
@@ -169,6 +174,8 @@ class FakeGoogle:
             if request.method == "POST" and request.path == "/token":
                 return self._token(request.form())
             if request.method == "POST" and request.path == "/batch/calendar/v3":
+                if self._batch_faults:
+                    return self._batch_faults.pop(0)
                 return self._batch(request)
             return self._calendar(request)
 
