@@ -5,6 +5,7 @@ msal and httpx."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -18,9 +19,15 @@ from connectors.base import CallRecorder, DeliveryOutcome
 from connectors.calendar import absence_tag
 from connectors.exceptions import BackpressureError, ConnectorError, RetryableError
 from connectors.graph import GraphConnector
+from schemas.delivery import Status
+from schemas.destination import Destination
 from schemas.models import AbsenceStatus, ChangeKind
+from streams.destinations import publish_destination
 from streams.logging import MASK
+from streams.secrets import SecretBox
+from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
+from tests.delivery.harness import Feed, RunningWorker, StatusLog
 from tests.fakes.graph import FakeGraph
 from tests.fakes.loopback import loopback_options
 
@@ -235,3 +242,57 @@ async def test_a_refused_or_lost_batch_fails_its_items_retryably(
     results, _ = await deliver_all(connector, [make_delivery(absence_id="abs-0", email=MAILBOXES[0])])
     assert type(results[0]) is RetryableError
     assert isinstance(results[0], ConnectorError) and "$batch answered 400" in results[0].message
+
+
+# -- end to end, through the real broker and the delivery worker ------------------------------------------
+@pytest.mark.kafka
+def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
+    settings: Settings, fake: FakeGraph
+) -> None:
+    box = SecretBox.from_settings(settings)
+    destination = Destination(
+        id="dst-o365-batch",
+        tenant=TENANT,
+        name="Office 365 (batched)",
+        kind="graph",
+        settings=fake.settings(batch_requests=True),
+        secrets={"client_secret": box.encrypt(fake.client_secret)},
+        revision=1,
+    )
+    publish_destination(settings, destination)
+    deliveries = [
+        make_delivery(absence_id=f"abs-e2e-{i}", email=MAILBOXES[i], destination_id=destination.id)
+        for i in range(6)
+    ]
+    fake.fail_mailbox(MAILBOXES[1], 503, code="ServiceUnavailable")  # one attempt fails: retried
+    fake.fail_mailbox(MAILBOXES[2], 429, code="ApplicationThrottled", retry_after=2)  # throttled alone
+    Feed(settings).deliveries(*deliveries)  # all waiting before the worker starts: they come together
+    statuses = StatusLog(settings)
+    try:
+        with RunningWorker(settings):
+            settled = [statuses.wait_settled(d.delivery_id) for d in deliveries]
+            history = [statuses.of(d.delivery_id) for d in deliveries]
+    finally:
+        statuses.close()
+
+    assert all(s.status is Status.SUCCESSFUL for s in settled), [s.error for s in settled]
+    assert all(len(fake.mailboxes[email]) == 1 for email in MAILBOXES)
+    # only the failed two were attempted twice; the others once
+    assert [s.attempt for s in settled] == [1, 2, 2, 1, 1, 1]
+    for n in (1, 2):
+        [failed] = [e for e in history[n] if e.status is Status.PENDING and e.error]
+        assert failed.attempt == 1 and failed.next_retry_at is not None
+    throttled = next(e for e in history[2] if e.status is Status.PENDING and e.error)
+    assert throttled.next_retry_at is not None
+    assert (throttled.next_retry_at - throttled.occurred_at).total_seconds() >= 1.9  # its Retry-After
+    # each mailbox was sent its look-up and its create once; the failed ones' look-up failed, then
+    # their retry sent both: nothing of the others was sent again
+    per_mailbox = {m: sum(1 for r in fake.batched if r.path.split("/")[3] == m) for m in MAILBOXES}
+    assert per_mailbox == {m: (3 if i in (1, 2) else 2) for i, m in enumerate(MAILBOXES)}
+    # fewer HTTP calls than Graph requests: the six first look-ups shared one call at least
+    assert sum(fake.batch_sizes) == len(fake.batched) == 14
+    assert len(fake.batch_sizes) < len(fake.batched) and max(fake.batch_sizes) > 1
+    attempt = settled[0].attempt_record
+    assert attempt is not None
+    assert [c["method"] for c in attempt.calls if c["url"].endswith("/v1.0/$batch")] == ["POST", "POST"]
+    assert fake.client_secret not in json.dumps(dataclasses.asdict(settled[0]), default=str)
