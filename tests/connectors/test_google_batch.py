@@ -6,6 +6,7 @@ google-api-python-client."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,9 +19,15 @@ from connectors.base import CallRecorder, DeliveryOutcome
 from connectors.calendar import google_event_id
 from connectors.exceptions import BackpressureError, PermanentError, RetryableError
 from connectors.google import GoogleCalendarConnector
+from schemas.delivery import Status
+from schemas.destination import Destination
 from schemas.models import AbsenceStatus, ChangeKind
+from streams.destinations import publish_destination
 from streams.logging import MASK
+from streams.secrets import SecretBox
+from streams.settings import Settings
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
+from tests.delivery.harness import Feed, RunningWorker, StatusLog
 from tests.fakes.google import FakeGoogle
 from tests.fakes.loopback import loopback_options
 
@@ -216,3 +223,48 @@ async def test_a_refused_batch_fails_its_calls_retryably(
     )
     [again], _ = await deliver_all(connector, [make_delivery(email=USERS[0])])
     assert isinstance(again, DeliveryOutcome)
+
+
+# -- end to end, through the real broker and the delivery worker ------------------------------------------
+@pytest.mark.kafka
+def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
+    settings: Settings, fake: FakeGoogle
+) -> None:
+    box = SecretBox.from_settings(settings)
+    destination = Destination(
+        id="dst-google-batch",
+        tenant=TENANT,
+        name="Google (batched)",
+        kind="google",
+        settings=fake.settings(batch_requests=True),
+        secrets={"service_account_json": box.encrypt(json.dumps(fake.service_account_info()))},
+        revision=1,
+    )
+    publish_destination(settings, destination)
+    deliveries = [
+        make_delivery(absence_id=f"abs-e2e-{i}", email=USERS[i], destination_id=destination.id)
+        for i in range(5)
+    ]
+    fake.fail_user(USERS[1], 503)  # one call fails: only its delivery is retried
+    fake.fail_user(USERS[3], 403, reason="rateLimitExceeded", retry_after=2)  # throttled alone
+    Feed(settings).deliveries(*deliveries)  # all waiting before the worker starts: they come together
+    statuses = StatusLog(settings)
+    try:
+        with RunningWorker(settings):
+            settled = [statuses.wait_settled(d.delivery_id) for d in deliveries]
+            history = [statuses.of(d.delivery_id) for d in deliveries]
+    finally:
+        statuses.close()
+
+    assert all(s.status is Status.SUCCESSFUL for s in settled), [s.error for s in settled]
+    assert all(len(live(fake, email)) == 1 for email in USERS)
+    assert [s.attempt for s in settled] == [1, 2, 1, 2, 1]
+    throttled = next(e for e in history[3] if e.status is Status.PENDING and e.error)
+    assert throttled.next_retry_at is not None
+    assert (throttled.next_retry_at - throttled.occurred_at).total_seconds() >= 1.9  # its Retry-After
+    # one insert per employee, twice for the two retried: 7 calls, fewer batch requests
+    acted_for = [fake._tokens.get(r.headers["authorization"].removeprefix("Bearer ")) for r in fake.batched]
+    assert sorted(acted_for) == sorted([*USERS, USERS[1], USERS[3]])  # each part with its own user's token
+    assert sum(fake.batch_sizes) == len(fake.batched) == 7
+    assert len(fake.batch_sizes) < len(fake.batched) and max(fake.batch_sizes) > 1
+    assert "ya29." not in json.dumps([dataclasses.asdict(s) for s in settled], default=str)
