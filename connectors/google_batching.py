@@ -86,15 +86,19 @@ async def call(
     returned, not raised)."""
     rounds, item = where
     credentials = connector.credentials_for(email)
-    if not credentials.valid:  # google-auth's own check (expiry with its clock skew)
-        transport = Request(connector.recording_http(item.recorder))
-        await connector.run_call(lambda: credentials.refresh(transport), email)  # type: ignore[no-untyped-call]
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_IN_PART}
-    credentials.apply(headers)  # type: ignore[no-untyped-call]
+    transport = Request(connector.recording_http(item.recorder))
     url = urlsplit(request.uri)
     body = request.body.encode() if isinstance(request.body, str) else request.body
     path = url.path + (f"?{url.query}" if url.query else "")
-    answer = await rounds.call(item, SubRequest("", request.method, path, headers, body))
+    for refreshed in (False, True):
+        if refreshed or not credentials.valid:  # google-auth's own check (expiry with its clock skew)
+            await connector.run_call(lambda: credentials.refresh(transport), email)  # type: ignore[no-untyped-call]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_IN_PART}
+        credentials.apply(headers)  # type: ignore[no-untyped-call]
+        answer = await rounds.call(item, SubRequest("", request.method, path, headers, body))
+        if answer.status_code != 401:
+            break
+        # as google-auth's AuthorizedHttp: a token refused once is refreshed and the call sent again
     if 200 <= answer.status_code < 300:
         return answer.status_code
     response = httplib2.Response({"status": str(answer.status_code), **dict(answer.headers)})

@@ -198,6 +198,24 @@ async def test_conflicts_and_deletes_take_their_second_round(
     assert live(fake, USERS[1]) == []
 
 
+async def test_a_refused_token_is_refreshed_and_the_call_sent_again(
+    fake: FakeGoogle, connector: GoogleCalendarConnector
+) -> None:
+    await deliver_all(connector, [make_delivery(email=USERS[0])])
+    fake._tokens.clear()  # every token the fake gave is refused from now on (revoked, expired early)
+    tokens_before = fake.token_requests
+    results, _ = await deliver_all(
+        connector,
+        [
+            make_delivery(absence_id="abs-2", email=USERS[0]),
+            make_delivery(absence_id="abs-3", email=USERS[1]),
+        ],
+    )
+    assert all(isinstance(r, DeliveryOutcome) for r in results), results
+    assert fake.token_requests > tokens_before
+    assert fake.batch_sizes[-2:] == [2, 1]  # the refused call alone went again, with a new token
+
+
 async def test_an_unknown_employee_fails_alone_at_its_token(
     fake: FakeGoogle, connector: GoogleCalendarConnector
 ) -> None:
