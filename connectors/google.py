@@ -410,7 +410,7 @@ def _reasons(exc: HttpError) -> tuple[list[str], str]:
     try:
         error = json.loads(exc.content).get("error", {})
         return [str(e.get("reason", "")) for e in error.get("errors", [])], str(error.get("message", ""))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return [], exc.content.decode("utf-8", errors="replace")[:200]
 
 

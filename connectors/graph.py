@@ -403,7 +403,7 @@ def _graph_error(response: Answer) -> tuple[str, str]:
     try:
         error = response.json().get("error", {})
         return str(error.get("code", "")), str(error.get("message", ""))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return "", response.text[:200]
 
 

@@ -163,7 +163,11 @@ def parse_batch_answer(answer: Answer, ids: Sequence[str]) -> dict[str, Answer |
         key = wanted.get(entry["id"].lower())
         if key is None or key in results:
             continue
-        results[key] = _entry_answer(entry) or RetryableError(f"{missing} (malformed response entry)")
+        try:
+            answer_of_entry = _entry_answer(entry)
+        except (ValueError, RecursionError):  # a body nested deeper than the encoder goes
+            answer_of_entry = None
+        results[key] = answer_of_entry or RetryableError(f"{missing} (malformed response entry)")
     for key in ids:
         results.setdefault(key, RetryableError(missing))
     return results

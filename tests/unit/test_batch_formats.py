@@ -121,6 +121,17 @@ def test_graph_missing_and_malformed_entries_are_retryable_for_that_item_only() 
     assert set(results) == {"1", "2", "3"}
 
 
+def test_graph_answers_nested_deeper_than_the_parser_goes_are_retryable() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert isinstance(
+        graph_batch.parse_batch_answer(Answer(200, httpx.Headers(), deep), ["1"])["1"], RetryableError
+    )
+    body = b'{"responses":[{"id":"1","status":429,"body":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"
+    assert isinstance(
+        graph_batch.parse_batch_answer(Answer(200, httpx.Headers(), body), ["1"])["1"], RetryableError
+    )
+
+
 def test_graph_refused_batch_is_every_items_error() -> None:
     throttled = Answer(429, httpx.Headers({"Retry-After": "30"}), b"{}")
     results = graph_batch.parse_batch_answer(throttled, ["1", "2"])
