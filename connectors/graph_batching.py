@@ -6,7 +6,7 @@ deliveries go out together in JSON batches (``POST {graph_base_url}/$batch``, 20
 the connector's own per-delivery code in :class:`connectors.subcalls.Rounds`, and every Graph call
 they make (:meth:`GraphConnector._call`) goes into the current round instead of its own request
 (:func:`call`). A round is split by :func:`connectors.graph_batch.split_batches` (20 requests, at
-most 4 per mailbox: Exchange's concurrency per mailbox), its batches sent at once.
+most 4 per mailbox: Exchange's concurrency per mailbox), its batches sent one after the other.
 
 Guarantees, on top of those of the connector (idempotent creates through ``transactionId``,
 per-key order, one attempt record per delivery):
@@ -21,7 +21,6 @@ per-key order, one attempt record per delivery):
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import dataclasses
 import json
@@ -88,15 +87,14 @@ async def call(
 async def send_round(
     connector: GraphConnector, calls: list[tuple[BatchItem, SubRequest]]
 ) -> list[Answer | ConnectorError]:
-    """One round's calls, in as many ``$batch`` requests as needed (sent at once)."""
+    """One round's calls, in as many ``$batch`` requests as needed, one after the other: a round of
+    at most 20 calls needs more than one only when a mailbox has more than 4 of them, and sending
+    those at once would break the mailbox's concurrency again."""
     numbered = [dataclasses.replace(sub, id=str(n)) for n, (_, sub) in enumerate(calls, 1)]
     owner = {sub.id: item for sub, (item, _) in zip(numbered, calls, strict=True)}
     answers: dict[str, Answer | ConnectorError] = {}
-    batches = split_batches(numbered)
-    for found in await asyncio.gather(
-        *(_send(connector, batch, [owner[s.id] for s in batch]) for batch in batches)
-    ):
-        answers.update(found)
+    for batch in split_batches(numbered):
+        answers.update(await _send(connector, batch, [owner[s.id] for s in batch]))
     return [answers[sub.id] for sub in numbered]
 
 
