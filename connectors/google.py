@@ -9,17 +9,22 @@ exchange (token calls included, their credentials masked) is recorded through :c
 Idempotency: the event id is computed from the absence (``google_event_id``), so inserting it twice
 cannot make two events. Google keeps a deleted event as ``cancelled`` and refuses to insert its id
 again (409): then the event is replaced with an update that sets its status back.
+
+Batch mode (setting ``batch_requests: true``, off by default): concurrent deliveries share batch
+requests of up to 50 calls (:mod:`connectors.google_batching`); each delivery still makes its own
+calls, in its own order, with its own employee's token, and gets its own result.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import google.auth.exceptions
 import httplib2
+import httpx
 import structlog
 from google.oauth2 import service_account
 from google_auth_httplib2 import AuthorizedHttp, Request
@@ -27,7 +32,9 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from pydantic import SecretStr
 
+from connectors import google_batching
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
+from connectors.batching import BatchItem, ItemResult, MicroBatcher
 from connectors.calendar import (
     NO_EMAIL,
     CalendarEvent,
@@ -48,7 +55,7 @@ from connectors.declaration import (
     setting,
 )
 from connectors.egress import EgressPolicy
-from connectors.egress_clients import httplib2_connection_type
+from connectors.egress_clients import guarded_client, httplib2_connection_type
 from connectors.exceptions import ConfigurationError, RetryableError
 from connectors.registry import register
 from connectors.wire import Shown, record, status_error
@@ -147,6 +154,9 @@ class GoogleSettings(CalendarSettingsModel):
     test_user: Any = setting("A mailbox of the domain, for the connection test (proves delegation).")
     auto_decline_mode: Any = setting(f"One of {', '.join(AUTO_DECLINE_MODES)} (default declineNone).")
     decline_message: Any = setting("The message of declined meetings.")
+    batch_requests: Any = setting(
+        "Send concurrent deliveries' calls in batch requests of 50 (default false)."
+    )
 
 
 DECLARATION = KindDeclaration(
@@ -166,6 +176,7 @@ DECLARATION = KindDeclaration(
         FormField("test_user", "User for the connection test", help="A mailbox of the domain."),
         FormField("auto_decline_mode", "Decline meetings during absences", help="e.g. declineNone."),
         FormField("decline_message", "Decline message"),
+        FormField("batch_requests", "Batch requests (up to 50 calls per request)", "checkbox"),
         *CALENDAR_FORM,
     ),
     endpoint_settings=("token_uri", "api_root"),
@@ -197,6 +208,11 @@ class GoogleCalendarConnector(Connector):
         self._base_credentials: service_account.Credentials | None = None
         self._delegated: dict[str, service_account.Credentials] = {}
         self._service: Any = None
+        self.batch_requests = self.setting("batch_requests", False)
+        if not isinstance(self.batch_requests, bool):
+            raise ConfigurationError("setting 'batch_requests' must be true or false")
+        self._batcher: MicroBatcher | None = None
+        self._client: httpx.AsyncClient | None = None
 
     async def setup(self) -> None:
         self._service = await self.run_blocking(
@@ -211,6 +227,25 @@ class GoogleCalendarConnector(Connector):
                 client_options={"api_endpoint": f"{self.api_root.rstrip('/')}/{SERVICE_PATH}"},
             )
         )
+        if self.batch_requests:
+            self._client = guarded_client(
+                self.options.egress,
+                timeout=httpx.Timeout(self.options.timeout),
+                headers={"User-Agent": self.options.user_agent},
+            )
+            self._batcher = MicroBatcher(
+                self.deliver_batch,
+                max_items=google_batching.MAX_REQUESTS,
+                deadline=self.attempt_deadline,
+                name=f"google:{self.destination.id}",
+            )
+
+    async def close(self) -> None:
+        if self._batcher is not None:  # first: its waiting deliveries fail retryably
+            await self._batcher.close()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
         """Gets a token for the service account itself, or for ``test_user`` (proves delegation)."""
@@ -221,6 +256,16 @@ class GoogleCalendarConnector(Connector):
         return DeliveryOutcome(summary=f"token acquired for {subject or credentials.service_account_email}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        if self._batcher is not None:
+            return await self._batcher.deliver(delivery, recorder)
+        return await self.deliver_one(delivery, recorder)
+
+    async def deliver_batch(self, items: Sequence[BatchItem]) -> list[ItemResult]:
+        """The batch mode's MicroBatcher sender (see :mod:`connectors.google_batching`)."""
+        return await google_batching.deliver_batch(self, items)
+
+    async def deliver_one(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        """One delivery's calls, in order (each its own request, or its part of a round's batch)."""
         current, moved_from = mailboxes(delivery)
         event_id = google_event_id(delivery.tenant, delivery.absence_id)
         wanted = wanted_event(delivery, self.calendar)
@@ -244,24 +289,32 @@ class GoogleCalendarConnector(Connector):
                 summary=f"event {gone} from {email}'s calendar{moved}", external_id=event_id
             )
         events = self._require(self._service).events()
-        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
         body = self._event_body(event_id, wanted)
         insert = events.insert(calendarId=CALENDAR, body=body, sendUpdates="none")
-        if await self._run(lambda: insert.execute(http=http), email, tolerate=(409,)) != 409:
+        if await self._execute(insert, email, recorder, tolerate=(409,)) != 409:
             return DeliveryOutcome(
                 summary=f"created event in {email}'s calendar{moved}", external_id=event_id
             )
         log.info("google_event_replaced", calendar=email, event_id=event_id)  # deleted earlier, or a repeat
         update = events.update(calendarId=CALENDAR, eventId=event_id, body=body, sendUpdates="none")
-        await self._run(lambda: update.execute(http=http), email)
+        await self._execute(update, email, recorder)
         return DeliveryOutcome(summary=f"updated event in {email}'s calendar{moved}", external_id=event_id)
 
     async def _delete(self, email: str, event_id: str, recorder: CallRecorder) -> int:
         """Deletes the event from ``email``'s calendar; returns the status (404/410: already gone)."""
         events = self._require(self._service).events()
-        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
         request = events.delete(calendarId=CALENDAR, eventId=event_id, sendUpdates="none")
-        return await self._run(lambda: request.execute(http=http), email, tolerate=GONE_STATUSES)
+        return await self._execute(request, email, recorder, tolerate=GONE_STATUSES)
+
+    async def _execute(
+        self, request: Any, email: str, recorder: CallRecorder, tolerate: tuple[int, ...] = ()
+    ) -> int:
+        """One Calendar call (a googleapiclient ``HttpRequest``) acting for ``email``: its own request,
+        or its part of the current round's batch; returns its status (``tolerate``: not raised)."""
+        if (batched := google_batching.in_round()) is not None:
+            return await google_batching.call(self, batched, request, email, tolerate)
+        http = AuthorizedHttp(self._for(email), http=self._http(recorder))
+        return await self._run(lambda: request.execute(http=http), email, tolerate=tolerate)
 
     def _event_body(self, event_id: str, event: CalendarEvent) -> dict[str, Any]:
         """An out-of-office event; whole days as midnight-to-midnight (Google refuses all-day OOO)."""
@@ -326,6 +379,23 @@ class GoogleCalendarConnector(Connector):
             raise RetryableError(f"Google Calendar unreachable: {type(exc).__name__}: {exc}") from exc
         return 200
 
+    # what connectors.google_batching uses
+    def credentials_for(self, email: str) -> service_account.Credentials:
+        return self._for(email)
+
+    def recording_http(self, recorder: CallRecorder) -> httplib2.Http:
+        return self._http(recorder)
+
+    async def run_call(self, call: Any, email: str) -> int:
+        return await self._run(call, email)
+
+    @staticmethod
+    def error_for(exc: HttpError) -> Exception:
+        return _error_for(exc)
+
+    def http_client(self) -> httpx.AsyncClient:
+        return self._require(self._client)  # type: ignore[no-any-return]
+
     @staticmethod
     def _require(value: Any) -> Any:
         if value is None:
@@ -347,7 +417,7 @@ def _reasons(exc: HttpError) -> tuple[list[str], str]:
     try:
         error = json.loads(exc.content).get("error", {})
         return [str(e.get("reason", "")) for e in error.get("errors", [])], str(error.get("message", ""))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return [], exc.content.decode("utf-8", errors="replace")[:200]
 
 

@@ -11,6 +11,10 @@ first looks the event up by that property and PATCHes it; only when none exists 
 a ``transactionId`` derived from (destination, absence, version), so a create repeated after a lost
 answer is discarded by Exchange. A later version gets a new transactionId: re-creating an absence
 after its event was deleted must not be discarded as a repeat.
+
+Batch mode (setting ``batch_requests: true``, off by default): concurrent deliveries share JSON
+batches of 20 requests (:mod:`connectors.graph_batching`); each delivery still makes its own calls
+in its own order and gets its own result.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +34,9 @@ import requests
 import structlog
 from pydantic import SecretStr
 
+from connectors import graph_batching
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
+from connectors.batching import BatchItem, ItemResult, MicroBatcher
 from connectors.calendar import (
     NO_EMAIL,
     CalendarEvent,
@@ -126,6 +132,7 @@ class GraphSettings(CalendarSettingsModel):
     authority_host: HttpUrlSetting = setting(f"The identity platform (default {DEFAULT_AUTHORITY_HOST}).")
     graph_base_url: HttpUrlSetting = setting(f"Graph's base URL (default {DEFAULT_GRAPH_BASE_URL}).")
     ca_bundle: Any = setting("A CA bundle (PEM file path) to trust instead of the system's.")
+    batch_requests: Any = setting("Send concurrent deliveries' calls in JSON batches of 20 (default false).")
 
 
 DECLARATION = KindDeclaration(
@@ -136,6 +143,7 @@ DECLARATION = KindDeclaration(
     form=(
         FormField("tenant_id", "Microsoft Entra tenant id", required=True),
         FormField("client_id", "Application (client) id", required=True),
+        FormField("batch_requests", "Batch requests ($batch, 20 per call)", "checkbox"),
         *CALENDAR_FORM,
     ),
     endpoint_settings=("authority_host", "tenant_id", "graph_base_url", "ca_bundle"),
@@ -168,6 +176,10 @@ class GraphConnector(Connector):
         self._client: httpx.AsyncClient | None = None
         self._token_kept: tuple[str, float] | None = None
         """The last token and the monotonic time until which it is used."""
+        self.batch_requests = self.setting("batch_requests", False)
+        if not isinstance(self.batch_requests, bool):
+            raise ConfigurationError("setting 'batch_requests' must be true or false")
+        self._batcher: MicroBatcher | None = None
 
     async def setup(self) -> None:
         verify: ssl.SSLContext | bool = (
@@ -179,8 +191,17 @@ class GraphConnector(Connector):
             verify=verify,
             headers={"User-Agent": self.options.user_agent},
         )
+        if self.batch_requests:
+            self._batcher = MicroBatcher(
+                self.deliver_batch,
+                max_items=graph_batching.MAX_REQUESTS,
+                deadline=self.attempt_deadline,
+                name=f"graph:{self.destination.id}",
+            )
 
     async def close(self) -> None:
+        if self._batcher is not None:  # first: its waiting deliveries fail retryably
+            await self._batcher.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -190,6 +211,16 @@ class GraphConnector(Connector):
         return DeliveryOutcome(summary=f"token acquired for app {self.client_id} in tenant {self.tenant_id}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        if self._batcher is not None:
+            return await self._batcher.deliver(delivery, recorder)
+        return await self.deliver_one(delivery, recorder)
+
+    async def deliver_batch(self, items: Sequence[BatchItem]) -> list[ItemResult]:
+        """The batch mode's MicroBatcher sender (see :mod:`connectors.graph_batching`)."""
+        return await graph_batching.deliver_batch(self, items)
+
+    async def deliver_one(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
+        """One delivery's calls, in order (each its own request, or its part of a round's batch)."""
         current, moved_from = mailboxes(delivery)
         wanted = wanted_event(delivery, self.calendar)
         tag = wanted.absence_tag if wanted else absence_tag(delivery.tenant, delivery.absence_id)
@@ -275,32 +306,43 @@ class GraphConnector(Connector):
         params: dict[str, str] | None = None,
     ) -> Answer:
         """One Graph call, recorded; returns 2xx answers and a 404 on one event, raises otherwise."""
-        if self._client is None:
-            raise RuntimeError("GraphConnector.setup() was not awaited")
+        client = self.http_client()
         token = await self._token(recorder)
-        request = self._client.build_request(
+        request = client.build_request(
             method,
             url,
             params=params,
             content=pretty_json(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
-        try:
-            response = await send_recorded(
-                self._client,
-                request,
-                recorder,
-                limit=None,
-                error_text=lambda exc: f"{method} {url}: {type(exc).__name__}: {exc}",
-            )
-        except httpx.TransportError as exc:
-            raise RetryableError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        response: Answer
+        if (batched := graph_batching.in_round()) is not None:
+            response = await graph_batching.call(batched, self.base_url, request, email)
+        else:
+            try:
+                response = await send_recorded(
+                    client,
+                    request,
+                    recorder,
+                    limit=None,
+                    error_text=lambda exc: f"{method} {url}: {type(exc).__name__}: {exc}",
+                )
+            except httpx.TransportError as exc:
+                raise RetryableError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return response
         code, message = _graph_error(response)
         if response.status_code == 404 and code not in NO_MAILBOX_CODES and "/events/" in url:
             return response  # that one event is gone: the caller decides (delete = done)
         raise _error_for(response.status_code, code, message, email, response.headers.get("Retry-After"))
+
+    def http_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("GraphConnector.setup() was not awaited")
+        return self._client
+
+    async def bearer_token(self, recorder: CallRecorder) -> str:
+        return await self._token(recorder)
 
     async def _token(self, recorder: CallRecorder) -> str:
         """The kept token while it is valid (no thread, no I/O), else msal's, on this destination's
@@ -361,7 +403,7 @@ def _graph_error(response: Answer) -> tuple[str, str]:
     try:
         error = response.json().get("error", {})
         return str(error.get("code", "")), str(error.get("message", ""))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return "", response.text[:200]
 
 

@@ -10,6 +10,9 @@
   exists"; a delete leaves a ``cancelled`` event behind (deleting it again is ``410``); an all-day
   out-of-office event is ``400``; ``eventType`` cannot change.
 
+* ``POST /batch/calendar/v3``: batch requests (multipart/mixed of application/http parts), strict
+  as Google documents them (see :meth:`FakeGoogle._batch`).
+
 Calendars (``fake.calendars[email][event_id]``) belong to users; ``primary`` is the token's user.
 Rate limiting on demand: :meth:`FakeGoogle.rate_limit` (403 rateLimitExceeded, Google's JSON).
 A hang on demand: :meth:`FakeGoogle.hang` holds every request (token calls included), its
@@ -18,13 +21,16 @@ connection open and unanswered, until :meth:`FakeGoogle.release`; ``hung`` count
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import re
 import secrets
 import threading
 import time
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -61,6 +67,15 @@ class FakeGoogle:
         self.token_requests = 0
         self._tokens: dict[str, str] = {}
         self._faults: list[Response] = []
+        self._user_faults: dict[str, list[Response]] = {}
+        self._batch_faults: list[Response] = []
+        self.batch_sizes: list[int] = []
+        """The number of calls of each batch request served (refused ones included)."""
+        self.batched: list[Request] = []
+        """Each call of the batch requests, as the fake ran it."""
+        self.reverse_batch_answers = False
+        """Answer a batch's parts in reverse order (Google documents request order; the client must
+        match parts by Content-ID anyway)."""
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._released.set()
@@ -126,6 +141,24 @@ class FakeGoogle:
     def fail(self, status: int = 503, times: int = 1) -> None:
         self._faults.extend([google_error(status, "backendError", "Backend Error")] * times)
 
+    def fail_batch(self, status: int = 503, times: int = 1) -> None:
+        """The next ``times`` batch requests are refused as a whole with ``status``."""
+        self._batch_faults.extend([google_error(status, "backendError", "Backend Error")] * times)
+
+    def fail_user(
+        self,
+        email: str,
+        status: int,
+        times: int = 1,
+        reason: str = "backendError",
+        retry_after: int | None = None,
+    ) -> None:
+        """The next ``times`` Calendar calls acting for ``email`` (alone or batched) answer ``status``."""
+        fault = google_error(status, reason, "Backend Error" if status >= 500 else "Rate Limit Exceeded")
+        if retry_after is not None:
+            fault.headers["Retry-After"] = str(retry_after)
+        self._user_faults.setdefault(email.lower(), []).extend([fault] * times)
+
     # -- dispatch -----------------------------------------------------------------------------
     def _handle(self, request: Request) -> Response:
         if not self._released.is_set():
@@ -140,6 +173,10 @@ class FakeGoogle:
             self.requests.append(request)
             if request.method == "POST" and request.path == "/token":
                 return self._token(request.form())
+            if request.method == "POST" and request.path == "/batch/calendar/v3":
+                if self._batch_faults:
+                    return self._batch_faults.pop(0)
+                return self._batch(request)
             return self._calendar(request)
 
     def _token(self, form: dict[str, str]) -> Response:
@@ -177,12 +214,46 @@ class FakeGoogle:
         self._tokens[token] = subject or self.client_email
         return Response(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
 
+    def _batch(self, request: Request) -> Response:
+        """A batch request as Google documents it (see :func:`_batch_calls` for what is refused):
+        each call runs as a call of its own, with the outer request's headers where the part has
+        none (Content-* aside); one ``application/http`` part per call, in request order (reversed
+        with ``reverse_batch_answers``), ``Content-ID: <response-{id}>``."""
+        calls = _batch_calls(request.headers.get("content-type", ""), request.body)
+        self.batch_sizes.append(len(calls) if isinstance(calls, list) else 0)
+        if isinstance(calls, str):
+            return google_error(400, "badRequest", calls)
+        outer = {k: v for k, v in request.headers.items() if not k.startswith("content-")}
+        parts: list[bytes] = []
+        for content_id, call in calls:
+            call.headers = {**outer, **call.headers}
+            self.batched.append(call)
+            answer = self._calendar(call)
+            payload = answer.encoded()
+            lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}"]
+            if payload:
+                lines.append("Content-Type: application/json; charset=UTF-8")
+            lines += [f"{k}: {v}" for k, v in answer.headers.items()]
+            lines.append(f"Content-Length: {len(payload)}")
+            part = "Content-Type: application/http\r\n"
+            if content_id:
+                part += f"Content-ID: <response-{content_id.strip().removeprefix('<').removesuffix('>')}>\r\n"
+            parts.append(part.encode() + b"\r\n" + "\r\n".join(lines).encode() + b"\r\n\r\n" + payload)
+        if self.reverse_batch_answers:
+            parts.reverse()
+        boundary = "batch_" + secrets.token_urlsafe(12)
+        body = b"".join(b"--" + boundary.encode() + b"\r\n" + p + b"\r\n" for p in parts)
+        body += b"--" + boundary.encode() + b"--\r\n"
+        return Response(200, headers={"Content-Type": f"multipart/mixed; boundary={boundary}"}, raw=body)
+
     def _calendar(self, request: Request) -> Response:
         user = self._tokens.get(request.headers.get("authorization", "").removeprefix("Bearer "))
         if user is None:
             return google_error(401, "authError", "Invalid Credentials")
         if self._faults:
             return self._faults.pop(0)
+        if self._user_faults.get(user):
+            return self._user_faults[user].pop(0)
         match = EVENTS_PATH.match(request.path)
         if match is None:
             return google_error(404, "notFound", "Not Found")
@@ -236,6 +307,48 @@ class FakeGoogle:
         event.clear()
         event.update(merged, etag=json.dumps(str(time.time_ns())))
         return Response(200, event)
+
+
+def _batch_calls(content_type: str, body: bytes) -> list[tuple[str | None, Request]] | str:
+    """The calls of a batch request as (Content-ID, request), or why Google refuses it (400): not
+    multipart/mixed, a part that is not application/http, a request line that is not
+    ``METHOD /path HTTP/1.1`` (a full URL is refused), a path outside Calendar v3, over 1000 calls."""
+    if not content_type.lower().startswith("multipart/mixed") or "boundary=" not in content_type.lower():
+        return "Content-Type must be multipart/mixed with a boundary"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return "Invalid multipart request"
+    calls: list[tuple[str | None, Request]] = []
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        if part.get_content_type() != "application/http":
+            return "Each part must be Content-Type: application/http"
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            return "Invalid application/http part"
+        head, _, inner_body = payload.replace(b"\r\n", b"\n").partition(b"\n\n")
+        request_line, *header_lines = head.decode("latin-1").split("\n")
+        fields = request_line.split(" ")
+        if len(fields) != 3 or not fields[2].startswith("HTTP/") or not fields[1].startswith("/"):
+            return f"Invalid request line: {request_line[:100]!r} (a path only, no full URL)"
+        url = urlsplit(fields[1])
+        if not url.path.startswith("/calendar/v3/"):
+            return "All the calls of a batch must go to the same API (calendar/v3)"
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():
+            inner_body = inner_body[: int(length)]
+        else:
+            inner_body = inner_body.rstrip(b"\n")
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        calls.append((part.get("Content-ID"), Request(fields[0], url.path, query, headers, inner_body)))
+        if len(calls) > 1000:
+            return "A batch holds at most 1000 calls"
+    return calls
 
 
 def _event_problem(event: dict[str, Any]) -> Response | None:

@@ -8,15 +8,19 @@ Speaks the wire protocol msal and our Graph connector use:
   ``token_lifetime`` seconds;
 * ``/v1.0/users/{id}/events``: GET with the ``singleValueExtendedProperties/any(...)`` filter, POST
   (a repeated ``transactionId`` returns the event already made), PATCH, DELETE; an unknown user is
-  ``404 ErrorInvalidUser`` in Graph's error shape.
+  ``404 ErrorInvalidUser`` in Graph's error shape;
+* ``POST /v1.0/$batch``: JSON batching (up to 20 requests, answered in any order, each with its own
+  status), strict as Graph documents it (see :meth:`FakeGraph._batch`).
 
 Mailboxes hold events (``fake.mailboxes[email][event_id]``). Throttling and failures on demand:
-:meth:`FakeGraph.throttle` (429 + Retry-After), :meth:`FakeGraph.fail` (any status).
+:meth:`FakeGraph.throttle` (429 + Retry-After), :meth:`FakeGraph.fail` (any status), per mailbox
+:meth:`FakeGraph.fail_mailbox`, a whole $batch :meth:`FakeGraph.fail_batch`.
 TLS: a throwaway CA from trustme; ``fake.ca_file`` is the bundle for the client.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import ssl
@@ -26,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import trustme
 
@@ -63,6 +68,12 @@ class FakeGraph:
         self.token_requests = 0
         self._tokens: dict[str, float] = {}
         self._faults: list[Response] = []
+        self._mailbox_faults: dict[str, list[Response]] = {}
+        self._batch_faults: list[Response] = []
+        self.batch_sizes: list[int] = []
+        """The number of requests of each $batch call served (refused ones included)."""
+        self.batched: list[Request] = []
+        """Each request of the $batch calls, as the fake ran it."""
         self._lock = threading.Lock()
         ca = trustme.CA()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -99,6 +110,27 @@ class FakeGraph:
         if retry_after is not None:
             fault.headers["Retry-After"] = str(retry_after)
         self._faults.extend([fault] * times)
+
+    def fail_mailbox(
+        self,
+        email: str,
+        status: int,
+        times: int = 1,
+        code: str = "ErrorInternalServerError",
+        retry_after: int | None = None,
+    ) -> None:
+        """The next ``times`` calls on ``email``'s mailbox (alone or in a $batch) answer ``status``."""
+        fault = graph_error(status, code, "The request failed.")
+        if retry_after is not None:
+            fault.headers["Retry-After"] = str(retry_after)
+        self._mailbox_faults.setdefault(email.lower(), []).extend([fault] * times)
+
+    def fail_batch(self, status: int, times: int = 1, retry_after: int | None = None) -> None:
+        """The next ``times`` $batch calls are refused as a whole with ``status``."""
+        fault = graph_error(status, "ServiceUnavailable", "The batch failed.")
+        if retry_after is not None:
+            fault.headers["Retry-After"] = str(retry_after)
+        self._batch_faults.extend([fault] * times)
 
     def settings(self, **extra: Any) -> dict[str, Any]:
         """Destination settings pointing at this fake."""
@@ -168,12 +200,22 @@ class FakeGraph:
             return graph_error(
                 401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
             )
+        if request.path == "/v1.0/$batch" and request.method == "POST":
+            if self._batch_faults:
+                return self._batch_faults.pop(0)
+            return self._batch(request)
+        return self._call(request)
+
+    def _call(self, request: Request) -> Response:
+        """One Graph call (on its own, or one request of a $batch)."""
         if self._faults:
             return self._faults.pop(0)
         match = EVENT_PATH.match(request.path)
         if match is None:
             return graph_error(400, "BadRequest", f"Resource not found for the segment '{request.path}'.")
         user, event_id = match.group(1).lower(), match.group(2)
+        if self._mailbox_faults.get(user):
+            return self._mailbox_faults[user].pop(0)
         mailbox = self.mailboxes.get(user)
         if mailbox is None:
             return graph_error(404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
@@ -191,6 +233,65 @@ class FakeGraph:
         else:
             return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return graph_error(405, "ErrorInvalidRequest", "The OData request is not supported.")
+
+    def _batch(self, request: Request) -> Response:
+        """JSON batching as Graph documents it: at most 20 requests, ids unique (case-insensitive),
+        relative urls, a Content-Type with every body, ``dependsOn`` on earlier ids (a failed
+        dependency is 424); the batch is refused as a whole (400) otherwise. Each request is run as
+        a call of its own (faults included); more than 4 parallel requests on one mailbox get 429
+        (MailboxConcurrency); the responses come back in reverse order (Graph promises no order)."""
+        try:
+            document = request.json()
+        except ValueError:
+            document = None
+        items = document.get("requests") if isinstance(document, dict) else None
+        self.batch_sizes.append(len(items) if isinstance(items, list) else 0)
+        if "application/json" not in request.headers.get("content-type", ""):
+            return graph_error(400, "BadRequest", "Content-Type must be application/json.")
+        if not isinstance(items, list) or not items:
+            return graph_error(400, "BadRequest", "Invalid batch payload format.")
+        if len(items) > 20:
+            return graph_error(400, "BadRequest", "The number of batch requests exceeds the limit of 20.")
+        problem = _batch_problem(items)
+        if problem:
+            return graph_error(400, "BadRequest", problem)
+        statuses: dict[str, int] = {}
+        per_mailbox: dict[str, int] = {}
+        responses: list[dict[str, Any]] = []
+        for item in items:
+            url = urlsplit("/" + item["url"].lstrip("/"))
+            sub = Request(
+                method=item["method"].upper(),
+                path="/v1.0" + url.path,
+                query={k: v[0] for k, v in parse_qs(url.query).items()},
+                headers={k.lower(): str(v) for k, v in item.get("headers", {}).items()},
+                body=json.dumps(item["body"]).encode() if "body" in item else b"",
+            )
+            self.batched.append(sub)
+            match = EVENT_PATH.match(sub.path)
+            mailbox = match.group(1).lower() if match else ""
+            if any(statuses.get(d.lower(), 200) >= 300 for d in item.get("dependsOn", [])):
+                answer = graph_error(424, "FailedDependency", "A request it depends on failed.")
+            elif not item.get("dependsOn") and per_mailbox.get(mailbox, 0) >= 4:
+                answer = graph_error(
+                    429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit."
+                )
+                answer.headers["Retry-After"] = "1"
+            else:
+                answer = self._call(sub)
+            if not item.get("dependsOn"):
+                per_mailbox[mailbox] = per_mailbox.get(mailbox, 0) + 1
+            statuses[item["id"].lower()] = answer.status
+            entry: dict[str, Any] = {
+                "id": item["id"],
+                "status": answer.status,
+                "headers": {"Cache-Control": "no-cache", **answer.headers},
+            }
+            if answer.body is not None:
+                entry["headers"]["Content-Type"] = "application/json;odata.metadata=minimal"
+                entry["body"] = answer.body
+            responses.append(entry)
+        return Response(200, {"responses": responses[::-1]})
 
     def _list(self, mailbox: dict[str, dict[str, Any]], query: dict[str, str]) -> Response:
         found = list(mailbox.values())
@@ -232,6 +333,42 @@ class FakeGraph:
             return graph_error(400, "ErrorInvalidRequest", problem)
         event.update(body)
         return Response(200, event)
+
+
+def _batch_problem(items: list[Any]) -> str | None:
+    """Why Graph refuses a batch's requests as a whole (None: it reads them)."""
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            return "Invalid batch payload format."
+        request_id = item.get("id")
+        if not isinstance(request_id, str) or not request_id:
+            return "The request id is missing."
+        if request_id.lower() in seen:
+            return f"Batch request ids must be unique: '{request_id}'."
+        if not isinstance(item.get("method"), str) or item["method"].upper() not in {
+            "GET",
+            "POST",
+            "PATCH",
+            "PUT",
+            "DELETE",
+        }:
+            return f"Invalid method for request '{request_id}'."
+        url = item.get("url")
+        if not isinstance(url, str) or not url or "://" in url or url.startswith("//"):
+            return f"Invalid request URL for request '{request_id}': it must be relative."
+        headers = item.get("headers", {})
+        if not isinstance(headers, dict):
+            return f"Invalid headers for request '{request_id}'."
+        if "body" in item and not any(str(k).lower() == "content-type" for k in headers):
+            return f"Content-Type header must be specified with a body (request '{request_id}')."
+        depends = item.get("dependsOn", [])
+        if not isinstance(depends, list) or any(
+            not isinstance(d, str) or d.lower() not in seen for d in depends
+        ):
+            return f"dependsOn of request '{request_id}' must name earlier requests."
+        seen.add(request_id.lower())
+    return None
 
 
 def _all_day_problem(event: dict[str, Any]) -> str | None:
