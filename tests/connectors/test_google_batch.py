@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, DeliveryOutcome
 from connectors.calendar import google_event_id
-from connectors.exceptions import BackpressureError, PermanentError, RetryableError
+from connectors.egress import NOT_ALLOWED
+from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
 from connectors.google import GoogleCalendarConnector
 from schemas.delivery import Status
 from schemas.destination import Destination
@@ -286,3 +287,17 @@ def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
     assert sum(fake.batch_sizes) == len(fake.batched) == 7
     assert len(fake.batch_sizes) < len(fake.batched) and max(fake.batch_sizes) > 1
     assert "ya29." not in json.dumps([dataclasses.asdict(s) for s in settled], default=str)
+
+
+async def test_batch_mode_keeps_the_egress_policy(fake: FakeGoogle) -> None:
+    connector = GoogleCalendarConnector(  # production's egress policy: loopback refused
+        make_destination("google", fake.settings(batch_requests=True)),
+        {"service_account_json": SecretStr(json.dumps(fake.service_account_info()))},
+    )
+    await connector.setup()
+    try:
+        [refused], _ = await deliver_all(connector, [make_delivery(email=USERS[0])])
+    finally:
+        await connector.close()
+    assert isinstance(refused, ConfigurationError) and refused.message == NOT_ALLOWED
+    assert fake.requests == []

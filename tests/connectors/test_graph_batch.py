@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from connectors.base import CallRecorder, DeliveryOutcome
 from connectors.calendar import absence_tag
-from connectors.exceptions import BackpressureError, ConnectorError, RetryableError
+from connectors.egress import NOT_ALLOWED
+from connectors.exceptions import BackpressureError, ConfigurationError, ConnectorError, RetryableError
 from connectors.graph import GraphConnector
 from schemas.delivery import Status
 from schemas.destination import Destination
@@ -296,3 +297,15 @@ def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
     assert attempt is not None
     assert [c["method"] for c in attempt.calls if c["url"].endswith("/v1.0/$batch")] == ["POST", "POST"]
     assert fake.client_secret not in json.dumps(dataclasses.asdict(settled[0]), default=str)
+
+
+async def test_batch_mode_keeps_the_egress_policy(fake: FakeGraph) -> None:
+    destination = make_destination("graph", fake.settings(batch_requests=True))
+    connector = GraphConnector(destination, {"client_secret": SecretStr(fake.client_secret)})  # production
+    await connector.setup()
+    try:
+        [refused], _ = await deliver_all(connector, [make_delivery(email=MAILBOXES[0])])
+    finally:
+        await connector.close()
+    assert isinstance(refused, ConfigurationError) and refused.message == NOT_ALLOWED
+    assert fake.requests == []
