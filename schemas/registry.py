@@ -48,8 +48,14 @@ MAX_SCHEMA_CHARS = 1_000_000
 """A writer schema longer than this is refused (a registry is trusted, but every input has a bound)."""
 GIVE_UP_MEMORY = 3600.0
 """Seconds an id given up on stays given up (see the module docstring)."""
+REGISTER_PAUSES = (0.5, 1.0, 2.0)
+"""Pauses between the tries of a registration answered with a 5xx (see ``register``)."""
 UNKNOWN_ID_ERROR = 40403
 """The registry's error code for "Schema not found" (with HTTP 404)."""
+
+
+class _ServerError(RegistryUnavailableError):
+    """The registry answered a registration with a 5xx: tried again by ``register``."""
 
 
 class SchemaRegistryResolver:
@@ -114,7 +120,23 @@ class SchemaRegistryResolver:
         """The id of ``schema_text`` under ``subject``: registers it (``auto_register``) or looks it up
         (for registries where producers may not register). Raises
         :class:`~schemas.errors.RegistryUnavailableError`, :class:`~schemas.errors.SchemaNotFoundError`
-        (not registered, auto-registration off) or :class:`~schemas.errors.SchemaError` (refused)."""
+        (not registered, auto-registration off) or :class:`~schemas.errors.SchemaError` (refused).
+
+        A registry that *answered* with a server error (5xx: a storage lock timeout, Confluent's
+        "error forwarding to the leader") is asked again, ``REGISTER_TRIES`` times in all with a short
+        pause: registering is idempotent, and a publisher should not fail to start for a blip. No
+        answer at all (down, timeout) is not retried here: that is the caller's to decide."""
+        for pause in REGISTER_PAUSES:
+            try:
+                return self._register_once(subject, schema_text, auto_register=auto_register)
+            except _ServerError:
+                time.sleep(pause)
+        try:
+            return self._register_once(subject, schema_text, auto_register=auto_register)
+        except _ServerError as exc:
+            raise RegistryUnavailableError(str(exc)) from None
+
+    def _register_once(self, subject: str, schema_text: str, *, auto_register: bool) -> int:
         from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 
         schema = Schema(schema_text, "AVRO")
@@ -137,6 +159,8 @@ class SchemaRegistryResolver:
                     f"the registry refused the schema under subject {subject!r} "
                     f"(incompatible with the subject's versions, or invalid): {self._describe(exc)}"
                 ) from None
+            if exc.http_status_code is not None and 500 <= exc.http_status_code <= 599:
+                raise _ServerError(f"schema registry: {self._describe(exc)}") from None
             raise RegistryUnavailableError(f"schema registry: {self._describe(exc)}") from None
         except Exception as exc:
             raise RegistryUnavailableError(f"schema registry unreachable: {self._describe(exc)}") from None
