@@ -163,9 +163,15 @@ def headers_of(msg: Message) -> dict[str, bytes]:
 def running_fanout(settings: Settings, worker_id: str = "test") -> Iterator[FanoutProcessor]:
     """A fan-out worker in a thread; stopped (and its error, if any, raised) on exit."""
     processor = FanoutProcessor(settings, DestinationTable(settings))
-    runtime = ProcessorRuntime(settings, processor, worker_id=worker_id)
     stop = threading.Event()
     errors: list[BaseException] = []
+
+    def stalled() -> None:
+        # Production ends the process (a supervisor starts it again): here that would end pytest
+        # itself, in whichever test runs by then. The stall fails this test instead.
+        errors.append(AssertionError(f"the fan-out loop stalled for {settings.stall_timeout:g}s"))
+
+    runtime = ProcessorRuntime(settings, processor, worker_id=worker_id, on_stall=stalled)
 
     def run() -> None:
         try:
@@ -180,7 +186,7 @@ def running_fanout(settings: Settings, worker_id: str = "test") -> Iterator[Fano
     finally:
         stop.set()
         thread.join(60)
-    assert not thread.is_alive(), "fan-out worker did not stop"
+    assert not thread.is_alive(), f"fan-out worker did not stop {errors}"
     if errors:
         raise errors[0]
 
