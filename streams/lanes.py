@@ -3,7 +3,8 @@
 Jobs of one key run one after the other, in the order submitted; jobs of different keys run at the
 same time, at most ``total`` at once, and a group of keys (a destination) holds at most the share of
 those slots that :class:`streams.slots.GroupSlots` allows it, so groups whose jobs hang never take
-every slot. Event-loop only (not thread-safe).
+every slot. An *urgent* job (live work, where the rest is replayed) is served a slot before the
+waiting ones that are not. Event-loop only (not thread-safe).
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ class KeyLanes:
 
     def __init__(self, total: int, share: int) -> None:
         self.slots = GroupSlots(total, share)
-        self._queues: dict[str, deque[Job]] = {}
+        self._queues: dict[str, deque[tuple[Job, bool]]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._drains = 0
         """How many drains began: a job taken off its queue before a drain, and still waiting for a
         slot when it began, is dropped like the queued ones."""
 
-    def submit(self, key: str, group: str, job: Job) -> None:
-        self._queues.setdefault(key, deque()).append(job)
+    def submit(self, key: str, group: str, job: Job, urgent: bool = False) -> None:
+        self._queues.setdefault(key, deque()).append((job, urgent))
         if key not in self._tasks:
             self._tasks[key] = asyncio.create_task(self._run(key, group), name=f"lane {key}")
 
@@ -42,9 +43,9 @@ class KeyLanes:
         queue = self._queues[key]
         try:
             while queue:
-                job = queue.popleft()
+                job, urgent = queue.popleft()
                 drains = self._drains
-                await self.slots.acquire(group)
+                await self.slots.acquire(group, urgent)
                 if drains != self._drains:  # drained while it waited for a slot: not started
                     self.slots.release(group)
                     continue

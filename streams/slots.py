@@ -12,7 +12,10 @@ hold at most ``1/share`` of the slots *the other groups leave* (at least one):
 - a group's limit is checked when it takes a slot, never by taking slots back.
 
 Waiting groups are served round-robin, one slot per group per round, in arrival order within a
-group. Event-loop only (not thread-safe).
+group; *urgent* waiters (live work, where the rest is replayed work: a resync) come first, within
+their group and across groups, so a live change to a destination being resynced waits for the first
+of its slots to free rather than for every replayed attempt queued before it. Urgency never lifts a
+group's limit. Event-loop only (not thread-safe).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class GroupSlots:
         self._used = 0
         self._held: dict[str, int] = {}
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._urgent: dict[str, deque[asyncio.Future[None]]] = {}
 
     def held(self, group: str) -> int:
         return self._held.get(group, 0)
@@ -45,24 +49,26 @@ class GroupSlots:
         others = self._used - self.held(group)
         return max(1, (self.total - others) // self.share)
 
-    async def acquire(self, group: str) -> None:
-        """Waits until ``group`` may take a slot, and takes it."""
-        if not self._waiters.get(group) and self._may_take(group):
+    async def acquire(self, group: str, urgent: bool = False) -> None:
+        """Waits until ``group`` may take a slot, and takes it; ``urgent`` waiters are served first."""
+        queues = self._urgent if urgent else self._waiters
+        ahead = self._urgent.get(group) or (not urgent and self._waiters.get(group))
+        if not ahead and self._may_take(group):
             self._take(group)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(group, deque()).append(waiter)
+        queues.setdefault(group, deque()).append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(group)  # granted as it was cancelled: give it back
             else:
-                queue = self._waiters.get(group)
+                queue = queues.get(group)
                 if queue is not None and waiter in queue:
                     queue.remove(waiter)
                     if not queue:
-                        del self._waiters[group]
+                        del queues[group]
             raise
 
     def release(self, group: str) -> None:
@@ -82,17 +88,19 @@ class GroupSlots:
         self._used += 1
 
     def _grant(self) -> None:
-        """Hands free slots to waiting groups, one per group per round, while any may take one."""
-        granted = True
-        while granted and self._used < self.total and self._waiters:
-            granted = False
-            for group in list(self._waiters):
-                queue = self._waiters[group]
-                while queue and queue[0].done():  # cancelled while waiting
-                    queue.popleft()
-                if queue and self._may_take(group):
-                    self._take(group)
-                    queue.popleft().set_result(None)
-                    granted = True
-                if not queue:
-                    del self._waiters[group]
+        """Hands free slots to waiting groups, urgent waiters first, one per group per round, while
+        any may take one."""
+        for queues in (self._urgent, self._waiters):
+            granted = True
+            while granted and self._used < self.total and queues:
+                granted = False
+                for group in list(queues):
+                    queue = queues[group]
+                    while queue and queue[0].done():  # cancelled while waiting
+                        queue.popleft()
+                    if queue and self._may_take(group):
+                        self._take(group)
+                        queue.popleft().set_result(None)
+                        granted = True
+                    if not queue:
+                        del queues[group]

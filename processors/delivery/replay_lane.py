@@ -12,10 +12,11 @@ both, but the replay partitions only while live work leaves room:
   intake bound.
 - **bounded**: at most ``budget`` (as many as the concurrency slots) replay records are in flight at
   once; past it the lane closes until half of those are done (hysteresis: it does not flap on every
-  record, and the half still queued keeps the slots busy while the partitions are fetched again). So
-  a live record waits at most for one round of replayed attempts to free a slot, where before it
-  waited behind the whole backlog of its partition (up to the intake bound, 50 records a slot); and
-  one destination, replayed or not, still holds at most its share of the slots
+  record, and the half still queued keeps the slots busy while the partitions are fetched again).
+  A live record is served a slot before every replayed one waiting (``GroupSlots`` urgent waiters),
+  so a live change to a destination being resynced waits for the first of its slots to free, where
+  before it waited behind the whole backlog of its partition (up to the intake bound, 50 records a
+  slot); and one destination, replayed or not, still holds at most its share of the slots
   (:class:`streams.slots.GroupSlots`), so a hanging replayed destination leaves half of them.
 - **nothing lost, nothing early**: a replay record read while the lane is closed (already fetched
   when the partition was paused, or past the budget within a batch) is not handed out: its partition

@@ -13,8 +13,8 @@ Threads and tasks:
 - the *event loop* runs one ordered lane per key (:class:`streams.lanes.KeyLanes`): records of one
   key are handled one after the other (:class:`processors.delivery.handler.DeliveryHandler`), keys run
   in parallel, bounded by ``settings.delivery_concurrency`` and by a per-destination share of it
-  (:class:`streams.slots.GroupSlots`: at most half of what the other destinations leave), so hanging
-  destinations, even several, never take every slot; it also serves the producer's acknowledgements
+  (:class:`streams.slots.GroupSlots`: at most half of what the other destinations leave; live records
+  before replayed ones), so hanging destinations, even several, never take every slot; it also serves the producer's acknowledgements
   (:class:`streams.async_producer.AsyncProducer`);
 - each connector's blocking client library runs on threads of that destination
   (:mod:`connectors.executor`), and one attempt has a total deadline (``attempt_deadline``): a
@@ -306,7 +306,8 @@ class DeliveryWorker:
         assert self.lanes is not None
         for record in records:
             destination_id = record.key.partition("|")[0]
-            self.lanes.submit(record.key, destination_id, functools.partial(self._handle, record))
+            live = record.topic != self.lane.topic  # first to a free slot of its destination
+            self.lanes.submit(record.key, destination_id, functools.partial(self._handle, record), live)
 
     async def _handle(self, record: Admitted) -> None:
         """Handles one record; marks it done only if it was handled (or dead-lettered), else fails

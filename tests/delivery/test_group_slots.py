@@ -76,3 +76,59 @@ async def test_a_cancelled_waiter_takes_nothing() -> None:
     slots.release("a")
     assert slots.used == 0
     await asyncio.wait_for(slots.acquire("c"), 5)
+
+
+async def test_an_urgent_waiter_goes_before_the_group_s_earlier_waiters() -> None:
+    """A live change to a destination being resynced: its replayed attempts hold the destination's
+    slots and more wait; the live one gets the first slot that frees."""
+    slots = GroupSlots(4, share=2)
+    replayed = await hold(slots, "hooks", 6)
+    assert slots.held("hooks") == 2
+    live = asyncio.create_task(slots.acquire("hooks", urgent=True))
+    await asyncio.sleep(0)
+    assert not live.done(), "urgency never lifts the destination's limit"
+
+    slots.release("hooks")
+    await asyncio.sleep(0)
+    assert live.done()
+    assert [t.done() for t in replayed] == [True, True, False, False, False, False]
+    slots.release("hooks")
+    await asyncio.sleep(0)
+    assert [t.done() for t in replayed] == [True, True, True, False, False, False]
+    for task in replayed:
+        task.cancel()
+    await asyncio.gather(*replayed, return_exceptions=True)
+
+
+async def test_urgent_waiters_of_any_group_are_served_before_the_rest() -> None:
+    slots = GroupSlots(2, share=1)
+    await slots.acquire("a")
+    await slots.acquire("a")
+    replayed_b = asyncio.create_task(slots.acquire("b"))
+    await asyncio.sleep(0)
+    live_c = asyncio.create_task(slots.acquire("c", urgent=True))
+    live_c2 = asyncio.create_task(slots.acquire("c", urgent=True))
+    await asyncio.sleep(0)
+
+    slots.release("a")
+    await asyncio.sleep(0)
+    assert live_c.done() and not live_c2.done() and not replayed_b.done()
+    slots.release("a")
+    await asyncio.sleep(0)
+    assert live_c2.done() and not replayed_b.done(), "urgent ones first, in arrival order"
+    slots.release("c")
+    await asyncio.sleep(0)
+    assert replayed_b.done()
+
+
+async def test_a_cancelled_urgent_waiter_takes_nothing() -> None:
+    slots = GroupSlots(1)
+    await slots.acquire("a")
+    waiter = asyncio.create_task(slots.acquire("b", urgent=True))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release("a")
+    assert slots.used == 0
+    await asyncio.wait_for(slots.acquire("c"), 5)
