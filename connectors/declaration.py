@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-FIELD_TYPES = ("text", "url", "select", "checkbox", "textarea")
+FIELD_TYPES = ("text", "url", "select", "checkbox", "textarea", "number")
 """Input types of a setting's form field."""
 SECRET_TYPES = ("secret", "secret_text", "secret_file")
 """Input types of a secret's form field: one line (password input), several (PEM), or a file the

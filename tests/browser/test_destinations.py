@@ -26,6 +26,7 @@ def test_create_edit_disable_and_test_a_webhook_destination(console: Console, pa
     page.get_by_label(re.compile(r"^URL\b")).fill(console.receiver.url + "/absences")
     page.get_by_label("Departments").fill("d-sales, d-support")
     page.get_by_label("Signing secrets").fill(SIGNING_SECRET)
+    page.get_by_label("Batch size").fill("20")
     page.get_by_role("button", name="Create destination").click()
 
     row = page.locator('tr[data-destination-id="dst-team-webhook"]')
@@ -34,6 +35,7 @@ def test_create_edit_disable_and_test_a_webhook_destination(console: Console, pa
     with console.api("configure") as client:
         stored = client.get("/api/v1/destinations/dst-team-webhook").json()
     assert stored["filters"]["departments"] == ["d-sales", "d-support"]
+    assert stored["settings"]["batch_size"] == 20, "the number field sends a number"
     assert stored["secrets"] == {"signing_secrets": "***"}
     assert SIGNING_SECRET not in page.content()
 
@@ -42,6 +44,7 @@ def test_create_edit_disable_and_test_a_webhook_destination(console: Console, pa
     expect(page.get_by_label("Name", exact=True)).to_have_value("Team webhook")
     expect(page.locator('[data-secret-state="signing_secrets"]')).to_have_text("(set)")
     expect(page.get_by_label("Signing secrets")).to_have_value("")
+    expect(page.get_by_label("Batch size")).to_have_value("20")
     page.get_by_label("Name", exact=True).fill("Team calendar webhook")
     page.get_by_role("button", name="Save changes").click()
     expect(row).to_contain_text("Team calendar webhook")
@@ -49,6 +52,7 @@ def test_create_edit_disable_and_test_a_webhook_destination(console: Console, pa
         stored = client.get("/api/v1/destinations/dst-team-webhook").json()
         audit = client.get("/api/v1/destinations/dst-team-webhook/audit").json()
     assert stored["name"] == "Team calendar webhook"
+    assert stored["settings"]["batch_size"] == 20
     assert stored["secrets"] == {"signing_secrets": "***"}
     assert [entry["action"] for entry in audit] == ["update", "create"]
     assert "secrets" not in audit[0]["changes"]

@@ -567,6 +567,7 @@ function destinationPage() {
     }
     for (const el of form.querySelectorAll("[data-setting]")) {
       if (el.type === "checkbox") settings[el.dataset.setting] = el.checked;
+      else if (el.type === "number" && el.value.trim()) settings[el.dataset.setting] = Number(el.value);
       else if (el.value.trim()) settings[el.dataset.setting] = el.value.trim();
     }
     const secrets = {};
