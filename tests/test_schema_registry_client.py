@@ -95,3 +95,20 @@ def test_a_registry_url_with_credentials_is_refused(tmp_path: Path) -> None:
         Settings(schema_registry_url="https://key:secret@registry.example.com")
     assert Settings(schema_registry_url="https://registry.example.com").schema_registry_url
     assert schema_registry(Settings()) is None
+
+
+def test_a_registration_answered_with_a_5xx_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry answering 500 while its leader moves: registering is idempotent, so it is asked
+    again (REGISTER_PAUSES); past the last try the error is an outage, not a schema error."""
+    monkeypatch.setattr("schemas.registry.REGISTER_PAUSES", (0.01, 0.01, 0.01))
+    with running_registry({1: CURRENT_TEXT}) as registry:
+        resolver = SchemaRegistryResolver(registry.url)
+        registry.fail_registrations = [500, 503]
+        assert resolver.register("absences-value", CURRENT_TEXT) == 1
+        assert len(registry.registrations) == 1 and registry.fail_registrations == []
+
+        registry.fail_registrations = [500] * 4
+        with pytest.raises(RegistryUnavailableError, match="500"):
+            resolver.register("deliveries-value", CURRENT_TEXT)  # another subject: not in the cache
+        assert registry.fail_registrations == [], "four tries in all"
+    assert [path.split("?")[0] for path in registry.registrations] == ["/subjects/absences-value/versions"]

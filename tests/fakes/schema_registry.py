@@ -1,6 +1,9 @@
 """A Confluent-compatible schema registry on loopback: ``GET /schemas/ids/{id}`` as the real one
 answers it (200 ``{"schema": "..."}``, plus ``"schemaType"`` for a non-Avro schema; 404 with error code
-40403), and, with ``password`` set, HTTP basic auth as the real one checks it (401, error code 401)."""
+40403), and, with ``password`` set, HTTP basic auth as the real one checks it (401, error code 401).
+``POST /subjects/{subject}/versions`` registers a schema (200 ``{"id": n}``, the same id for the same
+text); ``fail_registrations`` lists the statuses its next registrations get instead (a 5xx as a real
+registry answers while its leader moves: error code 50003)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ class SchemaRegistry(ThreadingHTTPServer):
         self.authorizations: list[str | None] = []
         self.username = "absync"
         self.password: str | None = None
+        self.fail_registrations: list[int] = []
+        self.registrations: list[str] = []
 
     @property
     def url(self) -> str:
@@ -31,6 +36,28 @@ class SchemaRegistry(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: SchemaRegistry
+
+    def do_POST(self) -> None:
+        length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        self.server.requests.append(self.path)
+        body: dict[str, Any]
+        if re.fullmatch(r"/subjects/[^/?]+/versions(\?.*)?", self.path) is None:
+            status, body = 404, {"error_code": 404, "message": "HTTP 404 Not Found"}
+        elif self.server.fail_registrations:
+            status = self.server.fail_registrations.pop(0)
+            body = {
+                "error_code": 50003,
+                "message": "Error while forwarding register schema request to the leader",
+            }
+        else:
+            text = request.get("schema", "")
+            self.server.registrations.append(self.path)
+            known = [i for i, t in self.server.schemas.items() if t == text]
+            schema_id = known[0] if known else max(self.server.schemas, default=0) + 1
+            self.server.schemas[schema_id] = text
+            status, body = 200, {"id": schema_id}
+        self._answer(status, body)
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
@@ -52,6 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 200, {"schema": text}
             if schema_id in self.server.schema_types:
                 body["schemaType"] = self.server.schema_types[schema_id]
+        self._answer(status, body)
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
