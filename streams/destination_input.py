@@ -17,6 +17,9 @@ validated with the same rules wherever a destination comes from:
   (:meth:`KindCatalog.check_secrets`: e.g. Google's key file must be a service-account key), and
   no error message contains a secret's value;
 - ``name`` is one line of text: no control character (NUL, line break, escape);
+- ``settings`` nest at most :data:`MAX_SETTINGS_DEPTH` levels; no key holds a control character and
+  no string value one other than tab and line breaks (a NUL is refused by PostgreSQL's JSON, an
+  escape would reach a log or a header);
 - ``rate_limit`` is a number of requests per second within the bounds of
   :func:`schemas.destination.check_rate`, or null (no limit);
 - everything is bounded: lengths of names and filter values, number of filter values and secrets,
@@ -54,6 +57,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 MAX_FILTER_VALUES = 5000
 MAX_SECRETS = 32
 MAX_SETTINGS_BYTES = 64 * 1024
+MAX_SETTINGS_DEPTH = 20
 MAX_WRITE_BYTES = 256 * 1024
 """A whole destination write, as JSON: well under Kafka's 1 MB record limit once encrypted."""
 MAX_YAML_BYTES = 1024 * 1024
@@ -66,6 +70,10 @@ SecretValue = Annotated[str, StringConstraints(strict=True, max_length=16 * 1024
 
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
+
+
+def _control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
 
 
 class FiltersModel(BaseModel):
@@ -131,9 +139,30 @@ class DestinationUpdate(BaseModel):
     def _one_line(cls, name: str) -> str:
         """Shown in the console, the audit and operator alerts: no NUL, line break or escape (a
         line break in an alert's Slack text would forge a line of its own)."""
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        if any(_control(c) for c in name):
             raise ValueError("must not contain control characters (NUL, line breaks, escapes)")
         return name
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _plain_settings(cls, settings: object) -> object:
+        """Bounded nesting, no control character (see the module docstring); walked without
+        recursion, before anything else reads the settings."""
+        pending: list[tuple[str, object, int]] = [("settings", settings, 0)]
+        while pending:
+            path, value, depth = pending.pop()
+            if depth > MAX_SETTINGS_DEPTH:
+                raise ValueError(f"settings nest deeper than {MAX_SETTINGS_DEPTH} levels")
+            if isinstance(value, str) and any(_control(c) and c not in "\t\n\r" for c in value):
+                raise ValueError(f"{path[:200]} must not contain control characters (NUL, escapes)")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if isinstance(key, str) and any(_control(c) for c in key):
+                        raise ValueError(f"{path[:200]}: a key must not contain control characters")
+                    pending.append((f"{path}.{key}", item, depth + 1))
+            elif isinstance(value, list):
+                pending.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+        return settings
 
     @field_validator("rate_limit", mode="before")
     @classmethod

@@ -143,3 +143,33 @@ def test_a_destination_name_is_one_line_of_text(api: Api) -> None:
             [error] = refused.json()["detail"]
             assert error["loc"] == ["body", "name"] and "control characters" in error["msg"], error
         assert admin.post("/api/v1/destinations", json={**body, "name": "HR Zürich (été)"}).status_code == 201
+
+
+def test_destination_settings_hold_no_control_character_and_nest_boundedly(api: Api) -> None:
+    """Free-form settings (the form's "Other settings" box) are stored in PostgreSQL's JSON, which
+    refuses a NUL, and reach logs and headers; nesting is walked without recursion."""
+    deep: list[object] = []
+    inner = deep
+    for _ in range(500):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    url = {"url": "http://127.0.0.1:9/"}
+    refused = {
+        "NUL in a value": ({**url, "auth_header_name": "X-Key\x00"}, "settings.auth_header_name"),
+        "escape in a nested value": ({**url, "extra": {"note": ["ok", "\x1b[2J"]}}, "settings.extra.note[1]"),
+        "control character in a key": ({**url, "a\x07b": 1}, "a key"),
+        "nested 500 deep": ({**url, "deep": deep}, "deeper than 20 levels"),
+    }
+    body = {"tenant": "acme", "name": "settings probe", "kind": "http"}
+    with api.client("configure") as admin:
+        for case, (settings, said) in refused.items():
+            answer = admin.post(
+                "/api/v1/destinations", json={**body, "id": "dst-probe", "settings": settings}
+            )
+            assert answer.status_code == 422, (case, answer.text)
+            assert said in answer.text, (case, answer.text)
+        multi_line = {**url, "note": "line one\nline two\tend"}
+        kept = admin.post("/api/v1/destinations", json={**body, "id": "dst-probe", "settings": multi_line})
+        assert kept.status_code == 201, kept.text
+        assert admin.get("/api/v1/destinations/dst-probe").json()["settings"]["note"] == multi_line["note"]
+        assert admin.get("/api/v1/audit?destination=dst-probe").json()["items"][0]["action"] == "create"
