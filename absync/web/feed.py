@@ -22,6 +22,11 @@ What a subscriber gets
     the page): a stream that cannot keep up never makes the feed, or the other streams, wait, and
     its memory stays bounded. A subscriber whose token is revoked or expires, or whose console
     session ends, is closed as ``unauthorized`` within ``recheck_seconds``.
+
+How many
+    At most ``max_per_token`` streams per token (a console user's tabs share one) and
+    ``max_streams`` in the process: one more is refused (:class:`TooManyStreams`, a 429 with
+    ``Retry-After``), so a leaked or hostile token cannot hold the process's connections and memory.
 """
 
 from __future__ import annotations
@@ -45,11 +50,19 @@ log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 0.5
 MAX_PENDING = 2000
+MAX_STREAMS_PER_TOKEN = 16
+MAX_STREAMS = 500
 """Distinct deliveries a subscriber may hold before it is told to resync (at ~500 changes per
 second, a stream four seconds behind)."""
 RECHECK_SECONDS = 2.0
 
 Serialise = Callable[[queries.DeliverySummary], str]
+
+
+class TooManyStreams(Exception):
+    """A new stream past ``max_per_token`` for its token, or ``max_streams`` in the process."""
+
+    retry_after = 30
 
 
 class Closed(enum.StrEnum):
@@ -181,6 +194,8 @@ class ChangeFeed:
         poll_seconds: float = POLL_SECONDS,
         max_pending: int = MAX_PENDING,
         recheck_seconds: float = RECHECK_SECONDS,
+        max_per_token: int = MAX_STREAMS_PER_TOKEN,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.engine = engine
         self.serialise = serialise
@@ -188,6 +203,8 @@ class ChangeFeed:
         self.poll_seconds = poll_seconds
         self.max_pending = max_pending
         self.recheck_seconds = recheck_seconds
+        self.max_per_token = max_per_token
+        self.max_streams = max_streams
         self.counts = Counters()
         self.subscribers: set[Subscriber] = set()
         self.resyncs = 0
@@ -198,8 +215,13 @@ class ChangeFeed:
 
     async def subscribe(self, scope: Scope, token_hash: str, session_key: str | None = None) -> Subscriber:
         """A new subscriber, sent every change written from now on. Starts the feed if it was idle
-        (its first read is the current position: what the view holds already is not a change)."""
+        (its first read is the current position: what the view holds already is not a change).
+        Raises :class:`TooManyStreams` past the bounds (see the module docstring)."""
         async with self._start_lock:
+            if len(self.subscribers) >= self.max_streams:
+                raise TooManyStreams(f"{self.max_streams} live streams are open on this process")
+            if sum(s.token_hash == token_hash for s in self.subscribers) >= self.max_per_token:
+                raise TooManyStreams(f"{self.max_per_token} live streams are open with this token: close one")
             if self._task is None or self._task.done():
                 self._last_seq = await asyncio.to_thread(self._position)
                 self.counts.replace(await asyncio.to_thread(self._read_counts))

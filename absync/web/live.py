@@ -27,11 +27,11 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from absync.web.auth import SESSION_HEADER, Principal, hash_token
-from absync.web.feed import ChangeFeed, Closed, Subscriber
+from absync.web.feed import ChangeFeed, Closed, Subscriber, TooManyStreams
 from absync.web.feed import Scope as FeedScope
 from absync.web.models import DeliveryOut
 from projections import queries
@@ -100,7 +100,15 @@ class LiveStream(Response):
         self.actor = principal.name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        subscriber = await self.feed.subscribe(self.scope_, self.token_hash, self.session_key)
+        try:
+            subscriber = await self.feed.subscribe(self.scope_, self.token_hash, self.session_key)
+        except TooManyStreams as exc:
+            log.warning("live stream refused", actor=self.actor, reason=str(exc))
+            refusal = JSONResponse(
+                {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)}
+            )
+            await refusal(scope, receive, send)
+            return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             writer = asyncio.create_task(self._write(subscriber, send))

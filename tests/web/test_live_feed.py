@@ -182,3 +182,24 @@ def test_a_client_that_never_reads_is_dropped_and_the_others_keep_receiving(
         assert b"event: resync" in received or not chunk
     finally:
         silent.close()
+
+
+def test_streams_are_bounded_per_token_and_per_process(api: Api, watch: Callable[..., Watcher]) -> None:
+    """One more stream than a token may hold is a 429 with Retry-After (a leaked token cannot hold the
+    process's connections); the token's open streams and other tokens' go on."""
+    feed = feed_of(api.component.app)
+    feed.max_per_token, feed.max_streams = 2, 3
+    first = watch("acme-view")
+    watch("acme-view")
+    with api.client("acme-view") as client:
+        refused = client.get("/api/v1/deliveries/stream")
+    assert refused.status_code == 429, refused.text
+    assert "this token" in refused.json()["detail"] and refused.headers["retry-after"] == "30"
+    watch("view")  # another token: the third stream of the process
+    with api.client("view") as client:
+        full = client.get("/api/v1/deliveries/stream")
+    assert full.status_code == 429 and "this process" in full.json()["detail"], full.text
+    assert len(feed.subscribers) == 3
+    ours = fact(tenant="acme", destination_id="dst-a", status=Status.SUCCESSFUL)
+    api.seed(ours)
+    eventually(lambda: first.status_of(ours.delivery_id) == "SUCCESSFUL", "an open stream goes on")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from absync.web.auth import Viewer
 from absync.web.live import LiveStream
-from absync.web.models import ERRORS
+from absync.web.models import ERRORS, Problem
 
 router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
 
@@ -28,7 +28,12 @@ router = APIRouter(prefix="/deliveries", tags=["deliveries"], responses=ERRORS)
             "content": {"text/event-stream": {}},
             "description": "`event: deliveries`, data = {items: [delivery...], stats?}; "
             "`event: resync`: reload; `event: unauthorized`: token gone.",
-        }
+        },
+        429: {
+            "model": Problem,
+            "description": "Too many live streams open with this token (16) or in the process (500); "
+            "see Retry-After.",
+        },
     },
 )
 def stream_deliveries(

@@ -226,8 +226,11 @@ function followUpPage() {
     });
     source.addEventListener("error", () => {
       if (source.readyState !== EventSource.CLOSED) return setLive(false, "Reconnecting…");
-      setLive(false, "Not live"); // refused for good (signed out: api() goes to sign-in)
-      Promise.all([load(), refreshCounters()]).catch((error) => setLive(false, `Not live: ${error.message}`));
+      setLive(false, "Not live"); // refused (signed out: api() goes to sign-in; too many tabs open: 429)
+      Promise.all([load(), refreshCounters()]).then(
+        () => setTimeout(connect, 30000), // the 429's Retry-After: try again
+        (error) => setLive(false, `Not live: ${error.message}`),
+      );
     });
     source.addEventListener("deliveries", (event) => {
       const batch = JSON.parse(event.data);
