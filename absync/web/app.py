@@ -36,6 +36,7 @@ from absync.services.destinations import DestinationService
 from absync.web.auth import metrics_access
 from absync.web.console import router as console_router
 from absync.web.docs import router as docs_router
+from absync.web.export import ExportSlots
 from absync.web.inputs import NoControlCharacters
 from absync.web.limits import BodyLimit
 from absync.web.metrics import make_registry
@@ -102,6 +103,7 @@ def create_app(
     )
     app.state.absync = state
     app.state.engine = engine  # read by absync.web.auth
+    app.state.exports = ExportSlots()  # CSV exports streaming now (absync.web.export)
     app.include_router(router)
     app.include_router(console_router)
     app.include_router(docs_router)

@@ -6,12 +6,17 @@ cut at ``max_rows``. Every cell a spreadsheet would read as a formula (first cha
 ``-``, ``@``, tab or carriage return: OWASP's CSV-injection list) is prefixed with ``'``; the CSV
 quoting itself is the standard library's (RFC 4180), so a comma, quote or newline in a cell never
 shifts a column.
+
+How many at once (:class:`ExportSlots`): at most ``per_token`` exports stream for one token and
+``total`` in the process (each holds a database connection while it streams); one more is a 429
+with ``Retry-After``. A slot is given back when its stream ends, whether read to its end or not.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Iterable, Iterator
 
 from projections.queries import DeliverySummary
@@ -44,6 +49,44 @@ COLUMNS = (
     "updated_at",
 )
 _FLUSH_EVERY = 200
+EXPORTS_PER_TOKEN = 2
+EXPORTS_IN_PROCESS = 8
+
+
+class ExportSlots:
+    """Exports streaming now, per token and in all (see the module docstring). Thread-safe: a
+    stream's end runs in the server's thread pool."""
+
+    def __init__(self, per_token: int = EXPORTS_PER_TOKEN, total: int = EXPORTS_IN_PROCESS) -> None:
+        self.per_token = per_token
+        self.total = total
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, token_hash: str) -> str | None:
+        """Takes a slot for ``token_hash``; None if taken, else why not."""
+        with self._lock:
+            if sum(self._held.values()) >= self.total:
+                return f"{self.total} exports are streaming on this process: try again shortly"
+            if self._held.get(token_hash, 0) >= self.per_token:
+                return f"{self.per_token} exports are streaming with this token: wait for one to end"
+            self._held[token_hash] = self._held.get(token_hash, 0) + 1
+            return None
+
+    def release(self, token_hash: str) -> None:
+        with self._lock:
+            left = self._held.get(token_hash, 0) - 1
+            if left > 0:
+                self._held[token_hash] = left
+            else:
+                self._held.pop(token_hash, None)
+
+    def streaming(self, lines: Iterator[str], token_hash: str) -> Iterator[str]:
+        """``lines``, giving the slot back when the stream ends (read to its end, or closed)."""
+        try:
+            yield from lines
+        finally:
+            self.release(token_hash)
 
 
 def safe_cell(value: object) -> str:

@@ -7,6 +7,8 @@ import csv
 import io
 from typing import Any
 
+from absync.web.auth import hash_token
+from absync.web.export import ExportSlots
 from projections.runner import catch_up
 from schemas.delivery import Status
 from tests.web.conftest import Api, fact, then
@@ -158,3 +160,35 @@ def test_filters_by_legal_entity_and_department_and_exports_them(api: Api) -> No
     assert detail["legal_entity_id"] is None and detail["department_id"] is None
     at = table[0].index("department_id")
     assert sorted(r[at] for r in table[1:]) == ["ops", "sales"]
+
+
+def test_exports_streaming_at_once_are_bounded_per_token(api: Api) -> None:
+    """Two exports in flight for a token (their slots held here, as a slow reader holds them): a
+    third is a 429 with Retry-After; another token still exports; a slot given back serves again."""
+    slots: ExportSlots = api.component.app.state.exports
+    view = hash_token(api.tokens["view"])
+    assert slots.take(view) is None and slots.take(view) is None
+    try:
+        with api.client("view") as client:
+            refused = client.get("/api/v1/deliveries/export.csv")
+        assert refused.status_code == 429, refused.text
+        assert "with this token" in refused.json()["detail"] and refused.headers["retry-after"] == "10"
+        with api.client("acme-view") as other:
+            assert other.get("/api/v1/deliveries/export.csv").status_code == 200
+    finally:
+        slots.release(view)
+        slots.release(view)
+    with api.client("view") as client:
+        assert client.get("/api/v1/deliveries/export.csv").status_code == 200
+    assert slots.take(view) is None, "every export's slot was given back"
+    slots.release(view)
+
+
+def test_an_export_slot_is_given_back_when_its_stream_is_closed_early() -> None:
+    slots = ExportSlots(per_token=1, total=1)
+    assert slots.take("t") is None
+    stream = slots.streaming(iter(["a", "b", "c"]), "t")
+    assert next(stream) == "a"
+    assert slots.take("u") is not None and "on this process" in str(slots.take("u"))
+    stream.close()  # the client went away after one chunk
+    assert slots.take("u") is None

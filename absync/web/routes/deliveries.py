@@ -10,12 +10,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from absync.web.auth import Viewer
-from absync.web.export import MAX_EXPORT_ROWS, csv_lines
-from absync.web.models import ERRORS, NOT_FOUND, DeliveryDetailOut, DeliveryPage, DeliveryStats
+from absync.web.auth import Viewer, hash_token
+from absync.web.export import MAX_EXPORT_ROWS, ExportSlots, csv_lines
+from absync.web.models import ERRORS, NOT_FOUND, DeliveryDetailOut, DeliveryPage, DeliveryStats, Problem
 from absync.web.routes.common import DeliveryId, IsoDate, invalid, visible_delivery
 from absync.web.state import app_state
 from projections import queries
@@ -92,7 +92,10 @@ def list_deliveries(
 @router.get(
     "/export.csv",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "The filtered list as CSV."}},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "The filtered list as CSV."},
+        429: {"model": Problem, "description": "Too many exports streaming (2 per token, 8 in all)."},
+    },
     summary="Export the filtered list as CSV (newest change first)",
     description=f"The same filters and tenant scope as the list. At most {MAX_EXPORT_ROWS:,} rows: when "
     "more match, the last line says the export was cut. Cells that a spreadsheet would read as a "
@@ -107,10 +110,19 @@ def export_deliveries(
     ] = MAX_EXPORT_ROWS,
 ) -> StreamingResponse:
     engine = app_state(request).engine
-    rows = queries.export_deliveries(engine, tenant=principal.tenant, where=where, max_rows=limit)
+    slots: ExportSlots = request.app.state.exports
+    token_hash = hash_token(request.headers.get("authorization", "").partition(" ")[2].strip())
+    refused = slots.take(token_hash)
+    if refused is not None:
+        raise HTTPException(429, refused, headers={"Retry-After": "10"})
+    try:
+        rows = queries.export_deliveries(engine, tenant=principal.tenant, where=where, max_rows=limit)
+    except BaseException:
+        slots.release(token_hash)
+        raise
     log.info("deliveries exported", actor=principal.name, tenant=principal.tenant, limit=limit)
     return StreamingResponse(
-        csv_lines(rows, limit),
+        slots.streaming(csv_lines(rows, limit), token_hash),
         media_type="text/csv; charset=utf-8",
         headers={
             "Content-Disposition": 'attachment; filename="deliveries.csv"',
