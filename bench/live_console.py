@@ -230,7 +230,12 @@ def measure(deliveries: int, clients: int) -> dict[str, Any]:
     with BenchRun(f"live-{clients}") as run:
         receiver = ReceiverProc(run.workdir)
         port = _free_port()
-        env = run.env(ABSYNC_HTTP_PORT=str(port), ABSYNC_LOG_LEVEL="WARNING")
+        # All the clients share one token: lift the per-token bound of live streams (16 by default).
+        env = run.env(
+            ABSYNC_HTTP_PORT=str(port),
+            ABSYNC_LOG_LEVEL="WARNING",
+            ABSYNC_LIVE_STREAMS_PER_TOKEN=str(clients + 1),
+        )
         made = subprocess.run(
             [PYTHON, "-m", "absync", "tokens", "create", "--name", "bench", "--right", "view"],
             env=env,

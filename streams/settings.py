@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    live_streams_per_token: Annotated[int, Field(ge=1, le=10_000)] = 16
+    """ABSYNC_LIVE_STREAMS_PER_TOKEN: live streams (``/deliveries/stream``) one token may hold open in
+    a web process; one more is a 429 (absync/web/feed.py)."""
+    live_streams: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """ABSYNC_LIVE_STREAMS: live streams open in a web process at most."""
 
     # Secrets
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)

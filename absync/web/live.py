@@ -58,6 +58,12 @@ def _serialise(row: queries.DeliverySummary) -> str:
 def install_feed(app: FastAPI, **options: Any) -> ChangeFeed:
     """Makes the app's feed (``options``: :class:`ChangeFeed`'s limits) and its metrics:
     ``absync_live_streams`` (open now) and ``absync_live_resyncs_total`` (told to resync)."""
+    settings = app.state.absync.settings
+    options = {
+        "max_per_token": settings.live_streams_per_token,
+        "max_streams": settings.live_streams,
+        **options,
+    }
     feed = ChangeFeed(app.state.engine, _serialise, stopping=app.state.absync.stopping, **options)
     app.state.feed = feed
     app.state.absync.metrics.register(_FeedCollector(feed))
