@@ -40,9 +40,9 @@ from connectors.egress import EgressPolicy, parse_address
 from connectors.egress_clients import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_RESPONSE_BYTES,
-    StatelessClient,
     _CappedStream,
     guarded_client,
+    ssl_context,
 )
 from connectors.executor import BlockingExecutor
 
@@ -144,7 +144,7 @@ class GuardedAiohttpTransport(AiohttpTransport):
         limits: httpx.Limits = DEFAULT_LIMITS,
         max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+        context = ssl_context(verify)
         super().__init__(verify=context, limits=limits, trust_env=False, client=self._session)
         self.policy = policy
         self.max_body = max_body
@@ -197,20 +197,10 @@ class GuardedAiohttpTransport(AiohttpTransport):
         return response
 
 
-def aiohttp_client(
-    policy: EgressPolicy,
-    *,
-    verify: ssl.SSLContext | bool = True,
-    limits: httpx.Limits = DEFAULT_LIMITS,
-    max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
-    keep_cookies: bool = True,
-    **kwargs: Any,
-) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` on aiohttp whose every connection obeys ``policy`` (``kwargs`` go to
-    the client), the counterpart of :func:`connectors.egress_clients.guarded_client`."""
-    transport = GuardedAiohttpTransport(policy, verify=verify, limits=limits, max_body=max_body)
-    client = httpx.AsyncClient if keep_cookies else StatelessClient
-    return client(transport=transport, trust_env=False, **kwargs)
+def aiohttp_client(policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` on aiohttp whose every connection obeys ``policy``: the arguments and
+    guarantees of :func:`connectors.egress_clients.guarded_client`, on :class:`GuardedAiohttpTransport`."""
+    return guarded_client(policy, transport_type=GuardedAiohttpTransport, **kwargs)
 
 
 def webhook_client(transport: str, policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:

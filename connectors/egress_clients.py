@@ -22,7 +22,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpcore
@@ -120,6 +120,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def ssl_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """``verify`` as the SSL context a guarded transport uses (a context is used as it is)."""
+    return verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+
+
 class _CappedStream(httpx.AsyncByteStream):
     """A response stream that stops with a ``ReadError`` past ``limit`` bytes (nothing more is read)."""
 
@@ -149,7 +154,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits = DEFAULT_LIMITS,
         max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+        context = ssl_context(verify)
         super().__init__(verify=context, limits=limits, trust_env=False)
         # The pool httpx built, rebuilt on our network backend (httpx offers no argument for it).
         self._pool = httpcore.AsyncConnectionPool(
@@ -192,6 +197,15 @@ class StatelessClient(httpx.AsyncClient):
         return None
 
 
+class GuardedTransportType(Protocol):
+    """A transport class whose every connection obeys ``policy``, its answers capped at ``max_body``:
+    :class:`GuardedTransport` (httpcore) or :class:`connectors.egress_aiohttp.GuardedAiohttpTransport`."""
+
+    def __call__(
+        self, policy: EgressPolicy, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, max_body: int
+    ) -> httpx.AsyncBaseTransport: ...
+
+
 def guarded_client(
     policy: EgressPolicy,
     *,
@@ -199,11 +213,13 @@ def guarded_client(
     limits: httpx.Limits = DEFAULT_LIMITS,
     max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
     keep_cookies: bool = True,
+    transport_type: GuardedTransportType = GuardedTransport,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose every connection obeys ``policy`` (``kwargs`` go to the client);
-    without ``keep_cookies`` a :class:`StatelessClient`."""
-    transport = GuardedTransport(policy, verify=verify, limits=limits, max_body=max_body)
+    """An ``httpx.AsyncClient`` whose every connection obeys ``policy`` (``kwargs`` go to the client),
+    on ``transport_type``; no proxy or other setting from the environment; without ``keep_cookies``
+    a :class:`StatelessClient`."""
+    transport = transport_type(policy, verify=verify, limits=limits, max_body=max_body)
     client = httpx.AsyncClient if keep_cookies else StatelessClient
     return client(transport=transport, trust_env=False, **kwargs)
 

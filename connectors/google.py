@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from connectors import google_batching
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome
-from connectors.batching import BatchItem, ItemResult, MicroBatcher
+from connectors.batching import BatchItem, ItemResult
 from connectors.calendar import (
     NO_EMAIL,
     CalendarEvent,
@@ -55,10 +55,10 @@ from connectors.declaration import (
     setting,
 )
 from connectors.egress import EgressPolicy
-from connectors.egress_clients import guarded_client, httplib2_connection_type
+from connectors.egress_clients import httplib2_connection_type
 from connectors.exceptions import ConfigurationError, RetryableError
 from connectors.registry import register
-from connectors.wire import Shown, record, status_error
+from connectors.wire import BatchSession, Shown, record, status_error
 from schemas.delivery import Delivery
 from schemas.destination import Destination
 
@@ -208,11 +208,7 @@ class GoogleCalendarConnector(Connector):
         self._base_credentials: service_account.Credentials | None = None
         self._delegated: dict[str, service_account.Credentials] = {}
         self._service: Any = None
-        self.batch_requests = self.setting("batch_requests", False)
-        if not isinstance(self.batch_requests, bool):
-            raise ConfigurationError("setting 'batch_requests' must be true or false")
-        self._batcher: MicroBatcher | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._session = BatchSession("GoogleCalendarConnector", self.setting("batch_requests", False))
 
     async def setup(self) -> None:
         self._service = await self.run_blocking(
@@ -227,13 +223,9 @@ class GoogleCalendarConnector(Connector):
                 client_options={"api_endpoint": f"{self.api_root.rstrip('/')}/{SERVICE_PATH}"},
             )
         )
-        if self.batch_requests:
-            self._client = guarded_client(
-                self.options.egress,
-                timeout=httpx.Timeout(self.options.timeout),
-                headers={"User-Agent": self.options.user_agent},
-            )
-            self._batcher = MicroBatcher(
+        if self._session.batch_requests:  # only batch mode uses an httpx client (direct calls: httplib2)
+            self._session.start(
+                self.options,
                 self.deliver_batch,
                 max_items=google_batching.MAX_REQUESTS,
                 deadline=self.attempt_deadline,
@@ -241,11 +233,7 @@ class GoogleCalendarConnector(Connector):
             )
 
     async def close(self) -> None:
-        if self._batcher is not None:  # first: its waiting deliveries fail retryably
-            await self._batcher.close()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._session.close()
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
         """Gets a token for the service account itself, or for ``test_user`` (proves delegation)."""
@@ -256,9 +244,7 @@ class GoogleCalendarConnector(Connector):
         return DeliveryOutcome(summary=f"token acquired for {subject or credentials.service_account_email}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        if self._batcher is not None:
-            return await self._batcher.deliver(delivery, recorder)
-        return await self.deliver_one(delivery, recorder)
+        return await self._session.deliver(delivery, recorder, self.deliver_one)
 
     async def deliver_batch(self, items: Sequence[BatchItem]) -> list[ItemResult]:
         """The batch mode's MicroBatcher sender (see :mod:`connectors.google_batching`)."""
@@ -394,7 +380,7 @@ class GoogleCalendarConnector(Connector):
         return _error_for(exc)
 
     def http_client(self) -> httpx.AsyncClient:
-        return self._require(self._client)  # type: ignore[no-any-return]
+        return self._session.http_client()
 
     @staticmethod
     def _require(value: Any) -> Any:

@@ -25,7 +25,6 @@ per delivery):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import uuid
 from collections.abc import Sequence
@@ -33,15 +32,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httplib2
-import httpx
 from google_auth_httplib2 import Request
 from googleapiclient.errors import HttpError
 
-from connectors.base import DeliveryOutcome
-from connectors.batching import BatchItem, ItemCalls, ItemResult
-from connectors.exceptions import ConnectorError, RetryableError
+from connectors.batching import BatchItem, ItemResult
+from connectors.exceptions import ConnectorError
 from connectors.google_batch import MAX_REQUESTS, SubRequest, build_batch, parse_batch_answer
-from connectors.subcalls import Rounds
+from connectors.subcalls import Rounds, RoundScope, send_batch
 from connectors.wire import Answer
 from streams.logging import MASK
 
@@ -53,25 +50,19 @@ __all__ = ["MAX_REQUESTS", "call", "deliver_batch", "in_round"]
 _NOT_IN_PART = ("content-length", "host", "accept-encoding")
 """Headers a part does not carry (its length is computed; a compressed part could not be read)."""
 GoogleRounds = Rounds[SubRequest, Answer]
-_round: contextvars.ContextVar[tuple[GoogleRounds, BatchItem] | None] = contextvars.ContextVar(
-    "google_round", default=None
-)
+_scope: RoundScope[SubRequest, Answer] = RoundScope("google_round")
 
 
 def in_round() -> tuple[GoogleRounds, BatchItem] | None:
     """The round (and the delivery) a Calendar call made now belongs to; None outside a batch."""
-    return _round.get()
+    return _scope.current()
 
 
 async def deliver_batch(connector: GoogleCalendarConnector, items: Sequence[BatchItem]) -> list[ItemResult]:
     """The MicroBatcher's ``deliver_batch``: one result per item, in their order."""
-    rounds: GoogleRounds = Rounds(lambda calls: send_round(connector, calls))
-
-    async def deliver(item: BatchItem) -> DeliveryOutcome:
-        _round.set((rounds, item))  # this item's own task: its context only
-        return await connector.deliver_one(item.delivery, item.recorder)
-
-    return await rounds.run(items, deliver)
+    return await _scope.deliver_batch(
+        items, lambda calls: send_round(connector, calls), connector.deliver_one
+    )
 
 
 async def call(
@@ -135,26 +126,16 @@ async def _send(
         for name, value in sub.headers.items():
             if name.lower() == "authorization":
                 item.recorder.learn(value)
-    record = ItemCalls(items, "POST", url, request.headers, [_shown_request(sub) for sub in batch])
-    try:
-        response = await client.send(request, stream=True)
-        try:
-            content = await response.aread()
-        finally:
-            await response.aclose()
-    except httpx.TransportError as exc:
-        error = f"POST {url}: {type(exc).__name__}: {exc}"
-        record.fail(error)
-        return {sub.content_id: RetryableError(error) for sub in batch}
-    except BaseException as exc:
-        record.fail(f"POST {url}: {type(exc).__name__}")
-        raise
-    answer = Answer(response.status_code, response.headers, content)
-    results = parse_batch_answer(answer, [sub.content_id for sub in batch])
-    record.finish(
-        answer.status_code, answer.headers, [_shown_answer(results[sub.content_id]) for sub in batch]
+    return await send_batch(
+        client,
+        url,
+        request,
+        items,
+        [_shown_request(sub) for sub in batch],
+        [sub.content_id for sub in batch],
+        parse_batch_answer,
+        lambda _, result: _shown_answer(result),
     )
-    return results
 
 
 def _shown_request(sub: SubRequest) -> str:

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 
 from connectors import graph_batching
 from connectors.base import CallRecorder, Connector, ConnectorOptions, DeliveryOutcome, pretty_json
-from connectors.batching import BatchItem, ItemResult, MicroBatcher
+from connectors.batching import BatchItem, ItemResult
 from connectors.calendar import (
     NO_EMAIL,
     CalendarEvent,
@@ -57,10 +57,10 @@ from connectors.declaration import (
     setting,
 )
 from connectors.egress import EgressPolicy
-from connectors.egress_clients import GuardedAdapter, guarded_client
+from connectors.egress_clients import GuardedAdapter
 from connectors.exceptions import ConfigurationError, PermanentError, RetryableError
 from connectors.registry import register
-from connectors.wire import Answer, Shown, record, send_recorded, status_error
+from connectors.wire import Answer, BatchSession, Shown, record, send_recorded, status_error
 from schemas.delivery import Delivery
 from schemas.destination import Destination
 
@@ -173,47 +173,32 @@ class GraphConnector(Connector):
         self.calendar = CalendarSettings.from_settings(self.settings)
         self._app: msal.ConfidentialClientApplication | None = None
         self._app_lock = threading.Lock()
-        self._client: httpx.AsyncClient | None = None
         self._token_kept: tuple[str, float] | None = None
         """The last token and the monotonic time until which it is used."""
-        self.batch_requests = self.setting("batch_requests", False)
-        if not isinstance(self.batch_requests, bool):
-            raise ConfigurationError("setting 'batch_requests' must be true or false")
-        self._batcher: MicroBatcher | None = None
+        self._session = BatchSession("GraphConnector", self.setting("batch_requests", False))
 
     async def setup(self) -> None:
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
         )
-        self._client = guarded_client(
-            self.options.egress,
-            timeout=httpx.Timeout(self.options.timeout),
+        self._session.start(
+            self.options,
+            self.deliver_batch,
+            max_items=graph_batching.MAX_REQUESTS,
+            deadline=self.attempt_deadline,
+            name=f"graph:{self.destination.id}",
             verify=verify,
-            headers={"User-Agent": self.options.user_agent},
         )
-        if self.batch_requests:
-            self._batcher = MicroBatcher(
-                self.deliver_batch,
-                max_items=graph_batching.MAX_REQUESTS,
-                deadline=self.attempt_deadline,
-                name=f"graph:{self.destination.id}",
-            )
 
     async def close(self) -> None:
-        if self._batcher is not None:  # first: its waiting deliveries fail retryably
-            await self._batcher.close()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._session.close()
 
     async def test_connection(self, recorder: CallRecorder) -> DeliveryOutcome:
         await self._token(recorder)
         return DeliveryOutcome(summary=f"token acquired for app {self.client_id} in tenant {self.tenant_id}")
 
     async def deliver(self, delivery: Delivery, recorder: CallRecorder) -> DeliveryOutcome:
-        if self._batcher is not None:
-            return await self._batcher.deliver(delivery, recorder)
-        return await self.deliver_one(delivery, recorder)
+        return await self._session.deliver(delivery, recorder, self.deliver_one)
 
     async def deliver_batch(self, items: Sequence[BatchItem]) -> list[ItemResult]:
         """The batch mode's MicroBatcher sender (see :mod:`connectors.graph_batching`)."""
@@ -337,9 +322,7 @@ class GraphConnector(Connector):
         raise _error_for(response.status_code, code, message, email, response.headers.get("Retry-After"))
 
     def http_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("GraphConnector.setup() was not awaited")
-        return self._client
+        return self._session.http_client()
 
     async def bearer_token(self, recorder: CallRecorder) -> str:
         return await self._token(recorder)

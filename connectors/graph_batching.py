@@ -21,7 +21,6 @@ per-key order, one attempt record per delivery):
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -29,9 +28,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from connectors.base import DeliveryOutcome
-from connectors.batching import BatchItem, ItemCalls, ItemResult
-from connectors.exceptions import ConnectorError, RetryableError
+from connectors.batching import BatchItem, ItemResult
+from connectors.exceptions import ConnectorError
 from connectors.graph_batch import (
     SubRequest,
     build_batch,
@@ -40,7 +38,7 @@ from connectors.graph_batch import (
     relative_url,
     split_batches,
 )
-from connectors.subcalls import Rounds
+from connectors.subcalls import Rounds, RoundScope, send_batch
 from connectors.wire import Answer
 
 if TYPE_CHECKING:
@@ -50,25 +48,19 @@ MAX_REQUESTS = 20
 """Deliveries per MicroBatcher batch: each round of their calls then fits one $batch (mailboxes
 permitting)."""
 GraphRounds = Rounds[SubRequest, Answer]
-_round: contextvars.ContextVar[tuple[GraphRounds, BatchItem] | None] = contextvars.ContextVar(
-    "graph_round", default=None
-)
+_scope: RoundScope[SubRequest, Answer] = RoundScope("graph_round")
 
 
 def in_round() -> tuple[GraphRounds, BatchItem] | None:
     """The round (and the delivery) a Graph call made now belongs to; None outside a batch."""
-    return _round.get()
+    return _scope.current()
 
 
 async def deliver_batch(connector: GraphConnector, items: Sequence[BatchItem]) -> list[ItemResult]:
     """The MicroBatcher's ``deliver_batch``: one result per item, in their order."""
-    rounds: GraphRounds = Rounds(lambda calls: send_round(connector, calls))
-
-    async def deliver(item: BatchItem) -> DeliveryOutcome:
-        _round.set((rounds, item))  # this item's own task: its context only
-        return await connector.deliver_one(item.delivery, item.recorder)
-
-    return await rounds.run(items, deliver)
+    return await _scope.deliver_batch(
+        items, lambda calls: send_round(connector, calls), connector.deliver_one
+    )
 
 
 async def call(
@@ -111,24 +103,9 @@ async def _send(
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     parts = [json.dumps(entry(sub), ensure_ascii=False) for sub in batch]
-    record = ItemCalls(items, "POST", url, request.headers, parts)
-    try:
-        response = await client.send(request, stream=True)
-        try:
-            content = await response.aread()
-        finally:
-            await response.aclose()
-    except httpx.TransportError as exc:
-        error = f"POST {url}: {type(exc).__name__}: {exc}"
-        record.fail(error)
-        return {sub.id: RetryableError(error) for sub in batch}
-    except BaseException as exc:
-        record.fail(f"POST {url}: {type(exc).__name__}")
-        raise
-    answer = Answer(response.status_code, response.headers, content)
-    results = parse_batch_answer(answer, [sub.id for sub in batch])
-    record.finish(answer.status_code, answer.headers, [_shown(sub.id, results[sub.id]) for sub in batch])
-    return results
+    return await send_batch(
+        client, url, request, items, parts, [sub.id for sub in batch], parse_batch_answer, _shown
+    )
 
 
 def _shown(request_id: str, result: Answer | ConnectorError) -> str:

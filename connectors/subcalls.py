@@ -24,21 +24,29 @@ Guarantees:
   delivery that awaits something else (a token, on a thread) holds the round until it calls or ends;
   the MicroBatcher's deadline cancels the whole batch, and :meth:`Rounds.run` cancels every delivery
   it started when it is cancelled.
+
+What the batch modes share besides: :class:`RoundScope` (which round a call made now belongs to, and
+the MicroBatcher's ``deliver_batch`` that sets it) and :func:`send_batch` (one batch request sent,
+read, recorded for each delivery it carries and parsed into one result per call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import httpx
 import structlog
 
-from connectors.base import DeliveryOutcome
-from connectors.batching import BatchItem, ItemResult
+from connectors.base import CallRecorder, DeliveryOutcome
+from connectors.batching import BatchItem, ItemCalls, ItemResult
 from connectors.egress import NOT_ALLOWED, refused
 from connectors.exceptions import ConfigurationError, ConnectorError, RetryableError
+from connectors.wire import Answer
+from schemas.delivery import Delivery
 
 log = structlog.get_logger(__name__)
 
@@ -139,3 +147,75 @@ class Rounds(Generic[Req, Res]):
             for (_, _, future), result in zip(round_, results, strict=False):
                 if not future.done():
                     future.set_result(result)
+
+
+class RoundScope(Generic[Req, Res]):
+    """One connector kind's batch mode: which round (and which delivery) a call made now belongs to.
+
+    :meth:`deliver_batch` sets it in each delivery's own task, so it is seen by that delivery's calls
+    only: a call made outside a batch (or by another delivery) finds None and goes out on its own.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._current: contextvars.ContextVar[tuple[Rounds[Req, Res], BatchItem] | None] = (
+            contextvars.ContextVar(name, default=None)
+        )
+
+    def current(self) -> tuple[Rounds[Req, Res], BatchItem] | None:
+        """The round (and the delivery) a call made now belongs to; None outside a batch."""
+        return self._current.get()
+
+    async def deliver_batch(
+        self,
+        items: Sequence[BatchItem],
+        send: Callable[[list[tuple[BatchItem, Req]]], Awaitable[Sequence[Res | ConnectorError]]],
+        deliver_one: Callable[[Delivery, CallRecorder], Awaitable[DeliveryOutcome]],
+    ) -> list[ItemResult]:
+        """A MicroBatcher's ``deliver_batch``: ``deliver_one`` for every item, their calls sent round by
+        round with ``send`` (see :class:`Rounds`); one result per item, in their order."""
+        rounds: Rounds[Req, Res] = Rounds(send)
+
+        async def deliver(item: BatchItem) -> DeliveryOutcome:
+            self._current.set((rounds, item))  # this item's own task: its context only
+            return await deliver_one(item.delivery, item.recorder)
+
+        return await rounds.run(items, deliver)
+
+
+async def send_batch(
+    client: httpx.AsyncClient,
+    url: str,
+    request: httpx.Request,
+    items: Sequence[BatchItem],
+    parts: Sequence[str | bytes],
+    ids: Sequence[str],
+    parse: Callable[[Answer, list[str]], dict[str, Answer | ConnectorError]],
+    shown: Callable[[str, Answer | ConnectorError], str],
+) -> dict[str, Answer | ConnectorError]:
+    """Sends one batch ``request`` to ``url`` carrying the calls ``ids`` (``items[i]``'s part of the
+    body is ``parts[i]``): each call's result, ``parse`` of the answer read whole. Each item's attempt
+    log shows the request (headers masked) with its own part, started before sending, and the answer
+    with ``shown(id, result)`` as its own part.
+
+    A request that got no answer (``httpx.TransportError``) gives each call its own RetryableError,
+    recorded as every item's failure; any other exception is recorded, then raised unchanged.
+    """
+    where = f"{request.method} {url}"
+    record = ItemCalls(items, request.method, url, request.headers, parts)
+    try:
+        response = await client.send(request, stream=True)
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+    except httpx.TransportError as exc:
+        error = f"{where}: {type(exc).__name__}: {exc}"
+        record.fail(error)
+        return {call_id: RetryableError(error) for call_id in ids}
+    except BaseException as exc:
+        record.fail(f"{where}: {type(exc).__name__}")
+        raise
+    answer = Answer(response.status_code, response.headers, content)
+    results = parse(answer, list(ids))
+    record.finish(answer.status_code, answer.headers, [shown(call_id, results[call_id]) for call_id in ids])
+    return results

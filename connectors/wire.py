@@ -10,6 +10,8 @@
   (secrets masked, bodies cut by :class:`connectors.base.CallRecorder`); an exception is recorded as
   the call's error and raised again unchanged.
 - :func:`send_recorded`: one ``httpx`` request, recorded, its answer body read up to a limit.
+- :class:`BatchSession`: a connector's guarded ``httpx`` client and, in batch mode (setting
+  ``batch_requests``), its :class:`connectors.batching.MicroBatcher`, set up and closed together.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ import email.utils
 import json
 import math
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from connectors.base import CallRecorder, read_body
-from connectors.exceptions import BackpressureError, ConnectorError, PermanentError, RetryableError
+from connectors.base import CallRecorder, ConnectorOptions, DeliveryOutcome, read_body
+from connectors.batching import MicroBatcher, SendBatch
+from connectors.egress_clients import guarded_client
+from connectors.exceptions import (
+    BackpressureError,
+    ConfigurationError,
+    ConnectorError,
+    PermanentError,
+    RetryableError,
+)
+from schemas.delivery import Delivery
 from streams.logging import MASK
 
 T = TypeVar("T")
@@ -239,3 +251,68 @@ async def send_recorded(
         text = mask_answer(answer) or text
     recorder.finish(call, answer.status_code, answer.headers, text)
     return answer
+
+
+class BatchSession:
+    """A connector's ``httpx`` client (:func:`connectors.egress_clients.guarded_client`: the egress
+    policy holds for it) and, in batch mode, the :class:`connectors.batching.MicroBatcher` its
+    ``deliver`` calls go through.
+
+    ``batch_requests`` (the setting) must be true or false: anything else is a ConfigurationError
+    when the connector is built. :meth:`close` closes the batcher first (its waiting deliveries fail
+    retryably), then the client; closing twice, or before :meth:`start`, is harmless.
+    """
+
+    def __init__(self, owner: str, batch_requests: object) -> None:
+        if not isinstance(batch_requests, bool):
+            raise ConfigurationError("setting 'batch_requests' must be true or false")
+        self.owner = owner
+        """The connector's class name, for the error of a client used before setup."""
+        self.batch_requests = batch_requests
+        self.client: httpx.AsyncClient | None = None
+        self.batcher: MicroBatcher | None = None
+
+    def start(
+        self,
+        options: ConnectorOptions,
+        send: SendBatch,
+        *,
+        max_items: int,
+        deadline: float,
+        name: str,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """Builds the client (``options``' egress policy, timeout and User-Agent) and, in batch mode,
+        the batcher that flushes into ``send``. Called from the connector's (async) ``setup``."""
+        self.client = guarded_client(
+            options.egress,
+            timeout=httpx.Timeout(options.timeout),
+            verify=verify,
+            headers={"User-Agent": options.user_agent},
+        )
+        if self.batch_requests:
+            self.batcher = MicroBatcher(send, max_items=max_items, deadline=deadline, name=name)
+
+    async def deliver(
+        self,
+        delivery: Delivery,
+        recorder: CallRecorder,
+        deliver_one: Callable[[Delivery, CallRecorder], Awaitable[DeliveryOutcome]],
+    ) -> DeliveryOutcome:
+        """``delivery`` through the batcher in batch mode, else ``deliver_one`` on its own."""
+        if self.batcher is not None:
+            return await self.batcher.deliver(delivery, recorder)
+        return await deliver_one(delivery, recorder)
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The client; a RuntimeError before :meth:`start` (the connector's setup not awaited)."""
+        if self.client is None:
+            raise RuntimeError(f"{self.owner}.setup() was not awaited")
+        return self.client
+
+    async def close(self) -> None:
+        if self.batcher is not None:  # first: its waiting deliveries fail retryably
+            await self.batcher.close()
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None

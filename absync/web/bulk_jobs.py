@@ -12,15 +12,14 @@ acts on them.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import functools
 from dataclasses import replace
 
 from sqlalchemy.engine import Engine
 
 from absync.services import bulk
 from absync.services.bulk import BulkAction, BulkProgress
-from absync.web.jobs import Job, Jobs
+from absync.web.jobs import CommandJob, Jobs
 from absync.web.models import BulkOut
 from projections import queries
 from streams.settings import Settings
@@ -36,7 +35,7 @@ def scope_key(tenant: str | None) -> str:
     return "*" if tenant is None else f"tenant:{tenant}"
 
 
-class BulkJob(Job[BulkProgress]):
+class BulkJob(CommandJob[BulkProgress]):
     """A bulk action running in a thread of this API process."""
 
     def __init__(
@@ -50,50 +49,29 @@ class BulkJob(Job[BulkProgress]):
         tenant: str | None,
         started_by: str,
     ) -> None:
-        super().__init__(f"bulk-{action.value}", BulkProgress(total=len(refs)), action=action.value)
+        super().__init__(
+            f"bulk-{action.value}",
+            BulkProgress(total=len(refs)),
+            functools.partial(bulk.run, settings, engine, action, refs, tenant=tenant, issued_by=started_by),
+            started_by=started_by,
+            action=action.value,
+        )
         self.action = action
         self.where = where
         self.tenant = tenant
-        self.started_by = started_by
-        self._refs = refs
-        self._settings = settings
-        self._engine = engine
 
     def snapshot(self, progress: BulkProgress) -> BulkProgress:
         return replace(progress, skipped=dict(progress.skipped), failures=list(progress.failures))
 
-    def work(self, report: Callable[[BulkProgress], None], stop: threading.Event) -> BulkProgress:
-        return bulk.run(
-            self._settings,
-            self._engine,
-            self.action,
-            self._refs,
-            tenant=self.tenant,
-            issued_by=self.started_by,
-            stop=stop,
-            progress=report,
-        )
-
     def out(self) -> BulkOut:
         p = self.progress
-        running = self.running
-        reasons = bulk.skip_reasons(self.action)
         return BulkOut(
             job_id=self.job_id,
             action="retry" if self.action is BulkAction.RETRY else "mark-processed",
             filters=bulk.filter_fields(self.where),
-            started_by=self.started_by,
-            started_at=self.started_at,
-            running=running,
-            phase="done" if not running else p.phase,
-            total=p.total,
-            done=p.sent,
-            skipped=p.skipped,
-            skip_reasons={reason: reasons.get(reason, reason) for reason in p.skipped},
             failed=p.failed,
             failures=p.failures,
-            completed=p.completed and self.error is None,
-            error=self.error,
+            **self.shown(p, bulk.skip_reasons(self.action)),
         )
 
 

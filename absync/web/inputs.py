@@ -12,11 +12,12 @@ quotes nothing of the request.
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import parse_qsl, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from absync.web.limits import send_error
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MESSAGE = "must not contain control characters (NUL, line breaks, escapes)"
@@ -50,17 +51,4 @@ class NoControlCharacters:
         if not bad:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {"detail": [{"type": "value_error", "loc": loc, "msg": MESSAGE} for loc in bad]}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 422,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 422, [{"type": "value_error", "loc": loc, "msg": MESSAGE} for loc in bad])

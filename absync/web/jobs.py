@@ -10,7 +10,9 @@ most so many jobs of a key run (one for a destination's resync or Recover): star
 gives back the latest running one, untouched.
 
 The routes' side is here too, so that they answer alike: :meth:`Jobs.start_or_refuse` (409 while a
-job of the key runs) and :meth:`Jobs.latest` (404 before the first one).
+job of the key runs) and :meth:`Jobs.latest` (404 before the first one). A job that sends one
+command per delivery (a Recover, a bulk action) is a :class:`CommandJob`: its answer's common fields
+come from :meth:`CommandJob.shown`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import datetime as dt
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, Generic, Self, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import structlog
 from fastapi import HTTPException, status
@@ -80,6 +82,62 @@ class Job(ABC, Generic[P]):
         except Exception as exc:  # reported by the job's GET route; what was done stays done
             log.exception("job failed", job=self._thread.name, **self._log_fields)
             self.error = str(exc)
+
+
+class CommandProgress(Protocol):
+    """The progress of a job that sends one command per delivery (a Recover, a bulk action)."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def skipped(self) -> dict[str, int]: ...
+    @property
+    def completed(self) -> bool: ...
+
+
+CP = TypeVar("CP", bound=CommandProgress)
+
+
+class CommandJob(Job[CP]):
+    """A job that sends one command per delivery (a Recover, a bulk action): ``send(stop=...,
+    progress=...)`` does the work (a service function with its arguments bound, the operator's name
+    as ``issued_by`` among them), and :meth:`shown` gives the fields its answer shares with the
+    others of its kind."""
+
+    def __init__(
+        self, name: str, progress: CP, send: Callable[..., CP], *, started_by: str, **log_fields: object
+    ) -> None:
+        super().__init__(name, progress, **log_fields)
+        self.started_by = started_by
+        self._send = send
+
+    def work(self, report: Callable[[CP], None], stop: threading.Event) -> CP:
+        return self._send(stop=stop, progress=report)
+
+    def shown(self, progress: CP, reasons: Mapping[str, str]) -> dict[str, Any]:
+        """Who started the job and when; whether it runs; its phase ("done" once it ended, whatever
+        the work last reported); ``done`` (commands sent) of ``total``; ``skipped`` by reason, with
+        what each reason means (``reasons``; a reason not there is shown as itself); ``completed``
+        (the work ended by itself without an error) and the error. ``progress`` is :attr:`progress`,
+        read once by the caller for all of its answer."""
+        p = progress
+        running = self.running
+        return {
+            "started_by": self.started_by,
+            "started_at": self.started_at,
+            "running": running,
+            "phase": "done" if not running else p.phase,
+            "total": p.total,
+            "done": p.sent,
+            "skipped": p.skipped,
+            "skip_reasons": {reason: reasons.get(reason, reason) for reason in p.skipped},
+            "completed": p.completed and self.error is None,
+            "error": self.error,
+        }
 
 
 J = TypeVar("J", bound=Job[Any])

@@ -12,7 +12,8 @@
 
 Guarantees: no request makes the process hold more than ``max_request_bytes`` of its body (plus one
 chunk of the server's read buffer), whoever sends it, signed in or not. The 413 body is a
-``{"detail": ...}`` like every other API error.
+``{"detail": ...}`` like every other API error (:func:`send_error`, which the other middleware
+refusing a request before any route, :class:`absync.web.inputs.NoControlCharacters`, answers with too).
 """
 
 from __future__ import annotations
@@ -83,21 +84,19 @@ class BodyLimit:
             content_length=declared,
             limit=self.max_bytes,
         )
-        body = json.dumps(
-            {"detail": f"request body larger than {self.max_bytes} bytes (ABSYNC_MAX_REQUEST_BYTES)"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"request body larger than {self.max_bytes} bytes (ABSYNC_MAX_REQUEST_BYTES)"
+        await send_error(send, 413, detail, close=True)
+
+
+async def send_error(send: Send, status: int, detail: object, *, close: bool = False) -> None:
+    """Answers ``{"detail": detail}`` with ``status`` straight from ASGI middleware, before any route
+    (the shape of every other API error); ``close``: the connection is closed after it."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

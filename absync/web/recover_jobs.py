@@ -10,61 +10,39 @@ yet re-sent are still in Error and a new Recover with the same ``since`` sends t
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Callable
+import functools
 from dataclasses import replace
 
 from sqlalchemy.engine import Engine
 
 from absync.services.recover import SKIP_REASONS, RecoverProgress, recover
-from absync.web.jobs import Job, Jobs
+from absync.web.jobs import CommandJob, Jobs
 from absync.web.models import RecoverOut
 from streams.settings import Settings
 
 
-class RecoverJob(Job[RecoverProgress]):
+class RecoverJob(CommandJob[RecoverProgress]):
     """A Recover running in a thread of this API process."""
 
     def __init__(
         self, settings: Settings, engine: Engine, destination_id: str, since: dt.datetime, started_by: str
     ) -> None:
-        super().__init__(f"recover-{destination_id}", RecoverProgress(), destination=destination_id)
+        super().__init__(
+            f"recover-{destination_id}",
+            RecoverProgress(),
+            functools.partial(recover, settings, engine, destination_id, since, issued_by=started_by),
+            started_by=started_by,
+            destination=destination_id,
+        )
         self.destination_id = destination_id
         self.since = since
-        self.started_by = started_by
-        self._settings = settings
-        self._engine = engine
 
     def snapshot(self, progress: RecoverProgress) -> RecoverProgress:
         return replace(progress, skipped=dict(progress.skipped))
 
-    def work(self, report: Callable[[RecoverProgress], None], stop: threading.Event) -> RecoverProgress:
-        return recover(
-            self._settings,
-            self._engine,
-            self.destination_id,
-            self.since,
-            issued_by=self.started_by,
-            stop=stop,
-            progress=report,
-        )
-
     def out(self) -> RecoverOut:
-        p = self.progress
-        running = self.running
         return RecoverOut(
-            destination_id=self.destination_id,
-            since=self.since,
-            started_by=self.started_by,
-            started_at=self.started_at,
-            running=running,
-            phase="done" if not running else p.phase,
-            done=p.sent,
-            total=p.total,
-            skipped=p.skipped,
-            skip_reasons={reason: SKIP_REASONS[reason] for reason in p.skipped},
-            completed=p.completed and self.error is None,
-            error=self.error,
+            destination_id=self.destination_id, since=self.since, **self.shown(self.progress, SKIP_REASONS)
         )
 
 

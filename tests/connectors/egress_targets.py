@@ -1,5 +1,6 @@
-"""Targets for the egress tests: a TCP listener that counts the connections it gets, and one
-destination of each kind pointed at a host and port (every URL a connector has goes there)."""
+"""Targets for the egress tests: TCP servers on loopback (:class:`TcpServer`: a listener that counts
+the connections it gets, an oversized answer, a redirect), and one destination of each kind pointed
+at a host and port (every URL a connector has goes there)."""
 
 from __future__ import annotations
 
@@ -21,26 +22,28 @@ from pydantic import SecretStr
 from connectors.base import Connector, ConnectorOptions
 from connectors.registry import connector_class
 from tests.connectors.deliveries import make_destination
+from tests.raw_http import END_OF_HEAD, read_head
 
 KINDS = ("http", "graph", "google", "slack", "adp", "ews")
 BEARER = "tok-7f3a9c1e5b2d8f4a6c0e"
 
 
-class Listener:
-    """A TCP server on ``address`` that accepts connections, counts them and closes each at once
-    (or, with ``hold``, keeps them open without answering: a hung service)."""
+class TcpServer:
+    """A TCP server on ``address`` (a free port unless ``port`` is given): its thread accepts
+    connections and hands each to :meth:`handle`, one after the other, until :meth:`close`. A
+    subclass sets its own attributes before calling ``__init__`` (the thread starts there)."""
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 0, *, hold: bool = False) -> None:
+    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((address, port))
         self.sock.listen(64)
         self.port: int = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.hold = hold
-        self._held: list[socket.socket] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.close()
 
     def _serve(self) -> None:
         while True:
@@ -48,17 +51,34 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.accepted += 1
-            if self.hold:
-                self._held.append(conn)
-            else:
-                conn.close()
+            self.handle(conn)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the serving thread
         self.sock.close()
         self._thread.join(5)
+
+
+class Listener(TcpServer):
+    """A TCP server on ``address`` that accepts connections, counts them and closes each at once
+    (or, with ``hold``, keeps them open without answering: a hung service)."""
+
+    def __init__(self, address: str = "127.0.0.1", port: int = 0, *, hold: bool = False) -> None:
+        self.accepted = 0
+        self.hold = hold
+        self._held: list[socket.socket] = []
+        super().__init__(address, port)
+
+    def handle(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        if self.hold:
+            self._held.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        super().close()
         for conn in self._held:
             conn.close()
 
@@ -146,7 +166,7 @@ async def open_target(kind: str, host: str, port: int, options: ConnectorOptions
     return connector
 
 
-class HugeAnswer:
+class HugeAnswer(TcpServer):
     """An HTTP(S) server on 127.0.0.1 answering every request with ``status`` and a body announced
     (and sent, as long as the client reads) of ``size`` bytes; ``sent`` counts what it wrote."""
 
@@ -163,30 +183,17 @@ class HugeAnswer:
             ca.cert_pem.write_to_path(self.ca_file)
             self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._context)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         try:
             if self._context is not None:
                 conn = self._context.wrap_socket(conn, server_side=True)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                request += data
+            if END_OF_HEAD not in read_head(conn):
+                return
             head = (
                 f"HTTP/1.1 {self.status} Answer\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {self.size}\r\n\r\n"
@@ -203,38 +210,19 @@ class HugeAnswer:
         finally:
             conn.close()
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
 
-
-class Redirector:
+class Redirector(TcpServer):
     """An HTTP server on ``address`` answering every request with ``302 Location: location``."""
 
     def __init__(self, address: str, location: str) -> None:
         self.location, self.answered = location, 0
-        self.sock = socket.socket()
-        self.sock.bind((address, 0))
-        self.sock.listen(16)
-        self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(address)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.recv(65536)
-                conn.sendall(
-                    f"HTTP/1.1 302 Found\r\nLocation: {self.location}\r\nContent-Length: 0\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                )
-                self.answered += 1
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(
+                f"HTTP/1.1 302 Found\r\nLocation: {self.location}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            self.answered += 1

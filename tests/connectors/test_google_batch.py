@@ -5,30 +5,30 @@ google-api-python-client."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import CallRecorder, DeliveryOutcome
+from connectors.base import DeliveryOutcome
 from connectors.calendar import google_event_id
 from connectors.egress import NOT_ALLOWED
 from connectors.exceptions import BackpressureError, ConfigurationError, PermanentError, RetryableError
 from connectors.google import GoogleCalendarConnector
 from schemas.delivery import Status
-from schemas.destination import Destination
-from schemas.models import AbsenceStatus, ChangeKind
-from streams.destinations import publish_destination
 from streams.logging import MASK
-from streams.secrets import SecretBox
 from streams.settings import Settings
+from tests.connectors.batch_mode import (
+    deliver_all,
+    deliver_once,
+    later_changes,
+    published_destination,
+    run_until_settled,
+)
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
-from tests.delivery.harness import Feed, RunningWorker, StatusLog
 from tests.fakes.google import FakeGoogle
 from tests.fakes.loopback import loopback_options
 
@@ -62,16 +62,6 @@ def batch_posts(fake: FakeGoogle) -> int:
 
 def live(fake: FakeGoogle, email: str) -> list[str]:
     return sorted(e["id"] for e in fake.calendars[email].values() if e["status"] != "cancelled")
-
-
-async def deliver_all(
-    connector: GoogleCalendarConnector, deliveries: list[Any]
-) -> tuple[list[DeliveryOutcome | BaseException], list[CallRecorder]]:
-    recorders = [CallRecorder(connector.secrets) for _ in deliveries]
-    results = await asyncio.gather(
-        *(connector.deliver(d, r) for d, r in zip(deliveries, recorders, strict=True)), return_exceptions=True
-    )
-    return list(results), recorders
 
 
 # -- the fake, as Google documents batch requests -------------------------------------------------------
@@ -177,17 +167,7 @@ async def test_conflicts_and_deletes_take_their_second_round(
     fake: FakeGoogle, connector: GoogleCalendarConnector
 ) -> None:
     await deliver_all(connector, [make_delivery(absence_id=f"abs-{i}", email=USERS[i]) for i in range(3)])
-    later = [
-        make_delivery(absence_id="abs-0", email=USERS[0], change=ChangeKind.UPDATED, version=2),
-        make_delivery(
-            absence_id="abs-1",
-            email=USERS[1],
-            change=ChangeKind.CANCELLED,
-            status=AbsenceStatus.CANCELLED,
-            version=2,
-        ),
-        make_delivery(absence_id="abs-9", email=USERS[2], change=ChangeKind.DELETED, version=2),
-    ]
+    later = later_changes(USERS)
     sent_before = len(fake.batched)
     results, _ = await deliver_all(connector, later)
     summaries = [r.summary for r in results if isinstance(r, DeliveryOutcome)]
@@ -249,31 +229,21 @@ async def test_a_refused_batch_fails_its_calls_retryably(
 def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
     settings: Settings, fake: FakeGoogle
 ) -> None:
-    box = SecretBox.from_settings(settings)
-    destination = Destination(
-        id="dst-google-batch",
-        tenant=TENANT,
-        name="Google (batched)",
-        kind="google",
-        settings=fake.settings(batch_requests=True),
-        secrets={"service_account_json": box.encrypt(json.dumps(fake.service_account_info()))},
-        revision=1,
+    destination = published_destination(
+        settings,
+        "dst-google-batch",
+        "Google (batched)",
+        "google",
+        fake.settings(batch_requests=True),
+        {"service_account_json": json.dumps(fake.service_account_info())},
     )
-    publish_destination(settings, destination)
     deliveries = [
         make_delivery(absence_id=f"abs-e2e-{i}", email=USERS[i], destination_id=destination.id)
         for i in range(5)
     ]
     fake.fail_user(USERS[1], 503)  # one call fails: only its delivery is retried
     fake.fail_user(USERS[3], 403, reason="rateLimitExceeded", retry_after=2)  # throttled alone
-    Feed(settings).deliveries(*deliveries)  # all waiting before the worker starts: they come together
-    statuses = StatusLog(settings)
-    try:
-        with RunningWorker(settings):
-            settled = [statuses.wait_settled(d.delivery_id) for d in deliveries]
-            history = [statuses.of(d.delivery_id) for d in deliveries]
-    finally:
-        statuses.close()
+    settled, history = run_until_settled(settings, deliveries)  # all waiting: they come together
 
     assert all(s.status is Status.SUCCESSFUL for s in settled), [s.error for s in settled]
     assert all(len(live(fake, email)) == 1 for email in USERS)
@@ -294,10 +264,6 @@ async def test_batch_mode_keeps_the_egress_policy(fake: FakeGoogle) -> None:
         make_destination("google", fake.settings(batch_requests=True)),
         {"service_account_json": SecretStr(json.dumps(fake.service_account_info()))},
     )
-    await connector.setup()
-    try:
-        [refused], _ = await deliver_all(connector, [make_delivery(email=USERS[0])])
-    finally:
-        await connector.close()
+    refused = await deliver_once(connector, make_delivery(email=USERS[0]))
     assert isinstance(refused, ConfigurationError) and refused.message == NOT_ALLOWED
     assert fake.requests == []

@@ -4,7 +4,6 @@ msal and httpx."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import ssl
@@ -15,20 +14,22 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import CallRecorder, DeliveryOutcome
+from connectors.base import DeliveryOutcome
 from connectors.calendar import absence_tag
 from connectors.egress import NOT_ALLOWED
 from connectors.exceptions import BackpressureError, ConfigurationError, ConnectorError, RetryableError
 from connectors.graph import GraphConnector
 from schemas.delivery import Status
-from schemas.destination import Destination
-from schemas.models import AbsenceStatus, ChangeKind
-from streams.destinations import publish_destination
 from streams.logging import MASK
-from streams.secrets import SecretBox
 from streams.settings import Settings
+from tests.connectors.batch_mode import (
+    deliver_all,
+    deliver_once,
+    later_changes,
+    published_destination,
+    run_until_settled,
+)
 from tests.connectors.deliveries import TENANT, make_delivery, make_destination
-from tests.delivery.harness import Feed, RunningWorker, StatusLog
 from tests.fakes.graph import FakeGraph
 from tests.fakes.loopback import loopback_options
 
@@ -56,16 +57,6 @@ async def connector(fake: FakeGraph) -> AsyncIterator[GraphConnector]:
 
 def batch_posts(fake: FakeGraph) -> int:
     return sum(1 for r in fake.requests if r.path == "/v1.0/$batch")
-
-
-async def deliver_all(
-    connector: GraphConnector, deliveries: list[Any]
-) -> tuple[list[DeliveryOutcome | BaseException], list[CallRecorder]]:
-    recorders = [CallRecorder(connector.secrets) for _ in deliveries]
-    results = await asyncio.gather(
-        *(connector.deliver(d, r) for d, r in zip(deliveries, recorders, strict=True)), return_exceptions=True
-    )
-    return list(results), recorders
 
 
 # -- the fake, as Graph documents $batch --------------------------------------------------------------
@@ -213,17 +204,7 @@ async def test_updates_and_deletes_go_through_the_batch_as_well(
     first = [make_delivery(absence_id=f"abs-{i}", email=MAILBOXES[i]) for i in range(3)]
     await deliver_all(connector, first)
     sent_before = len(fake.batched)
-    later = [
-        make_delivery(absence_id="abs-0", email=MAILBOXES[0], change=ChangeKind.UPDATED, version=2),
-        make_delivery(
-            absence_id="abs-1",
-            email=MAILBOXES[1],
-            change=ChangeKind.CANCELLED,
-            status=AbsenceStatus.CANCELLED,
-            version=2,
-        ),
-        make_delivery(absence_id="abs-9", email=MAILBOXES[2], change=ChangeKind.DELETED, version=2),
-    ]
+    later = later_changes(MAILBOXES)
     results, _ = await deliver_all(connector, later)
     assert [type(r) for r in results] == [DeliveryOutcome] * 3
     summaries = [r.summary for r in results if isinstance(r, DeliveryOutcome)]
@@ -250,31 +231,21 @@ async def test_a_refused_or_lost_batch_fails_its_items_retryably(
 def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
     settings: Settings, fake: FakeGraph
 ) -> None:
-    box = SecretBox.from_settings(settings)
-    destination = Destination(
-        id="dst-o365-batch",
-        tenant=TENANT,
-        name="Office 365 (batched)",
-        kind="graph",
-        settings=fake.settings(batch_requests=True),
-        secrets={"client_secret": box.encrypt(fake.client_secret)},
-        revision=1,
+    destination = published_destination(
+        settings,
+        "dst-o365-batch",
+        "Office 365 (batched)",
+        "graph",
+        fake.settings(batch_requests=True),
+        {"client_secret": fake.client_secret},
     )
-    publish_destination(settings, destination)
     deliveries = [
         make_delivery(absence_id=f"abs-e2e-{i}", email=MAILBOXES[i], destination_id=destination.id)
         for i in range(6)
     ]
     fake.fail_mailbox(MAILBOXES[1], 503, code="ServiceUnavailable")  # one attempt fails: retried
     fake.fail_mailbox(MAILBOXES[2], 429, code="ApplicationThrottled", retry_after=2)  # throttled alone
-    Feed(settings).deliveries(*deliveries)  # all waiting before the worker starts: they come together
-    statuses = StatusLog(settings)
-    try:
-        with RunningWorker(settings):
-            settled = [statuses.wait_settled(d.delivery_id) for d in deliveries]
-            history = [statuses.of(d.delivery_id) for d in deliveries]
-    finally:
-        statuses.close()
+    settled, history = run_until_settled(settings, deliveries)  # all waiting: they come together
 
     assert all(s.status is Status.SUCCESSFUL for s in settled), [s.error for s in settled]
     assert all(len(fake.mailboxes[email]) == 1 for email in MAILBOXES)
@@ -302,10 +273,6 @@ def test_the_worker_batches_deliveries_and_retries_only_the_failed_ones(
 async def test_batch_mode_keeps_the_egress_policy(fake: FakeGraph) -> None:
     destination = make_destination("graph", fake.settings(batch_requests=True))
     connector = GraphConnector(destination, {"client_secret": SecretStr(fake.client_secret)})  # production
-    await connector.setup()
-    try:
-        [refused], _ = await deliver_all(connector, [make_delivery(email=MAILBOXES[0])])
-    finally:
-        await connector.close()
+    refused = await deliver_once(connector, make_delivery(email=MAILBOXES[0]))
     assert isinstance(refused, ConfigurationError) and refused.message == NOT_ALLOWED
     assert fake.requests == []

@@ -4,7 +4,6 @@ library), numeric spellings of an allowed address reached. Real sockets on loopb
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import socket
 import threading
@@ -16,56 +15,24 @@ from connectors.base import CallRecorder, ConnectorOptions
 from connectors.egress import EgressPolicy
 from connectors.exceptions import RetryableError
 from tests.connectors.deliveries import make_delivery
-from tests.connectors.egress_targets import Listener, open_target
+from tests.connectors.egress_targets import Listener, TcpServer, open_target
+from tests.raw_http import read_message
 
 TRANSPORTS = ("httpx", "aiohttp")
 
 
-class Dropper:
+class Dropper(TcpServer):
     """Reads each request whole, counts it, and closes the connection without an answer."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
         self.requests = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":")[1])
-                        for line in head.lower().split(b"\r\n")
-                        if line.startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                while len(body) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    body += chunk
-                if head:
-                    self.requests += 1
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(5)
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            head, _, _ = read_message(conn)
+            if head:
+                self.requests += 1
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import select
 import socket
 from urllib.parse import urlsplit
 
+from tests.raw_http import read_message
 from tests.web.conftest import Api
 from tests.web.test_destinations import body
 
@@ -29,22 +30,8 @@ def _connect(api: Api) -> socket.socket:
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        part = sock.recv(65536)
-        if not part:
-            break
-        data += part
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        part = sock.recv(65536)
-        if not part:
-            break
-        rest += part
-    return int(lines[0].split()[1]), headers, rest
+    head, headers, rest = read_message(sock)
+    return int(head.split("\r\n")[0].split()[1]), headers, rest
 
 
 def _stream_until_answered(sock: socket.socket, head: bytes, chunked: bool) -> int:
