@@ -67,6 +67,12 @@ def mailboxes(delivery: Delivery) -> tuple[str | None, str | None]:
     return current, held
 
 
+def log_mailbox(email: str) -> str:
+    """What a log line says of a mailbox: its domain only (``…@acme.example``). Logs outlive the
+    erasure of an employee (docs/privacy.md); the absence tag in the same line identifies the item."""
+    return "…@" + email.rpartition("@")[2]
+
+
 def no_email(delivery: Delivery) -> PermanentError:
     """The error of an UPSERT for an employee without an email (see the module docstring)."""
     return PermanentError(

@@ -61,6 +61,7 @@ from connectors.calendar import (
     CalendarSettings,
     MailboxGone,
     absence_tag,
+    log_mailbox,
     mailboxes,
     no_email,
     wanted_event,
@@ -383,7 +384,7 @@ class EwsConnector(Connector):
         if not found:
             item = CalendarItem(account=account, folder=calendar, **fields, **{TAG_FIELD: tag})
             item.save(send_meeting_invitations=SEND_TO_NONE)
-            log.info("ews item created", mailbox=email, absence_tag=tag)
+            log.info("ews item created", mailbox=log_mailbox(email), absence_tag=tag)
             return DeliveryOutcome(summary=f"created the calendar item in {email}", external_id=item.id)
         (item_id, changekey), duplicates = found[0], found[1:]
         item = CalendarItem(account=account, folder=calendar, id=item_id, changekey=changekey, **fields)

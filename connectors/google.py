@@ -41,6 +41,7 @@ from connectors.calendar import (
     CalendarSettings,
     MailboxGone,
     google_event_id,
+    log_mailbox,
     mailboxes,
     no_email,
     wanted_event,
@@ -281,7 +282,9 @@ class GoogleCalendarConnector(Connector):
             return DeliveryOutcome(
                 summary=f"created event in {email}'s calendar{moved}", external_id=event_id
             )
-        log.info("google_event_replaced", calendar=email, event_id=event_id)  # deleted earlier, or a repeat
+        log.info(
+            "google_event_replaced", calendar=log_mailbox(email), event_id=event_id
+        )  # deleted earlier, or a repeat
         update = events.update(calendarId=CALENDAR, eventId=event_id, body=body, sendUpdates="none")
         await self._execute(update, email, recorder)
         return DeliveryOutcome(summary=f"updated event in {email}'s calendar{moved}", external_id=event_id)

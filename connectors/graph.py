@@ -43,6 +43,7 @@ from connectors.calendar import (
     CalendarSettings,
     MailboxGone,
     absence_tag,
+    log_mailbox,
     mailboxes,
     no_email,
     wanted_event,
@@ -225,7 +226,12 @@ class GraphConnector(Connector):
             return DeliveryOutcome(summary=f"removed {len(found)} event(s) from {email}'s calendar{moved}")
         body = self._event_body(wanted)
         for duplicate in found[1:]:
-            log.warning("graph_duplicate_event_removed", mailbox=email, absence_tag=tag, event_id=duplicate)
+            log.warning(
+                "graph_duplicate_event_removed",
+                mailbox=log_mailbox(email),
+                absence_tag=tag,
+                event_id=duplicate,
+            )
             await self._delete(email, duplicate, recorder)
         if found:
             response = await self._call("PATCH", self._events_url(email, found[0]), email, recorder, body)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import structlog.testing
 from pydantic import SecretStr
 
 from connectors.base import CallRecorder
@@ -122,8 +123,12 @@ async def test_duplicates_of_one_absence_are_healed_to_one_event(
     await connector.deliver(make_delivery(), CallRecorder())
     [event] = events(fake)
     fake.mailboxes[EMAIL]["AAMk-copy"] = {**event, "id": "AAMk-copy", "transactionId": "other"}
-    await connector.deliver(make_delivery(change=ChangeKind.UPDATED, version=2), CallRecorder())
+    with structlog.testing.capture_logs() as logged:
+        await connector.deliver(make_delivery(change=ChangeKind.UPDATED, version=2), CallRecorder())
     assert [e["id"] for e in events(fake)] == [event["id"]]
+    [removed] = [line for line in logged if line["event"] == "graph_duplicate_event_removed"]
+    assert removed["mailbox"] == "…@" + EMAIL.rpartition("@")[2], "a log names no mailbox (docs/privacy.md)"
+    assert EMAIL not in repr(logged)
 
 
 async def test_half_day_and_hourly_absences_in_paris(fake: FakeGraph, connector: GraphConnector) -> None:
