@@ -89,6 +89,7 @@ def create_app(
             yield
         finally:
             state.stopping.set()
+            await asyncio.to_thread(state.stop_jobs)
             await asyncio.to_thread(state.destinations.close)
             await asyncio.to_thread(state.producer.flush, 10)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -200,6 +201,15 @@ class Jobs(Generic[J]):
         if not started:
             raise HTTPException(status.HTTP_409_CONFLICT, busy(job))
         return job
+
+    def stop_all(self, deadline: float) -> list[J]:
+        """Asks every running job to end early and waits for them until ``deadline`` (a
+        ``time.monotonic()`` value); returns those still running then (the process is stopping)."""
+        with self._lock:
+            running = [job for jobs in self._jobs.values() for job in jobs if job.running]
+        for job in running:
+            job.stop()
+        return [job for job in running if not job.wait(max(0.0, deadline - time.monotonic()))]
 
     def latest(self, key: str, what: str, job_id: str | None = None) -> J:
         """:meth:`get`, or 404 ``no such <what>``."""

@@ -4,6 +4,7 @@ how many run per key, what is kept, what an audit failure or a failing job leave
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -91,3 +92,30 @@ def test_a_failed_audit_starts_nothing_and_a_failing_job_reports_its_error() -> 
     release.set()
     assert failing.wait(WAIT)
     assert failing.error == "the broker went away" and failing.progress == ["started"]
+
+
+class Stoppable(Job[list[str]]):
+    """A job that works until asked to stop (a resync between two batches)."""
+
+    def __init__(self) -> None:
+        super().__init__("stoppable", [])
+
+    def work(self, report: Callable[[list[str]], None], stop: threading.Event) -> list[str]:
+        report(["started"])
+        stop.wait(WAIT)
+        return ["started", "stopped early" if stop.is_set() else "timed out"]
+
+
+def test_stop_all_ends_the_running_jobs_and_names_those_that_do_not_end() -> None:
+    """At shutdown every running job is asked to stop; one that does not end in time is returned."""
+    jobs: Jobs[Job[list[str]]] = Jobs(running_at_most=3, keep=3)
+    deaf = threading.Event()
+    stoppable, _ = jobs.start("dst-1", Stoppable)
+    stuck, _ = jobs.start("dst-1", lambda: Held(deaf))
+    try:
+        left = jobs.stop_all(time.monotonic() + 1.0)
+        assert left == [stuck]
+        assert not stoppable.running and stoppable.progress == ["started", "stopped early"]
+    finally:
+        deaf.set()
+    assert stuck.wait(WAIT)
