@@ -96,12 +96,16 @@ class Console:
         )
 
     def wait_api(self, who: str, path: str, predicate: Callable[[httpx.Response], bool]) -> httpx.Response:
-        """Polls an API route until ``predicate`` holds (bounded): the view follows Kafka."""
+        """Polls an API route until ``predicate`` holds (bounded: 120 s, a busy CI machine included):
+        the view follows Kafka."""
+        deadline = time.monotonic() + 120
         with self.api(who) as client:
-            for _ in range(300):
+            while True:
                 response = client.get(path)
                 if predicate(response):
                     return response
+                if time.monotonic() > deadline:
+                    break
                 time.sleep(0.2)
         pytest.fail(f"{path} never reached the expected state: {response.status_code} {response.text[:300]}")
 
