@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     # Storage and HTTP
     data_dir: Path = REPO_ROOT / ".data"
+    state_backend: Literal["memory", "disk"] = "memory"
+    """ABSYNC_STATE_BACKEND: where the changelog-backed stores keep their partitions (streams/state.py):
+    ``memory`` (dicts) or ``disk`` (a SQLite file per changelog partition under data_dir/state/)."""
     database_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -1,4 +1,5 @@
-"""Changelog-backed key-value stores: per input partition, an in-memory ``dict[str, bytes]``.
+"""Changelog-backed key-value stores: per input partition, a map of ``str`` to ``bytes``, in memory or
+on disk (``ABSYNC_STATE_BACKEND``, :mod:`streams.state_backend`).
 
 The changelog is a compacted topic with the same partition count as the input: the state of input
 partition *p* lives in changelog partition *p*. Both stores share:
@@ -6,7 +7,7 @@ partition *p* lives in changelog partition *p*. Both stores share:
 - ``restore(partitions)`` (on assignment) reads those changelog partitions to their high watermark,
   read_committed, so only committed state comes back;
 - ``drop(partitions)`` (on revocation) forgets them: their new owner restores them;
-- ``get``/``items``/``partitions`` read what is in memory. A partition that is not restored here
+- ``get``/``items``/``partitions`` read what is held here. A partition that is not restored here
   raises ``KeyError``.
 
 Values are small bytes (JSON is fine); keys are strings. ``put`` refuses a record larger than
@@ -36,6 +37,7 @@ from streams.deadletter import record_size
 from streams.kafka import read_compacted
 from streams.processor import Output
 from streams.settings import Settings
+from streams.state_backend import PartitionMap, open_map
 
 log = structlog.get_logger(__name__)
 
@@ -62,15 +64,16 @@ class ChangelogState:
         self._settings = settings
         self.topic = changelog_topic
         self._restore_timeout = restore_timeout
-        self._data: dict[int, dict[str, bytes]] = {}
+        self._data: dict[int, PartitionMap] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, partition: int, key: str) -> bytes | None:
         return self._partition(partition).get(key)
 
     def items(self, partition: int) -> Iterator[tuple[str, bytes]]:
-        """A snapshot of one partition's entries (safe to put/delete while iterating)."""
-        return iter(list(self._partition(partition).items()))
+        """One partition's entries, safe to put/delete while iterating: a snapshot in memory; on disk,
+        read in chunks (an entry put meanwhile may or may not be seen; see streams/state_backend.py)."""
+        return self._partition(partition).items()
 
     def partitions(self) -> list[int]:
         """The partitions held (restored and not dropped)."""
@@ -94,10 +97,12 @@ class ChangelogState:
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
-            self._data.pop(p, None)
+            gone = self._data.pop(p, None)
+            if gone is not None:
+                gone.close()
 
     # -- internals ----------------------------------------------------------------------------
-    def _partition(self, partition: int) -> dict[str, bytes]:
+    def _partition(self, partition: int) -> PartitionMap:
         try:
             return self._data[partition]
         except KeyError:
@@ -111,7 +116,7 @@ class ChangelogState:
                 f"ABSYNC_MAX_RECORD_BYTES ({self._settings.max_record_bytes})"
             )
 
-    def _read_with_retries(self, partition: int) -> dict[str, bytes]:
+    def _read_with_retries(self, partition: int) -> PartitionMap:
         """Reads one changelog partition, again after a transient Kafka error (a leader moving after
         a broker failure), until ``restore_timeout``."""
         deadline = time.monotonic() + self._restore_timeout
@@ -126,23 +131,28 @@ class ChangelogState:
                 )
                 time.sleep(1.0)
 
-    def _read(self, partition: int) -> dict[str, bytes]:
-        data: dict[str, bytes] = {}
+    def _read(self, partition: int) -> PartitionMap:
+        data = open_map(self._settings.state_backend, self._settings.data_dir, self.topic, partition)
 
         def apply(msg: Message) -> None:
             key = (msg.key() or b"").decode(errors="replace")  # never ends the restore
             value = msg.value()
             if value is None:
-                data.pop(key, None)
+                data.pop(key)
             else:
-                data[key] = value
+                data.set(key, value)
 
         try:
             read_compacted(
                 self._settings, self.topic, apply, partitions=[partition], timeout=self._restore_timeout
             )
         except TimeoutError as exc:
+            data.close()
             raise StateRestoreError(str(exc)) from None
+        except BaseException:
+            data.close()
+            raise
+        data.finish_load()
         return data
 
 
@@ -176,10 +186,10 @@ class StateStore(ChangelogState):
             partition, key, old = self._undo.pop()
             data = self._partition(partition)
             if old is _ABSENT:
-                data.pop(key, None)
+                data.pop(key)
             else:
                 assert isinstance(old, bytes)
-                data[key] = old
+                data.set(key, old)
         del self._writes[savepoint:]
 
     def take_writes(self) -> list[Output]:
@@ -193,11 +203,12 @@ class StateStore(ChangelogState):
 
     def _write(self, partition: int, key: str, value: bytes | None) -> None:
         data = self._partition(partition)
-        self._undo.append((partition, key, data.get(key, _ABSENT)))
+        old = data.get(key)
+        self._undo.append((partition, key, _ABSENT if old is None else old))
         if value is None:
-            data.pop(key, None)
+            data.pop(key)
         else:
-            data[key] = value
+            data.set(key, value)
         self._writes.append(Output(self.topic, key.encode(), value, partition=partition))
 
 
@@ -209,7 +220,7 @@ class DirectStore(ChangelogState):
     - ``await put(partition, key, value, producer=...)`` returns once Kafka acknowledged the
       changelog record (``acks=all``, idempotent producer): from then on a restore, here or on the
       partition's next owner, sees the value (or a later one);
-    - the value is in memory from the call on, before the acknowledgement: a ``get`` of the same key
+    - the value is held here from the call on, before the acknowledgement: a ``get`` of the same key
       sees it at once. The caller orders its own work per key (the delivery worker runs one key's
       records one after the other), so nothing acts on a value that might still be lost, except
       what the caller awaits next;
@@ -226,5 +237,5 @@ class DirectStore(ChangelogState):
 
     async def put(self, partition: int, key: str, value: bytes, *, producer: AsyncProducer) -> None:
         self._check_size(key, value)
-        self._partition(partition)[key] = value
+        self._partition(partition).set(key, value)
         await producer.send(self.topic, key, value, partition=partition)

@@ -15,6 +15,12 @@ from streams.settings import Settings
 from streams.state import DirectStore, StateTooLarge
 
 
+@pytest.fixture(params=["memory", "disk"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The store tests run on both state backends (ABSYNC_STATE_BACKEND)."""
+    return settings.model_copy(update={"state_backend": request.param})
+
+
 def _changelog(settings: Settings) -> str:
     topic = f"{settings.topic_prefix}direct-state"
     admin = make_admin(settings)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from confluent_kafka import Message, TopicPartition
 from confluent_kafka.cimpl import NewTopic
 
@@ -50,6 +51,12 @@ class Counter(Processor):
 
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = sorted(self.state.partitions())
+
+
+@pytest.fixture(params=["memory", "disk"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The store tests run on both state backends (ABSYNC_STATE_BACKEND)."""
+    return settings.model_copy(update={"state_backend": request.param})
 
 
 def create(settings: Settings) -> None:
