@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 TEST_BROKER_PORT ?= 39092
 export ABSYNC_TEST_BROKER_PORT := $(TEST_BROKER_PORT)
 
-.PHONY: help venv system-deps broker broker-stop topics run test test-only faults lint format bench bench-resync clean
+.PHONY: help venv system-deps broker broker-stop topics run test test-only faults lint format bench bench-resync bench-state clean
 
 help:
 	@echo "make run    run the service with its embedded defaults (local Kafka broker included)"
 	@echo "make test   install what the tests need, lint, and run the whole test suite"
 	@echo "make bench  benchmarks (figures and ratios against a baseline)"
+	@echo "make bench-state [ARGS=\"--keys 200000\"]  state backends (memory vs disk): restore, put/get, peak RSS"
 	@echo "make bench-resync [ARGS=\"--absences 20000\"]  resync of 1,000,000 absences, end to end"
 	@echo "make faults the fault suite and the three-broker cluster test"
 
@@ -75,6 +76,10 @@ bench: venv
 ARGS ?=
 bench-resync: venv
 	@bash deploy/local/bench-resync.sh $(ARGS)
+
+# The state backends of streams/state.py side by side (ABSYNC_STATE_BACKEND memory vs disk).
+bench-state: venv
+	@.venv/bin/python -m bench.state_store $(ARGS)
 
 clean:
 	-@bash deploy/local/broker.sh stop
