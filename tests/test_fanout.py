@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.delivery import Operation, Status, delivery_id_for
@@ -175,8 +176,11 @@ def test_a_destination_that_no_longer_matches_gets_a_delete(settings: Settings) 
     assert swept - got == down("d-sales", back_to_pending)
 
 
-def test_state_survives_a_restart(settings: Settings) -> None:
-    """After a restart the state is restored: a replayed event is a duplicate, an older version invalid."""
+@pytest.mark.parametrize("backend", ["memory", "disk"])
+def test_state_survives_a_restart(settings: Settings, backend: str) -> None:
+    """After a restart the state is restored: a replayed event is a duplicate, an older version invalid
+    (on both state backends, ABSYNC_STATE_BACKEND)."""
+    settings = settings.model_copy(update={"state_backend": backend})
     add_destination(settings, "d-1")
     event = make_event(version=3)
     with running_fanout(settings, worker_id="a"):
