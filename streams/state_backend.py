@@ -69,7 +69,8 @@ class MemoryMap:
         pass
 
     def close(self) -> None:
-        self._data = {}
+        """Nothing to free: a reader that still holds this map (another thread, as the store's
+        drop allows) keeps seeing the partition whole; the dict goes with its last reference."""
 
 
 class DiskMap:
