@@ -91,6 +91,10 @@ class LiveClient:
         while True:
             self.loaded, self.held = False, []
             async with self.http.stream("GET", "/api/v1/deliveries/stream") as response:
+                if response.status_code != 200:  # e.g. 429: too many streams for the token
+                    raise RuntimeError(
+                        f"stream refused: {response.status_code} {(await response.aread())[:200]!r}"
+                    )
                 loader = asyncio.create_task(self.load())
                 buffer = b""
                 resync = False
@@ -142,7 +146,12 @@ async def clients_worker(base_url: str, token: str, count: int) -> None:
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=None, limits=limits) as http:
         clients = [LiveClient(http) for _ in range(count)]
         tasks = [asyncio.create_task(c.run()) for c in clients]
+        deadline = time.monotonic() + CONVERGE_SECONDS
         while not all(c.loaded for c in clients):
+            failed = [t.exception() for t in tasks if t.done() and t.exception() is not None]
+            if failed or time.monotonic() > deadline:  # e.g. a stream refused (429): say so, never hang
+                loaded = sum(c.loaded for c in clients)
+                raise SystemExit(f"only {loaded} of {count} clients loaded: {failed[:1] or 'timed out'}")
             await asyncio.sleep(0.1)
         sys.stdout.write("ready\n")
         sys.stdout.flush()
