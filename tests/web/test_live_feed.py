@@ -66,7 +66,10 @@ class Watcher:
 
 
 @pytest.fixture
-def watch(api: Api) -> Iterator[Callable[..., Watcher]]:
+def watch(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Watcher]]:
+    # A reader thread blocks until the stream's next write: with the production keep-alive (15 s)
+    # each test's teardown waited that long after closing its clients.
+    monkeypatch.setattr("absync.web.live.KEEPALIVE_SECONDS", 1.0)
     clients: list[httpx.Client] = []
     threads: list[threading.Thread] = []
 
