@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,9 +73,20 @@ def delete_topics(settings: Settings) -> None:
 _XDIST_GROUPS = ("secured", "registry", "browser")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        parts = item.path.parts
-        for group in _XDIST_GROUPS:
-            if group in parts:
-                item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups taken from the tests' folders. xdist's own loadgroup
+    reads ``xdist_group`` marks through a node-id suffix that pytest 9.2 no longer lets it write
+    (pytest-dev/pytest-xdist#1386: the marks are silently ignored); these runs saw each worker start
+    its own registry or secured broker on the same port."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FolderGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for group in _XDIST_GROUPS:
+                if nodeid.startswith(f"tests/{group}/"):
+                    return group
+            return nodeid
+
+    return FolderGroups(config, log)
