@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     a web process; one more is a 429 (absync/web/feed.py)."""
     live_streams: Annotated[int, Field(ge=1, le=100_000)] = 500
     """ABSYNC_LIVE_STREAMS: live streams open in a web process at most."""
+    exports_per_token: Annotated[int, Field(ge=1, le=1_000)] = 2
+    """ABSYNC_EXPORTS_PER_TOKEN: CSV exports (``/deliveries/export.csv``) one token may stream at once
+    in a web process; one more is a 429 (absync/web/export.py). Each holds a database connection."""
+    exports: Annotated[int, Field(ge=1, le=10_000)] = 8
+    """ABSYNC_EXPORTS: CSV exports streaming in a web process at most (keep it under the database
+    pool's size)."""
 
     # Secrets
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)

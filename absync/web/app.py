@@ -104,7 +104,8 @@ def create_app(
     )
     app.state.absync = state
     app.state.engine = engine  # read by absync.web.auth
-    app.state.exports = ExportSlots()  # CSV exports streaming now (absync.web.export)
+    # CSV exports streaming now (absync.web.export)
+    app.state.exports = ExportSlots(settings.exports_per_token, settings.exports)
     app.include_router(router)
     app.include_router(console_router)
     app.include_router(docs_router)

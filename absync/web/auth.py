@@ -76,6 +76,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def request_token_hash(request: Request) -> str:
+    """The hash of the bearer token a request carries (what per-token bounds count by)."""
+    _, _, token = request.headers.get("authorization", "").partition(" ")
+    return hash_token(token.strip())
+
+
 def create_token(
     engine: Engine,
     name: str,

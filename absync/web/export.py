@@ -10,16 +10,27 @@ shifts a column.
 How many at once (:class:`ExportSlots`): at most ``per_token`` exports stream for one token and
 ``total`` in the process (each holds a database connection while it streams); one more is a 429
 with ``Retry-After``. A slot is given back when its stream ends, whether read to its end or not.
+A client that takes no chunk for ``send_timeout`` seconds (30 by default, as the live stream's) has
+its stream cut: a reader that never reads holds neither a slot nor a database connection for long
+(:class:`ExportResponse`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+
+import structlog
+from starlette.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from projections.queries import DeliverySummary
+
+log = structlog.get_logger(__name__)
 
 MAX_EXPORT_ROWS = 100_000
 """Rows of one export at most (the list can hold millions; an export is for a filtered part)."""
@@ -51,15 +62,22 @@ COLUMNS = (
 _FLUSH_EVERY = 200
 EXPORTS_PER_TOKEN = 2
 EXPORTS_IN_PROCESS = 8
+SEND_TIMEOUT_SECONDS = 30.0
 
 
 class ExportSlots:
     """Exports streaming now, per token and in all (see the module docstring). Thread-safe: a
     stream's end runs in the server's thread pool."""
 
-    def __init__(self, per_token: int = EXPORTS_PER_TOKEN, total: int = EXPORTS_IN_PROCESS) -> None:
+    def __init__(
+        self,
+        per_token: int = EXPORTS_PER_TOKEN,
+        total: int = EXPORTS_IN_PROCESS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
+    ) -> None:
         self.per_token = per_token
         self.total = total
+        self.send_timeout = send_timeout
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -72,6 +90,11 @@ class ExportSlots:
                 return f"{self.per_token} exports are streaming with this token: wait for one to end"
             self._held[token_hash] = self._held.get(token_hash, 0) + 1
             return None
+
+    def held(self, token_hash: str) -> int:
+        """Exports streaming now for ``token_hash``."""
+        with self._lock:
+            return self._held.get(token_hash, 0)
 
     def release(self, token_hash: str) -> None:
         with self._lock:
@@ -87,6 +110,34 @@ class ExportSlots:
             yield from lines
         finally:
             self.release(token_hash)
+
+
+class ExportResponse(StreamingResponse):
+    """A streamed export whose every write must be taken by the client within ``send_timeout``
+    seconds, else the stream is cut (logged) and ``lines`` closed at once: its ``finally`` gives the
+    slot and the database connection back. A client that goes away closes it the same way."""
+
+    def __init__(
+        self, lines: Iterator[str], send_timeout: float, headers: Mapping[str, str], media_type: str
+    ) -> None:
+        super().__init__(lines, headers=headers, media_type=media_type)
+        self.lines = lines
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            await asyncio.wait_for(send(message), self.send_timeout)
+
+        try:
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:
+            log.warning("export cut: the client took no data", seconds=self.send_timeout)
+        finally:
+            close = getattr(self.lines, "close", None)
+            if close is not None:
+                # ValueError: still running in the thread pool; it ends when that step ends.
+                with contextlib.suppress(ValueError):
+                    close()
 
 
 def safe_cell(value: object) -> str:

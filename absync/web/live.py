@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from absync.web.auth import SESSION_HEADER, Principal, hash_token
+from absync.web.auth import SESSION_HEADER, Principal, request_token_hash
 from absync.web.feed import ChangeFeed, Closed, Subscriber, TooManyStreams
 from absync.web.feed import Scope as FeedScope
 from absync.web.models import DeliveryOut
@@ -100,8 +100,7 @@ class LiveStream(Response):
         super().__init__()
         self.feed = feed_of(request.app)
         self.scope_ = FeedScope(principal.tenant, destination)
-        _, _, token = request.headers.get("authorization", "").partition(" ")
-        self.token_hash = hash_token(token.strip())
+        self.token_hash = request_token_hash(request)
         self.session_key = request.headers.get(SESSION_HEADER)
         self.actor = principal.name
 

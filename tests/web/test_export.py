@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
+import time
 from typing import Any
 
 from absync.web.auth import hash_token
@@ -192,3 +194,40 @@ def test_an_export_slot_is_given_back_when_its_stream_is_closed_early() -> None:
     assert slots.take("u") is not None and "on this process" in str(slots.take("u"))
     stream.close()  # the client went away after one chunk
     assert slots.take("u") is None
+
+
+def test_a_client_that_never_reads_loses_its_export_and_gives_its_slot_back(api: Api) -> None:
+    """A client asks for an export, then reads nothing: once a write waits longer than the send
+    timeout, its stream is cut, so its slot (and the database connection it streams from) is free
+    again and the token exports at once. Real HTTP, a 4 kB receive buffer, ~7 MB of CSV (more than the socket buffers hold)."""
+    slots: ExportSlots = api.component.app.state.exports
+    slots.per_token, slots.send_timeout = 1, 1.0
+    view = hash_token(api.tokens["view"])
+    api.seed(*[fact(employee_name="N" * 5000) for _ in range(500)])
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    silent.connect(("127.0.0.1", int(api.base_url.rsplit(":", 1)[1])))
+    try:
+        request = (
+            "GET /api/v1/deliveries/export.csv HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {api.tokens['view']}\r\n\r\n"
+        )
+        silent.sendall(request.encode())
+        deadline = time.monotonic() + 30
+        while slots.held(view) == 0:
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.05)
+        while slots.held(view) > 0:
+            assert time.monotonic() < deadline, "the silent client's export still holds its slot"
+            time.sleep(0.1)
+        with api.client("view") as client:
+            exported = client.get("/api/v1/deliveries/export.csv")
+        assert exported.status_code == 200 and len(rows(exported.text)) == 501
+        silent.settimeout(30)
+        received = bytearray()
+        while chunk := silent.recv(1 << 20):
+            received.extend(chunk)
+        assert b"\r\n0\r\n\r\n" not in received, "the stream was cut, not ended"
+        assert 0 < len(received) < len(exported.content)
+    finally:
+        silent.close()

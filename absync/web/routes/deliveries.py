@@ -13,8 +13,8 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from absync.web.auth import Viewer, hash_token
-from absync.web.export import MAX_EXPORT_ROWS, ExportSlots, csv_lines
+from absync.web.auth import Viewer, request_token_hash
+from absync.web.export import MAX_EXPORT_ROWS, ExportResponse, ExportSlots, csv_lines
 from absync.web.models import ERRORS, NOT_FOUND, DeliveryDetailOut, DeliveryPage, DeliveryStats, Problem
 from absync.web.routes.common import DeliveryId, IsoDate, invalid, visible_delivery
 from absync.web.state import app_state
@@ -94,7 +94,10 @@ def list_deliveries(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "The filtered list as CSV."},
-        429: {"model": Problem, "description": "Too many exports streaming (2 per token, 8 in all)."},
+        429: {
+            "model": Problem,
+            "description": "Too many exports streaming (ABSYNC_EXPORTS_PER_TOKEN, ABSYNC_EXPORTS).",
+        },
     },
     summary="Export the filtered list as CSV (newest change first)",
     description=f"The same filters and tenant scope as the list. At most {MAX_EXPORT_ROWS:,} rows: when "
@@ -111,7 +114,7 @@ def export_deliveries(
 ) -> StreamingResponse:
     engine = app_state(request).engine
     slots: ExportSlots = request.app.state.exports
-    token_hash = hash_token(request.headers.get("authorization", "").partition(" ")[2].strip())
+    token_hash = request_token_hash(request)
     refused = slots.take(token_hash)
     if refused is not None:
         raise HTTPException(429, refused, headers={"Retry-After": "10"})
@@ -121,8 +124,9 @@ def export_deliveries(
         slots.release(token_hash)
         raise
     log.info("deliveries exported", actor=principal.name, tenant=principal.tenant, limit=limit)
-    return StreamingResponse(
+    return ExportResponse(
         slots.streaming(csv_lines(rows, limit), token_hash),
+        slots.send_timeout,
         media_type="text/csv; charset=utf-8",
         headers={
             "Content-Disposition": 'attachment; filename="deliveries.csv"',
