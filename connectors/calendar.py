@@ -69,8 +69,10 @@ def mailboxes(delivery: Delivery) -> tuple[str | None, str | None]:
 
 def log_mailbox(email: str) -> str:
     """What a log line says of a mailbox: its domain only (``…@acme.example``). Logs outlive the
-    erasure of an employee (docs/privacy.md); the absence tag in the same line identifies the item."""
-    return "…@" + email.rpartition("@")[2]
+    erasure of an employee (docs/privacy.md); the absence tag in the same line identifies the item.
+    A value without ``@`` (not an address) gives nothing of itself."""
+    _, at, domain = email.rpartition("@")
+    return "…@" + domain if at else "…"
 
 
 def no_email(delivery: Delivery) -> PermanentError:

@@ -8,7 +8,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from connectors.calendar import CalendarSettings, absence_tag, event_span, google_event_id, wanted_event
+from connectors.calendar import (
+    CalendarSettings,
+    absence_tag,
+    event_span,
+    google_event_id,
+    log_mailbox,
+    wanted_event,
+)
 from connectors.exceptions import ConfigurationError
 from schemas.delivery import Operation
 from schemas.models import AbsenceStatus, ChangeKind, HalfDay
@@ -158,3 +165,9 @@ def test_absence_tag_and_google_event_id_are_stable_and_distinct() -> None:
     for value in ids:
         assert re.fullmatch(r"[a-v0-9]{5,1024}", value)
     assert google_event_id("acme", "abs-42") == google_event_id("acme", "abs-42")
+
+
+def test_a_log_line_names_a_mailbox_by_its_domain_only() -> None:
+    assert log_mailbox("jane.doe@acme.example") == "…@acme.example"
+    assert log_mailbox("jane.doe") == "…", "a value that is not an address gives nothing of itself"
+    assert log_mailbox("a@b@acme.example") == "…@acme.example"
