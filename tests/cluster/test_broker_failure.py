@@ -20,17 +20,14 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from schemas.codec import codec_for
-from schemas.destination import Destination
 from schemas.models import AbsenceEvent
-from streams.destinations import publish_destination
 from streams.kafka import make_admin
 from streams.publisher import AbsencePublisher
-from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics, create_topics
 from tests.cluster.conftest import cluster_sh
 from tests.conftest import make_settings
-from tests.delivery.harness import SIGNING_SECRET
+from tests.delivery.harness import SIGNING_SECRET, http_destination
 from tests.fakes.receiver import Receiver
 from tests.faults.conftest import Workers
 from tests.streams_helpers import make_event, read_to_end
@@ -164,17 +161,7 @@ def test_the_pipeline_delivers_every_absence_through_a_broker_failure(
     events = [make_event(f"abs-{i:05d}") for i in range(PIPELINE_EVENTS)]
     victim = busiest_leader(admin, Topics(cluster_settings).deliveries)
     with Receiver(secrets=[SIGNING_SECRET]) as receiver:
-        box = SecretBox.from_settings(cluster_settings)
-        destination = Destination(
-            id="dst-cluster",
-            tenant=events[0].tenant,
-            name="cluster receiver",
-            kind="http",
-            settings={"url": receiver.url + "/hook"},
-            secrets={"signing_secrets": box.encrypt(SIGNING_SECRET)},
-            revision=1,
-        )
-        publish_destination(cluster_settings, destination)
+        http_destination(cluster_settings, receiver.url + "/hook", "dst-cluster", tenant=events[0].tenant)
         expected = {e.absence.id for e in events}
         workers = Workers(cluster_settings, tmp_path)
         workers.supervise(ABSYNC_STALL_TIMEOUT=str(STALL_TIMEOUT_S))

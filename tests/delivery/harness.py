@@ -79,6 +79,7 @@ def http_destination(
     dest_id: str = "dst-http",
     changes: ChangeSelection = ChangeSelection.ALL,
     rate_limit: float | None = None,
+    tenant: str = TENANT,
     **extra: object,
 ) -> Destination:
     """Publishes a signed absync.v1 destination for ``url`` (``rate_limit``: requests per second at
@@ -86,7 +87,7 @@ def http_destination(
     box = SecretBox.from_settings(settings)
     destination = Destination(
         id=dest_id,
-        tenant=TENANT,
+        tenant=tenant,
         name=f"receiver {dest_id}",
         kind="http",
         changes=changes,
