@@ -14,6 +14,11 @@ each run. Prints, per destination count, the run whose throughput ratio absync/b
 median (its rates), the run whose CPU-per-event ratio is the median, the largest peak RSS of both
 processes, and the ratios of every run.
 
+Then, the same against the same loop with the destination in absync.v1 batch mode
+(``--batch-mode 50``: up to 50 changes per signed request, a result per item, docs/http-sync.md;
+``--batch-mode 0`` skips it): issue 15's "batched delivery where the destination allows it". The
+loop still sends one request per change, as a receiver without batch mode needs.
+
 ``--batch-size N`` (N > 1) compares, for 1 destination, absync in single mode with absync whose
 destination is in absync.v1 batch mode (``batch_size: N``, docs/http-sync.md), interleaved ``--rounds``
 times (single, batch, single, batch...), and prints each round's rate and CPU per event with the
@@ -195,6 +200,9 @@ def main() -> None:
     parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1, help="compare single and batch mode")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds with --batch-size")
+    parser.add_argument(
+        "--batch-mode", type=int, default=50, help="batch size of the batch-mode runs (0: none)"
+    )
     args = parser.parse_args()
     if args.baseline_worker:
         baseline_worker(args.topic, args.status_topic, args.url, args.expect)
@@ -204,12 +212,20 @@ def main() -> None:
         return
     started = time.monotonic()
     rows: list[Row] = []
-    for destinations, events in ((1, args.events), (3, args.events_3)):
+    workloads = [(1, args.events, 1), (3, args.events_3, 1)]
+    if args.batch_mode > 1:
+        workloads.append((1, args.events, args.batch_mode))
+    for destinations, events, size in workloads:
         suffix = "1 destination" if destinations == 1 else f"{destinations} destinations"
+        if size > 1:  # no "1 destination" in it: run_all's targets find the rows by their words
+            suffix = f"one destination in batch mode ({size} per request)"
         runs: list[tuple[Measured, Measured]] = []
         for i in range(1, args.runs + 1):  # baseline and absync side by side in each run
             runs.append(
-                (measure(events, destinations, baseline=False), measure(events, destinations, baseline=True))
+                (
+                    measure(events, destinations, baseline=False, batch_size=size),
+                    measure(events, destinations, baseline=True),
+                )
             )
             log(f"{suffix}, run {i}/{args.runs}: ratio {runs[-1][0][0] / runs[-1][1][0]:.2f}")
         rows += median_rows(suffix, runs)
