@@ -14,7 +14,7 @@ each run. Prints, per destination count, the run whose throughput ratio absync/b
 median (its rates), the run whose CPU-per-event ratio is the median, the largest peak RSS of both
 processes, and the ratios of every run.
 
-Then, the same against the same loop with the destination in absync.v1 batch mode
+Then, the same (1 and 3 destinations) against the same loop with the destinations in absync.v1 batch mode
 (``--batch-mode 50``: up to 50 changes per signed request, a result per item, docs/http-sync.md;
 ``--batch-mode 0`` skips it): issue 15's "batched delivery where the destination allows it". The
 loop still sends one request per change, as a receiver without batch mode needs.
@@ -214,11 +214,13 @@ def main() -> None:
     rows: list[Row] = []
     workloads = [(1, args.events, 1), (3, args.events_3, 1)]
     if args.batch_mode > 1:
-        workloads.append((1, args.events, args.batch_mode))
+        workloads += [(1, args.events, args.batch_mode), (3, args.events_3, args.batch_mode)]
     for destinations, events, size in workloads:
         suffix = "1 destination" if destinations == 1 else f"{destinations} destinations"
-        if size > 1:  # no "1 destination" in it: run_all's targets find the rows by their words
-            suffix = f"one destination in batch mode ({size} per request)"
+        if size > 1:  # not "1 destination" or "3 destinations": run_all's targets find rows by words
+            suffix = (
+                f"{'one' if destinations == 1 else 'three'} destination(s) in batch mode ({size} per request)"
+            )
         runs: list[tuple[Measured, Measured]] = []
         for i in range(1, args.runs + 1):  # baseline and absync side by side in each run
             runs.append(

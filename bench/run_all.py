@@ -110,19 +110,25 @@ TARGETS = [
         "<= baseline",
         "pipeline_throughput",
     ),
-    Target(
-        "throughput, 1 destination in batch mode (absync.v1)",
-        ("throughput, one destination in batch mode",),
-        _ratio_at_least(1.0),
-        ">= 1.0 x baseline",
-        "pipeline_throughput",
-    ),
-    Target(
-        "CPU per event, 1 destination in batch mode",
-        ("cpu per event, one destination in batch mode",),
-        _ratio_at_most(1.0),
-        "<= baseline",
-        "pipeline_throughput",
+    *(
+        target
+        for count, label in (("one", "1 destination"), ("three", "3 destinations"))
+        for target in (
+            Target(
+                f"throughput, {label} in batch mode (absync.v1)",
+                (f"throughput, {count} destination(s) in batch mode",),
+                _ratio_at_least(1.0),
+                ">= 1.0 x baseline",
+                "pipeline_throughput",
+            ),
+            Target(
+                f"CPU per event, {label} in batch mode",
+                (f"cpu per event, {count} destination(s) in batch mode",),
+                _ratio_at_most(1.0),
+                "<= baseline",
+                "pipeline_throughput",
+            ),
+        )
     ),
     *(
         Target(f"worker RSS, {label}", words, _figure(operator.lt, 150), "< 150 MB", source)
