@@ -17,6 +17,13 @@ async def hold(slots: GroupSlots, group: str, count: int) -> list[asyncio.Task[N
     return tasks
 
 
+async def cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Ends the test's waiters still waiting."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_one_stuck_group_takes_half_and_two_leave_a_quarter() -> None:
     slots = GroupSlots(64, share=2)
     stuck_a = await hold(slots, "google-a", 100)
@@ -26,9 +33,7 @@ async def test_one_stuck_group_takes_half_and_two_leave_a_quarter() -> None:
     live = await hold(slots, "http", 8)
     assert all(t.done() for t in live), "a live destination found no slot"
     assert slots.used == 56
-    for task in stuck_a + stuck_b:
-        task.cancel()
-    await asyncio.gather(*stuck_a, *stuck_b, return_exceptions=True)
+    await cancel(stuck_a + stuck_b)
 
 
 async def test_stuck_groups_arriving_together_still_leave_slots() -> None:
@@ -42,9 +47,7 @@ async def test_stuck_groups_arriving_together_still_leave_slots() -> None:
     live = asyncio.create_task(slots.acquire("graph"))
     await asyncio.sleep(0)
     assert live.done()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel(tasks)
 
 
 async def test_a_released_slot_goes_to_a_waiting_group_in_turn() -> None:
@@ -95,9 +98,7 @@ async def test_an_urgent_waiter_goes_before_the_group_s_earlier_waiters() -> Non
     slots.release("hooks")
     await asyncio.sleep(0)
     assert [t.done() for t in replayed] == [True, True, True, False, False, False]
-    for task in replayed:
-        task.cancel()
-    await asyncio.gather(*replayed, return_exceptions=True)
+    await cancel(replayed)
 
 
 async def test_urgent_waiters_of_any_group_are_served_before_the_rest() -> None:
