@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.fanout import FanoutProcessor
 from schemas.codec import codec_for
@@ -26,6 +27,27 @@ from streams.topics import Topics
 
 READ_LIMIT = 90.0
 """Seconds a read waits for what it expects before giving up (a bound, not an assertion)."""
+
+
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of a partition, asked again while a just-created topic has no leader yet
+    (NOT_LEADER_FOR_PARTITION and its kin, seen under three test workers): at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            return low, high
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def make_event(
@@ -203,7 +225,7 @@ def read_to_end(settings: Settings, topic: str) -> list[Message]:
     )
     try:
         partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in partitions}
+        marks = {p: watermarks(consumer, topic, p) for p in partitions}
         pending = [p for p, (low, high) in marks.items() if high > low]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         records: list[Message] = []

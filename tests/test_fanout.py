@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from schemas.delivery import Operation, Status, delivery_id_for
 from schemas.destination import ChangeSelection
@@ -35,6 +35,7 @@ from tests.streams_helpers import (
     read_to_end,
     running_fanout,
     statuses_of,
+    watermarks,
 )
 
 Sent = set[tuple[str, str, str]]
@@ -231,11 +232,7 @@ def offsets_in(settings: Settings, topic: str) -> int:
     consumer = Consumer({**connection_config(settings), "group.id": "offsets-probe"})
     try:
         return sum(
-            high - low
-            for low, high in (
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                for p in range(settings.partitions)
-            )
+            high - low for low, high in (watermarks(consumer, topic, p) for p in range(settings.partitions))
         )
     finally:
         consumer.close()

@@ -41,6 +41,7 @@ from tests.streams_helpers import (
     produce_raw,
     read_to_end,
     running_fanout,
+    watermarks,
 )
 from tests.web import conftest as web
 from tests.web.conftest import Api
@@ -90,7 +91,7 @@ def wait_fanned_out(settings: Settings) -> None:
     group = Consumer({**connection_config(settings), "group.id": group_id(settings, "fanout")})
     try:
         ends = {
-            (topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            (topic, p): watermarks(consumer, topic, p)[1]
             for topic in (topics.absences, topics.resync)
             for p in consumer.list_topics(topic, timeout=30).topics[topic].partitions
         }

@@ -30,6 +30,7 @@ from streams.topics import Topics, create_topics
 from tests.conftest import make_settings
 from tests.connectors.deliveries import TENANT, make_delivery
 from tests.fakes.receiver import ReceivedRequest, Receiver
+from tests.streams_helpers import watermarks
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"delivery-tests-signing-key-32byte").decode()
 
@@ -239,9 +240,7 @@ def wait_consumed(settings: Settings, topic: str, timeout: float = 60.0) -> None
     consumer = Consumer({**connection_config(settings), "group.id": group_id(settings, "delivery")})
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-        }
+        ends = {p: watermarks(consumer, topic, p)[1] for p in partitions}
         deadline = time.monotonic() + timeout
         while True:
             committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from schemas.delivery import CommandKind, Status
 from schemas.models import ChangeKind
@@ -20,6 +20,7 @@ from tests.delivery.harness import (
     wait_consumed,
 )
 from tests.fakes.receiver import Receiver
+from tests.streams_helpers import watermarks
 
 pytestmark = pytest.mark.kafka
 
@@ -29,7 +30,7 @@ def retry_records(settings: Settings) -> int:
     consumer = Consumer({**connection_config(settings), "group.id": "tests-watermarks"})
     try:
         return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            watermarks(consumer, topic, p)[1]
             for topic in Topics(settings).retries
             for p in range(settings.partitions)
         )
