@@ -9,6 +9,7 @@ Liveness only (generous timeouts, no timed assertion).
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,44 @@ def test_live_changes_go_out_while_a_replay_backlog_waits(narrow_settings: Setti
     assert replayed_then < BACKLOG, "the replay backlog drained before the live changes went out"
     assert requests_then < BACKLOG
     assert "abs-live-other" in other.state and "abs-live-same" in slow.state
+
+
+def test_a_live_change_takes_the_next_free_slot_of_a_destination_being_replayed(
+    narrow_settings: Settings,
+) -> None:
+    """The destination's own slots, end to end: its replayed attempts hold the 4 slots it may have
+    (8 in all, half for one destination) and 4 more replayed records wait for them; a live change to
+    it goes out with the next slot that frees, not after the 4 waiting. Counted, not timed: replayed
+    requests reaching the receiver between the live change's produce and its arrival. Answers take 1 s,
+    so a slot frees every ~0.25 s; without the priority, the 4 waiting would all arrive first."""
+    settings = narrow_settings
+    statuses = StatusLog(settings)
+    with Receiver() as slow:
+        http_destination(settings, slow.url + "/hook", dest_id="dst-replayed")
+        slow.set_latency(1.0)
+        feed = Feed(settings)
+        feed.replayed(
+            *(
+                change(f"abs-r{i:03d}", 1, ChangeKind.APPROVED, destination_id="dst-replayed")
+                for i in range(40)
+            )
+        )
+        live = change("abs-live", 1, ChangeKind.APPROVED, destination_id="dst-replayed")
+        with RunningWorker(settings):
+            assert slow.wait_until(lambda r: len(r.requests) >= 8, LIMIT), "the replay never filled its slots"
+            produced_at = time.monotonic()
+            feed.deliveries(live)
+            statuses.wait(lambda log: log.latest(live.delivery_id) is Status.SUCCESSFUL, LIMIT)
+            requests = list(slow.requests)
+    statuses.close()
+
+    arrived = next(r.arrived_monotonic for r in requests if r.absence_id == "abs-live")
+    overtaking = [
+        r.absence_id
+        for r in requests
+        if r.absence_id != "abs-live" and produced_at < r.arrived_monotonic < arrived
+    ]
+    assert len(overtaking) <= 2, f"replayed requests went before the live change: {overtaking}"
 
 
 def test_replayed_work_is_all_done_when_live_is_idle(settings: Settings, statuses: StatusLog) -> None:
