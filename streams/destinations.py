@@ -9,8 +9,10 @@ deletes) and a global table that every worker keeps of it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,8 @@ class DestinationTable:
         self._settings = settings
         self._topic = Topics(settings).destinations
         self._items: dict[str, Destination] = {}
+        self._deleted: set[str] = set()
+        """Ids whose tombstone this table read (a deletion it saw, not an id it has not seen yet)."""
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -128,6 +132,23 @@ class DestinationTable:
     def get(self, destination_id: str) -> Destination | None:
         with self._lock:
             return self._items.get(destination_id)
+
+    def deleted(self, destination_id: str) -> bool:
+        """Whether this table read the destination's deletion (its tombstone, not compacted away)."""
+        with self._lock:
+            return destination_id in self._deleted
+
+    async def wait_for(self, destination_id: str, timeout: float) -> Destination | None:
+        """The destination, waiting up to ``timeout`` seconds while it is neither known nor known
+        deleted: a record that names a destination this table has not read yet (the fan-out's
+        table, or an operator's publish, can be a moment ahead of this one) must not be taken for a
+        deleted one. None at once for a deletion it read, else after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.get(destination_id)
+            if found is not None or self.deleted(destination_id) or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(0.05)
 
     def all(self, tenant: str | None = None) -> list[Destination]:
         with self._lock:
@@ -169,8 +190,10 @@ class DestinationTable:
         with self._lock:
             if value is None:
                 self._items.pop(key, None)
+                self._deleted.add(key)
             else:
                 self._items[key] = value
+                self._deleted.discard(key)
         for listener in self._listeners:
             listener(key, value)
 

@@ -67,6 +67,10 @@ from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 
+UNKNOWN_DESTINATION_WAIT = 10.0
+"""Seconds a record waits for a destination its worker has neither read nor seen deleted, before
+it is taken for deleted (SUPERSEDED)."""
+
 _STATUS_SEQ = {Status.SUCCESSFUL: 1, Status.PENDING: 2, Status.ERROR: 3, Status.SUPERSEDED: 4}
 
 
@@ -227,7 +231,9 @@ class DeliveryHandler:
     async def _attempt(self, partition: int, state: KeyState, delivery: Delivery) -> None:
         """One attempt: send, then record the outcome (state, status, maybe a retry record)."""
         number = max(delivery.attempt, state.attempts) + 1  # an operator Retry may have come between
-        destination = self.destinations.get(delivery.destination_id)
+        # A destination this worker's table has not read yet is not a deleted one: the fan-out's
+        # table (or the operator's publish) can be a moment ahead; wait for it, boundedly.
+        destination = await self.destinations.wait_for(delivery.destination_id, UNKNOWN_DESTINATION_WAIT)
         if destination is None:
             state.next_stage, state.status = 0, Status.SUPERSEDED.value
             await self._conclude(
