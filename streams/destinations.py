@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from schemas.codec import AvroCodec, codec_for
 from schemas.destination import ChangeSelection, Destination, Filters, check_rate, kind_catalog
 from schemas.errors import SchemaError
 from streams.destination_input import load_yaml_documents, validate_documents
-from streams.kafka import make_producer, read_compacted
+from streams.kafka import ReadBarrier, make_producer, read_compacted
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics
@@ -109,6 +108,7 @@ class DestinationTable:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[str, Destination | None], None]] = []
+        self._barrier = ReadBarrier()
 
     def on_change(self, listener: Callable[[str, Destination | None], None]) -> None:
         """Called (from the table's thread) with (id, new value or None) after each change."""
@@ -139,16 +139,27 @@ class DestinationTable:
             return destination_id in self._deleted
 
     async def wait_for(self, destination_id: str, timeout: float) -> Destination | None:
-        """The destination, waiting up to ``timeout`` seconds while it is neither known nor known
-        deleted: a record that names a destination this table has not read yet (the fan-out's
-        table, or an operator's publish, can be a moment ahead of this one) must not be taken for a
-        deleted one. None at once for a deletion it read, else after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.get(destination_id)
-            if found is not None or self.deleted(destination_id) or time.monotonic() >= deadline:
-                return found
-            await asyncio.sleep(0.05)
+        """The destination, or None once this table knows it is not there.
+
+        A record can name a destination this table has not read yet (the fan-out's table, or an
+        operator's publish, a moment ahead of this one): that must not be taken for a deleted one.
+        So an id neither known nor seen deleted is looked up again once the table has read every
+        record the topic held when asked (:class:`~streams.kafka.ReadBarrier`, usually a few ms):
+        still absent then, it is unknown (deleted long ago, or never published). ``timeout`` bounds
+        the wait when the broker is slow to answer. A deletion the table read is answered at once.
+        """
+        found = self.get(destination_id)
+        if found is not None or self.deleted(destination_id):
+            return found
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._barrier.ask()), timeout)
+        except (TimeoutError, KafkaException) as exc:
+            log.warning(
+                "destinations table did not confirm its end in time",
+                destination_id=destination_id,
+                error=str(exc) or type(exc).__name__,
+            )
+        return self.get(destination_id)
 
     def all(self, tenant: str | None = None) -> list[Destination]:
         with self._lock:
@@ -177,7 +188,14 @@ class DestinationTable:
             # errors="replace": a key that is not UTF-8 must not end the table's thread
             self._apply(codec, (msg.key() or b"").decode(errors="replace"), msg.value(), msg.offset())
 
-        read_compacted(self._settings, self._topic, apply, follow=self._stop, on_caught_up=self._ready.set)
+        read_compacted(
+            self._settings,
+            self._topic,
+            apply,
+            follow=self._stop,
+            on_caught_up=self._ready.set,
+            barrier=self._barrier,
+        )
 
     def _apply(self, codec: AvroCodec, key: str, raw: bytes | None, offset: int | None) -> None:
         value: Destination | None = None

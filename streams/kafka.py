@@ -7,7 +7,10 @@
   :func:`make_admin`, :func:`make_reader` (a group-less consumer for reading a topic by offsets).
 - :func:`produce`: one record, waiting while librdkafka's local queue is full (:func:`try_produce`
   for callers that wait their own way, e.g. on an event loop).
-- :func:`read_compacted`: a compacted topic read from its start to its end (and optionally on).
+- :func:`read_compacted`: a compacted topic read from its start to its end (and optionally on);
+  :class:`ReadBarrier` lets other threads wait until such a reader has read what was written
+  before they asked.
+- :func:`watermarks`: a partition's (low, high), asked again while a new topic has no leader yet.
 - :func:`check_access`: the start-up probe. A wrong password, an unknown CA or a missing ACL raises
   :class:`KafkaAccessError` with a message saying what to check, within ``timeout`` seconds: never a
   silent hang.
@@ -21,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import structlog
@@ -258,14 +262,16 @@ def read_compacted(
     follow: threading.Event | None = None,
     on_caught_up: Callable[[], None] | None = None,
     timeout: float | None = None,
+    barrier: ReadBarrier | None = None,
 ) -> None:
     """Reads ``topic`` (or some of its partitions) from the start, committed records only, calling
-    ``on_record`` for each record in offset order per partition.
+        ``on_record`` for each record in offset order per partition.
 
-    "The end" is the high watermark of each partition when reading began; ``on_caught_up`` is called
-    once every partition's position reaches it. Without ``follow``, returns then; with it, keeps
-    reading new records, and returns as soon as the event is set. Raises :class:`KafkaException` when the topic is not
-    available, and :class:`TimeoutError` when the end is not reached within ``timeout`` seconds.
+        "The end" is the high watermark of each partition when reading began; ``on_caught_up`` is called
+        once every partition's position reaches it. Without ``follow``, returns then; with it, keeps
+        reading new records, and returns as soon as the event is set. ``barrier``: served while reading
+    (see :class:`ReadBarrier`). Raises :class:`KafkaException` when the topic is not
+        available, and :class:`TimeoutError` when the end is not reached within ``timeout`` seconds.
     """
     consumer = make_reader(settings)
     try:
@@ -277,7 +283,7 @@ def read_compacted(
                 )
             partitions = list(metadata.partitions)
         numbers = sorted(partitions)
-        marks = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in numbers}
+        marks = {p: watermarks(consumer, TopicPartition(topic, p)) for p in numbers}
         ends = {p: high for p, (_, high) in marks.items()}
         pending = {p for p, (low, high) in marks.items() if high > low}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers])
@@ -295,7 +301,8 @@ def read_compacted(
                 return
             if not caught_up and deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{topic} {sorted(pending)} not read to its end in {timeout:g} s")
-            msg = consumer.poll(0.2)
+            busy = barrier is not None and barrier.serve(consumer, topic, numbers)
+            msg = consumer.poll(0.02 if busy else 0.2)
             if msg is None:
                 continue
             error = msg.error()
@@ -308,7 +315,75 @@ def read_compacted(
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+class ReadBarrier:
+    """Tells other threads when a :func:`read_compacted` reader (with ``follow``) has read every
+    record its topic held when they asked: how a reader of a table learns that an id it has not
+    seen is unknown, not merely not read yet, without waiting a fixed time.
+
+    :meth:`ask` (any thread) returns a future. The reading thread (:meth:`serve`, once per poll)
+    looks up the end offsets of its partitions *after* the ask, then completes the future once its
+    position has reached them. Asks that arrive while a look-up is being waited on join the next
+    one, so a single look-up serves any number of askers and a flood of asks costs one broker round
+    trip per batch. A failed look-up fails its futures with the error; a future is never left
+    behind by a reader that goes on reading, but a closed reader leaves its futures pending (askers
+    bound their own wait).
+    """
+
+    READ_TIMEOUT = 5.0
+    """Seconds the reader has, once it looked the ends up, to reach them (else the askers get a
+    TimeoutError and the next ask looks up again)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._asked: list[Future[None]] = []
+        self._waiting: list[Future[None]] = []
+        self._ends: dict[int, int] | None = None
+        self._since = 0.0
+
+    def ask(self) -> Future[None]:
+        future: Future[None] = Future()
+        with self._lock:
+            self._asked.append(future)
+        return future
+
+    def serve(self, consumer: Consumer, topic: str, partitions: list[int]) -> bool:
+        """Called by the reading thread between polls; True while askers are waiting."""
+        with self._lock:
+            if not self._waiting and self._asked:
+                self._waiting, self._asked = self._asked, []
+                self._ends = None
+            waiting = list(self._waiting)
+        if not waiting:
+            return False
+        try:
+            if self._ends is None:
+                marks = {p: watermarks(consumer, TopicPartition(topic, p), 5.0) for p in partitions}
+                self._ends = {p: high for p, (low, high) in marks.items() if high > low}
+                self._since = time.monotonic()
+            if self._ends:
+                positions = consumer.position([TopicPartition(topic, p) for p in self._ends])
+                if any(tp.offset < self._ends[tp.partition] for tp in positions):
+                    if time.monotonic() - self._since < self.READ_TIMEOUT:
+                        return True
+                    raise TimeoutError(f"{topic} not read to the offsets of {self._ends} in time")
+        except (KafkaException, TimeoutError) as exc:
+            self._finish(waiting, exc)
+            return bool(self._asked)
+        self._finish(waiting, None)
+        return bool(self._asked)
+
+    def _finish(self, waiting: list[Future[None]], error: Exception | None) -> None:
+        with self._lock:
+            self._waiting, self._ends = [], None
+        for future in waiting:
+            if future.set_running_or_notify_cancel():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
     """(low, high) of a partition, asked again while Kafka answers a retriable error (a topic just
     created has no leader yet: NOT_LEADER_FOR_PARTITION) for up to ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from processors.fanout import FanoutProcessor
 from schemas.codec import codec_for
@@ -21,6 +20,7 @@ from schemas.destination import Destination, Filters
 from schemas.models import Absence, AbsenceEvent, AbsenceStatus, ChangeKind, Employee, HalfDay, LeaveAccount
 from streams.destinations import DestinationTable, publish_destination
 from streams.kafka import connection_config, make_producer
+from streams.kafka import watermarks as kafka_watermarks
 from streams.processor import ProcessorRuntime
 from streams.settings import Settings
 from streams.topics import Topics
@@ -29,25 +29,10 @@ READ_LIMIT = 90.0
 """Seconds a read waits for what it expects before giving up (a bound, not an assertion)."""
 
 
-_NO_LEADER_YET = (
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-)
-
-
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
-    """(low, high) offsets of a partition, asked again while a just-created topic has no leader yet
-    (NOT_LEADER_FOR_PARTITION and its kin, seen under three test workers): at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            return low, high
-        except KafkaException as exc:
-            if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    """(low, high) offsets of a partition (:func:`streams.kafka.watermarks`: asked again while a
+    just-created topic has no leader yet, at most ``timeout`` s)."""
+    return kafka_watermarks(consumer, TopicPartition(topic, partition), timeout)
 
 
 def make_event(

@@ -68,8 +68,9 @@ from streams.topics import Topics
 log = structlog.get_logger(__name__)
 
 UNKNOWN_DESTINATION_WAIT = 10.0
-"""Seconds a record waits for a destination its worker has neither read nor seen deleted, before
-it is taken for deleted (SUPERSEDED)."""
+"""At most this many seconds a record waits for a destination its worker has neither read nor
+seen deleted (the table answers as soon as it has read to the topic's end, usually within ms;
+this bounds a slow broker), before it is taken for deleted (SUPERSEDED)."""
 
 _STATUS_SEQ = {Status.SUCCESSFUL: 1, Status.PENDING: 2, Status.ERROR: 3, Status.SUPERSEDED: 4}
 
@@ -232,7 +233,8 @@ class DeliveryHandler:
         """One attempt: send, then record the outcome (state, status, maybe a retry record)."""
         number = max(delivery.attempt, state.attempts) + 1  # an operator Retry may have come between
         # A destination this worker's table has not read yet is not a deleted one: the fan-out's
-        # table (or the operator's publish) can be a moment ahead; wait for it, boundedly.
+        # table (or the operator's publish) can be a moment ahead; the table reads to the topic's
+        # end before answering (DestinationTable.wait_for).
         destination = await self.destinations.wait_for(delivery.destination_id, UNKNOWN_DESTINATION_WAIT)
         if destination is None:
             state.next_stage, state.status = 0, Status.SUPERSEDED.value
