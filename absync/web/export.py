@@ -17,7 +17,6 @@ its stream cut: a reader that never reads holds neither a slot nor a database co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -26,8 +25,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import structlog
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from absync.web.limits import SEND_TIMEOUT_SECONDS, bounded_send
 from projections.queries import DeliverySummary
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,6 @@ COLUMNS = (
 _FLUSH_EVERY = 200
 EXPORTS_PER_TOKEN = 2
 EXPORTS_IN_PROCESS = 8
-SEND_TIMEOUT_SECONDS = 30.0
 
 
 class ExportSlots:
@@ -125,11 +124,8 @@ class ExportResponse(StreamingResponse):
         self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def bounded(message: Message) -> None:
-            await asyncio.wait_for(send(message), self.send_timeout)
-
         try:
-            await super().__call__(scope, receive, bounded)
+            await super().__call__(scope, receive, bounded_send(send, self.send_timeout))
         except TimeoutError:
             log.warning("export cut: the client took no data", seconds=self.send_timeout)
         finally:

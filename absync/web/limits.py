@@ -14,16 +14,33 @@ Guarantees: no request makes the process hold more than ``max_request_bytes`` of
 chunk of the server's read buffer), whoever sends it, signed in or not. The 413 body is a
 ``{"detail": ...}`` like every other API error (:func:`send_error`, which the other middleware
 refusing a request before any route, :class:`absync.web.inputs.NoControlCharacters`, answers with too).
+
+:func:`bounded_send` is the other side's bound: a streamed response (the CSV export, the live
+stream) whose client stops taking data is cut after ``SEND_TIMEOUT_SECONDS`` per write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger(__name__)
+
+SEND_TIMEOUT_SECONDS = 30.0
+"""Seconds a client has to take one write of a streamed response before the stream is cut."""
+
+
+def bounded_send(send: Send, timeout: float = SEND_TIMEOUT_SECONDS) -> Send:
+    """``send`` with a bound: a write the client does not take within ``timeout`` seconds raises
+    :class:`TimeoutError`, for the caller to cut the stream and free what it holds."""
+
+    async def bounded(message: Message) -> None:
+        await asyncio.wait_for(send(message), timeout)
+
+    return bounded
 
 
 class BodyLimit:

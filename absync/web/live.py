@@ -12,7 +12,7 @@ Events
     ``unauthorized``: the token was revoked or expired, or the console session ended. The stream ends.
     ``: keep-alive`` every ``KEEPALIVE_SECONDS`` without a batch.
 
-A write that the client does not take within ``SEND_TIMEOUT_SECONDS`` ends the stream (and its
+A write that the client does not take within ``absync.web.limits.SEND_TIMEOUT_SECONDS`` ends the stream (and its
 subscription): a client that stopped reading holds neither a queue nor the feed.
 """
 
@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 from absync.web.auth import SESSION_HEADER, Principal, request_token_hash
 from absync.web.feed import ChangeFeed, Closed, Subscriber, TooManyStreams
 from absync.web.feed import Scope as FeedScope
+from absync.web.limits import bounded_send
 from absync.web.models import DeliveryOut
 from projections import queries
 
@@ -43,7 +44,6 @@ log = structlog.get_logger(__name__)
 
 COALESCE_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
-SEND_TIMEOUT_SECONDS = 30.0
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -134,9 +134,10 @@ class LiveStream(Response):
     async def _write(self, subscriber: Subscriber, send: Send) -> bool:
         """Sends batches until the subscriber closes; True if the response may end cleanly."""
 
+        bounded = bounded_send(send)
+
         async def out(text: str) -> None:
-            message = {"type": "http.response.body", "body": text.encode(), "more_body": True}
-            await asyncio.wait_for(send(message), SEND_TIMEOUT_SECONDS)
+            await bounded({"type": "http.response.body", "body": text.encode(), "more_body": True})
 
         try:
             await out(": connected\n\n")
