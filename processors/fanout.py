@@ -166,6 +166,7 @@ class FanoutProcessor(Processor):
         topics = Topics(settings)
         self._settings = settings
         self.topics = [topics.absences, topics.resync]
+        self.background_topics = [topics.resync]  # a resync never holds back a live change
         self._topics = topics
         self._table = table
         self._codec: AvroCodec = absence_codec(settings)

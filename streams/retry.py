@@ -98,6 +98,10 @@ class PartitionRetries:
             for key in due:
                 del self._paused[key]
 
+    def paused(self) -> set[tuple[str, int]]:
+        """Partitions paused now, waiting to retry a record (sought back to it)."""
+        return set(self._paused)
+
     def forget(self, partitions: list[TopicPartition]) -> None:
         """On a rebalance: assigned or revoked partitions start unpaused (their pause is gone)."""
         for tp in partitions:
