@@ -320,10 +320,12 @@ class Arrival:
     method: str
     path: str
     status: int | None
+    item: str | None = None
+    """The absence id of a batch item (the receiver logs one arrival per item of a batch)."""
 
     @property
     def absence_id(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
+        return self.item or self.path.rstrip("/").rsplit("/", 1)[-1]
 
 
 class ReceiverProc(Proc):
@@ -387,12 +389,13 @@ class ReceiverProc(Proc):
                 continue
             doc = json.loads(line)
             at = dt.datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00")).timestamp()
-            out.append(Arrival(at, doc["method"], doc["path"], doc.get("status")))
+            out.append(Arrival(at, doc["method"], doc["path"], doc.get("status"), doc.get("absence_id")))
         return out
 
 
-def read_statuses(run: BenchRun) -> list[dict[str, Any]]:
-    """Every status event of this run (``delivery-status`` read to its end), decoded."""
+def read_statuses(run: BenchRun, destination_id: str | None = None) -> list[dict[str, Any]]:
+    """Every status event of this run (``delivery-status`` read to its end), decoded; only those of
+    ``destination_id`` if given (the others are decoded, not kept)."""
     codec = codec_for("DeliveryStatus")
     consumer = Consumer(
         {
@@ -408,7 +411,7 @@ def read_statuses(run: BenchRun) -> list[dict[str, Any]]:
         partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         remaining = set(partitions)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while remaining and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
@@ -418,7 +421,9 @@ def read_statuses(run: BenchRun) -> list[dict[str, Any]]:
                 if error.code() == KafkaError._PARTITION_EOF:
                     remaining.discard(msg.partition() or 0)
                 continue
-            statuses.append(codec.decode(msg.value()))
+            status = codec.decode(msg.value())
+            if destination_id is None or status["destination_id"] == destination_id:
+                statuses.append(status)
     finally:
         consumer.close()
     return statuses

@@ -1,7 +1,7 @@
 """End-to-end latency: from producing an absence event to the receiver answering its request.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python -m bench.latency \\
-        [--seconds 20] [--max-rate 110]
+        [--seconds 20] [--max-rate 110] [--batch-size 50]
 
 One ``absync run --only fanout --only delivery`` process, one destination, the loopback receiver.
 Events are published at a steady rate (each one timed just before ``AbsencePublisher.publish``)
@@ -84,20 +84,16 @@ def hops(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each steady phase")
-    parser.add_argument("--max-rate", type=float, help="maximum throughput (events/s), 1 destination")
-    args = parser.parse_args()
-    started = time.monotonic()
-    max_rate = args.max_rate or measure_throughput(2000, 1, baseline=False)[0]
+def measure(
+    phases: list[tuple[str, float]], seconds: float, batch_size: int = 1, suffix: str = ""
+) -> list[Row]:
+    """One pipeline and receiver, one destination (in batch mode when ``batch_size`` > 1): the
+    latency rows of each (label, rate) phase, ``suffix`` added to every row's name."""
     rows: list[Row] = []
     with BenchRun("latency") as run:
         receiver = ReceiverProc(run.workdir)
         try:
-            http_destinations(run, receiver.url, 1)
+            http_destinations(run, receiver.url, 1, batch_size)
             pipeline = start_pipeline(run)
             # One publisher for every phase: a new one spends its first ~0.5 s fetching metadata and
             # its producer id, which would be counted as the pipeline's latency.
@@ -105,9 +101,10 @@ def main() -> None:
             try:
                 factory = EventFactory(seed=11)
                 steady_load(publisher, receiver, factory, 20, 2)  # warm-up: connections, caches
-                for label, rate in ((f"{STEADY_RATE:.0f}/s", STEADY_RATE), ("80% of max", 0.8 * max_rate)):
-                    log(f"latency at {label}: publishing {rate:.0f} events/s for {args.seconds:g}s")
-                    sent, answered, achieved = steady_load(publisher, receiver, factory, rate, args.seconds)
+                for label, rate in phases:
+                    label = f"{label}{suffix}"
+                    log(f"latency at {label}: publishing {rate:.0f} events/s for {seconds:g}s")
+                    sent, answered, achieved = steady_load(publisher, receiver, factory, rate, seconds)
                     latencies = [(answered[a] - sent[a]) * 1000 for a in answered]
                     missing = len(sent) - len(answered)
                     rows += [
@@ -123,12 +120,31 @@ def main() -> None:
                         ]
                     if missing:
                         rows.append(Row(f"events not arrived in time at {label}", missing, "events"))
-                rows.append(Row("peak RSS, latency worker", pipeline.peak_rss_mb(), "MB"))
+                rows.append(Row(f"peak RSS, latency worker{suffix}", pipeline.peak_rss_mb(), "MB"))
             finally:
                 publisher.close()
                 pipeline.stop()
         finally:
             receiver.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each steady phase")
+    parser.add_argument("--max-rate", type=float, help="maximum throughput (events/s), 1 destination")
+    parser.add_argument(
+        "--batch-mode", type=int, default=50, help="batch size of the batch-mode run at 200/s (0: none)"
+    )
+    args = parser.parse_args()
+    started = time.monotonic()
+    max_rate = args.max_rate or measure_throughput(2000, 1, baseline=False)[0]
+    phases = [(f"{STEADY_RATE:.0f}/s", STEADY_RATE), ("80% of max", 0.8 * max_rate)]
+    rows = measure(phases, args.seconds)
+    if args.batch_mode > 1:
+        rows += measure(phases[:1], args.seconds, args.batch_mode, f" in batch mode ({args.batch_mode})")
     print_rows(rows)
     log(f"latency took {time.monotonic() - started:.0f}s")
 

@@ -55,8 +55,10 @@ from bench.common import (
     percentile,
     print_rows,
     publish_many,
+    read_statuses,
     start_pipeline,
 )
+from bench.latency import hops
 from streams.kafka import connection_config, group_id
 from streams.publisher import AbsencePublisher
 
@@ -248,6 +250,21 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     return best
 
 
+def live_hops(run: BenchRun, sink: SinkProc, timed: Timed) -> list[Row]:
+    """Where the live changes to /d1 waited (:func:`bench.latency.hops`: publish -> fan-out ->
+    attempt start -> answer), p50 and p99 of each hop."""
+    sent = {a: at for a, at in timed.live_sent.items() if at >= timed.t0}
+    answered = {a: at for at, segment, a in sink.arrivals() if segment == "d1" and a in sent}
+    rows: list[Row] = []
+    for hop, times in hops(read_statuses(run, "bench-d1"), sent, answered).items():
+        if times:
+            rows += [
+                Row(f"  resync: live hop {hop} p50", percentile(times, 50), "ms"),
+                Row(f"  resync: live hop {hop} p99", percentile(times, 99), "ms"),
+            ]
+    return rows
+
+
 def rows_for(
     args: argparse.Namespace, sink: SinkProc, prefix: str, live_prefix: str, timed: Timed
 ) -> list[Row]:
@@ -356,6 +373,7 @@ def main() -> None:
                 time.sleep(0.2)
             timed = timed_resync(run, args, sink, pipeline, prefix, live)
             rows = rows_for(args, sink, prefix, live.prefix, timed)
+            rows += live_hops(run, sink, timed)
         finally:
             if live is not None:
                 live.stop()
