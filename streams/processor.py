@@ -17,7 +17,7 @@ One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
    ``BACKGROUND_PER_BATCH`` of them; the rest are fetched again for a later batch: every background
    partition is sought back (to its first record left, or to its position), which drops what was
    fetched ahead of it, so a live record waits for about one batch, not behind a backlog of bulk
-   ones in the consumer's queue. The consumer prefetches little (``PREFETCH_CONFIG``);
+   ones in the consumer's queue. The consumer prefetches little (``streams.kafka.BOUNDED_PREFETCH``);
 3. still in the transaction: ``processor.punctuate()`` outputs (work no record triggers), the state
    stores' changelog writes and the input offsets (``send_offsets_to_transaction`` with the consumer
    group metadata); commit.
@@ -53,7 +53,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.deadletter import as_headers, dead_letter_copy, output_size
-from streams.kafka import group_id, make_consumer, make_transactional_producer, produce
+from streams.kafka import BOUNDED_PREFETCH, group_id, make_consumer, make_transactional_producer, produce
 from streams.output import Headers, Output
 from streams.records import coordinates
 from streams.retry import PartitionRetries, RetryLater
@@ -75,17 +75,6 @@ __all__ = [
 
 BACKGROUND_PER_BATCH = 100
 """Records of a processor's ``background_topics`` handled per batch at most (one transaction)."""
-PREFETCH_CONFIG = {
-    "queued.max.messages.kbytes": 256,
-    "fetch.message.max.bytes": 32768,
-    "fetch.queue.backoff.ms": 10,
-}
-"""What a runtime's consumer fetches ahead: about 256 KB queued (librdkafka's default is 64 MB,
-held in the process) in fetches of at most 32 KB per partition (a larger record is still fetched
-whole): the memory a backlog takes, and what a deferral fetches again. The queue is one for every
-partition, and while it is over its size librdkafka postpones the next fetch of *every* partition
-by ``fetch.queue.backoff.ms`` (1 s by default): a live record then waited 1 to 3 s behind a resync's
-backlog (bench.resync, live p99 2.4 s -> 0.63 s with 10 ms)."""
 
 
 class OutputTooLarge(Exception):
@@ -224,7 +213,7 @@ class ProcessorRuntime:
         processor = self._processor
         processor.open()
         producer = make_transactional_producer(self._settings, self._transactional_id)
-        consumer = make_consumer(self._settings, self._group, **PREFETCH_CONFIG)
+        consumer = make_consumer(self._settings, self._group, **BOUNDED_PREFETCH)
         watchdog = StallWatchdog(processor.name, self._settings.stall_timeout, self._on_stall).start()
         try:
             consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)

@@ -52,7 +52,7 @@ from schemas.errors import SchemaError
 from streams.async_producer import AsyncProducer
 from streams.delay import DelayGate, Partition
 from streams.destinations import DestinationTable
-from streams.kafka import group_id, make_consumer, make_producer
+from streams.kafka import BOUNDED_PREFETCH, group_id, make_consumer, make_producer
 from streams.lanes import KeyLanes
 from streams.offsets import OffsetTracker
 from streams.records import coordinates, header
@@ -158,9 +158,13 @@ class DeliveryWorker:
         assigned: set[Partition] = set()
         paused: set[Partition] = set()
         rewind: dict[Partition, int] = {}
-        # A short fetch wait: a resumed delay partition joins the next fetch request at once.
+        # A short fetch wait: a resumed delay partition joins the next fetch request at once. Little
+        # fetched ahead: replayed and delayed records skipped for now cost neither memory nor a
+        # live record's place in the queue.
         consumer = make_consumer(
-            self.settings, group_id(self.settings, "delivery"), **{"fetch.wait.max.ms": 50}
+            self.settings,
+            group_id(self.settings, "delivery"),
+            **{**BOUNDED_PREFETCH, "fetch.wait.max.ms": 50},
         )
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
