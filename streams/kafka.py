@@ -205,10 +205,10 @@ BOUNDED_PREFETCH = {
     "fetch.message.max.bytes": 32768,
     "fetch.queue.backoff.ms": 10,
 }
-"""Overrides for a consumer that must not fetch far ahead (the processors' and the delivery
-worker's): about 256 KB queued (librdkafka's default is 64 MB, held in the process) in fetches of
-at most 32 KB per partition (a larger record is still fetched whole), so a backlog costs little
-memory and a seek (a deferral, a rewind) drops little. The queue is one for every partition, and
+"""Overrides for a consumer that must not fetch far ahead (the delivery worker's, and a processor's
+with background topics: the fan-out's): about 256 KB queued (librdkafka's default is 64 MB, held in
+the process) in fetches of at most 32 KB per partition (a larger record is still fetched whole), so
+a backlog costs little memory and a seek (a deferral, a rewind) drops little. The queue is one for every partition, and
 while it is over its size librdkafka postpones the next fetch of *every* partition by
 ``fetch.queue.backoff.ms`` (1 s by default): a live record then waited 1 to 3 s behind a resync's
 backlog (bench.resync, live p99 2.4 s -> 0.63 s with 10 ms)."""

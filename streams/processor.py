@@ -17,7 +17,8 @@ One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
    ``BACKGROUND_PER_BATCH`` of them; the rest are fetched again for a later batch: every background
    partition is sought back (to its first record left, or to its position), which drops what was
    fetched ahead of it, so a live record waits for about one batch, not behind a backlog of bulk
-   ones in the consumer's queue. The consumer prefetches little (``streams.kafka.BOUNDED_PREFETCH``);
+   ones in the consumer's queue. Such a processor's consumer prefetches little
+   (``streams.kafka.BOUNDED_PREFETCH``);
 3. still in the transaction: ``processor.punctuate()`` outputs (work no record triggers), the state
    stores' changelog writes and the input offsets (``send_offsets_to_transaction`` with the consumer
    group metadata); commit.
@@ -213,7 +214,10 @@ class ProcessorRuntime:
         processor = self._processor
         processor.open()
         producer = make_transactional_producer(self._settings, self._transactional_id)
-        consumer = make_consumer(self._settings, self._group, **BOUNDED_PREFETCH)
+        # A processor with background topics fetches little ahead (see the module docstring); the
+        # others keep librdkafka's defaults.
+        bounded = BOUNDED_PREFETCH if processor.background_topics else {}
+        consumer = make_consumer(self._settings, self._group, **bounded)
         watchdog = StallWatchdog(processor.name, self._settings.stall_timeout, self._on_stall).start()
         try:
             consumer.subscribe(list(processor.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)

@@ -204,6 +204,11 @@ def test_a_client_that_never_reads_loses_its_export_and_gives_its_slot_back(api:
     slots.per_token, slots.send_timeout = 1, 1.0
     view = hash_token(api.tokens["view"])
     api.seed(*[fact(employee_name="N" * 5000) for _ in range(500)])
+    with api.client("view") as client:  # every row visible before the exports (seeding is async)
+        deadline = time.monotonic() + 30
+        while client.get("/api/v1/deliveries/stats").json()["total"] < 500:
+            assert time.monotonic() < deadline, "the seeded deliveries never all showed"
+            time.sleep(0.1)
     silent = socket.socket()
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
     silent.connect(("127.0.0.1", int(api.base_url.rsplit(":", 1)[1])))
@@ -220,6 +225,7 @@ def test_a_client_that_never_reads_loses_its_export_and_gives_its_slot_back(api:
         while slots.held(view) > 0:
             assert time.monotonic() < deadline, "the silent client's export still holds its slot"
             time.sleep(0.1)
+        slots.send_timeout = 30.0  # the next export's client reads, however loaded the machine
         with api.client("view") as client:
             exported = client.get("/api/v1/deliveries/export.csv")
         assert exported.status_code == 200 and len(rows(exported.text)) == 501
