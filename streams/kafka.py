@@ -208,10 +208,10 @@ BOUNDED_PREFETCH = {
 """Overrides for a consumer that must not fetch far ahead (the delivery worker's, and a processor's
 with background topics: the fan-out's): about 256 KB queued (librdkafka's default is 64 MB, held in
 the process) in fetches of at most 32 KB per partition (a larger record is still fetched whole), so
-a backlog costs little memory and a seek (a deferral, a rewind) drops little. The queue is one for every partition, and
-while it is over its size librdkafka postpones the next fetch of *every* partition by
-``fetch.queue.backoff.ms`` (1 s by default): a live record then waited 1 to 3 s behind a resync's
-backlog (bench.resync, live p99 2.4 s -> 0.63 s with 10 ms)."""
+a backlog costs little memory and a seek (a deferral, a rewind) drops little. The queue is one for
+every partition, and while it is over its size librdkafka postpones the next fetch of *every*
+partition by ``fetch.queue.backoff.ms`` (1 s by default): a live record then waited 1 to 3 s behind
+a resync's backlog (bench.resync, live p99 2.4 s -> 0.63 s with 10 ms)."""
 
 
 def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
@@ -279,13 +279,13 @@ def read_compacted(
     barrier: ReadBarrier | None = None,
 ) -> None:
     """Reads ``topic`` (or some of its partitions) from the start, committed records only, calling
-        ``on_record`` for each record in offset order per partition.
+    ``on_record`` for each record in offset order per partition.
 
-        "The end" is the high watermark of each partition when reading began; ``on_caught_up`` is called
-        once every partition's position reaches it. Without ``follow``, returns then; with it, keeps
-        reading new records, and returns as soon as the event is set. ``barrier``: served while reading
-    (see :class:`ReadBarrier`). Raises :class:`KafkaException` when the topic is not
-        available, and :class:`TimeoutError` when the end is not reached within ``timeout`` seconds.
+    "The end" is the high watermark of each partition when reading began; ``on_caught_up`` is called
+    once every partition's position reaches it. Without ``follow``, returns then; with it, keeps
+    reading new records, and returns as soon as the event is set. ``barrier``: served while reading
+    (see :class:`ReadBarrier`). Raises :class:`KafkaException` when the topic is not available, and
+    :class:`TimeoutError` when the end is not reached within ``timeout`` seconds.
     """
     consumer = make_reader(settings)
     try:
@@ -344,8 +344,8 @@ class ReadBarrier:
     """
 
     READ_TIMEOUT = 5.0
-    """Seconds the reader has, once it looked the ends up, to reach them (else the askers get a
-    TimeoutError and the next ask looks up again)."""
+    """Seconds the look-up of the ends may take, and then the reader to reach them (else the askers
+    get the error and the next ask looks up again)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -371,7 +371,9 @@ class ReadBarrier:
             return False
         try:
             if self._ends is None:
-                marks = {p: watermarks(consumer, TopicPartition(topic, p), 5.0) for p in partitions}
+                marks = {
+                    p: watermarks(consumer, TopicPartition(topic, p), self.READ_TIMEOUT) for p in partitions
+                }
                 self._ends = {p: high for p, (low, high) in marks.items() if high > low}
                 self._since = time.monotonic()
             if self._ends:
