@@ -17,6 +17,11 @@ start (read_committed) and keeps the live absences per tenant in memory; the sch
 restarts; deleting the topic and replaying ``absences`` (compacted: latest state of every absence)
 rebuilds it.
 
+Before a day's first post the scheduler asks :class:`AbsencesRead` whether the projection (its
+offsets committed in ``absences``, by whichever workers own the partitions) and then the table have
+caught up with ``absences`` as it ended when the post came due: after a restart with a backlog, the
+post is made once with every absence, not made early and edited seconds later.
+
 The same topic also holds the scheduler's post records (keys ``post|...``, see
 :mod:`processors.slack_scheduler`); each side ignores the other's keys.
 """
@@ -28,9 +33,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import structlog
-from confluent_kafka import Message
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 
 from processors.validation import (
     ErrorKind,
@@ -42,7 +49,7 @@ from processors.validation import (
 )
 from schemas.codec import AvroCodec
 from schemas.models import AbsenceEvent
-from streams.kafka import read_compacted
+from streams.kafka import ReadBarrier, group_id, make_admin, make_reader, read_compacted, watermarks
 from streams.processor import Output, Processor
 from streams.records import coordinates
 from streams.settings import Settings
@@ -142,6 +149,11 @@ class DailyAbsenceTable:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._barrier = ReadBarrier()
+
+    def caught_up(self) -> Future[None]:
+        """Done once the table has read what ``daily-absences`` held when asked (see ReadBarrier)."""
+        return self._barrier.ask()
 
     def start(self) -> DailyAbsenceTable:
         if self._thread is None:
@@ -181,4 +193,128 @@ class DailyAbsenceTable:
             if key.startswith(PREFIX):
                 self._apply(key, msg.value())
 
-        read_compacted(self._settings, self._topic, apply, follow=self._stop, on_caught_up=self._ready.set)
+        read_compacted(
+            self._settings,
+            self._topic,
+            apply,
+            follow=self._stop,
+            on_caught_up=self._ready.set,
+            barrier=self._barrier,
+        )
+
+
+class AbsencesRead:
+    """Whether the daily absences projection, then :class:`DailyAbsenceTable`, have read ``absences``
+    as far as it went at some moment: :meth:`since` never blocks longer than a few broker round
+    trips (:data:`CALL_TIMEOUT` each), so the scheduler asks again on its next tick.
+
+    One check at a time: it takes the end offsets of ``absences`` (read_committed: the last stable
+    offsets), waits for the projection's committed offsets to reach them (a partition left one short
+    by a trailing transaction marker is read from its committed offset to tell a marker from a
+    record), then for the table to read ``daily-absences`` to its end (ReadBarrier). A check
+    completed serves every question about a moment before it started. Broker errors are logged and
+    the question is asked again later; the caller bounds the wait.
+    """
+
+    CALL_TIMEOUT = 2.0
+
+    def __init__(self, settings: Settings, table: DailyAbsenceTable) -> None:
+        self._settings = settings
+        self._topic = Topics(settings).absences
+        self._group = group_id(settings, DailyAbsencesProcessor.name)
+        self._table = table
+        self._admin: object | None = None
+        self._reader: object | None = None
+        self._check: tuple[float, dict[int, int]] | None = None
+        """(monotonic start, absences partition -> end offset) of the check under way."""
+        self._table_read: Future[None] | None = None
+        self._covered = float("-inf")
+        """Start of the last completed check: questions about an earlier moment are answered."""
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()  # type: ignore[attr-defined]
+            self._reader = None
+
+    def since(self, moment: float) -> bool:
+        """Whether every absence committed to ``absences`` before ``moment`` (monotonic) is in the
+        table; starts or advances a check."""
+        if self._covered >= moment:
+            return True
+        try:
+            return self._advance()
+        except (KafkaException, TimeoutError, OSError) as exc:
+            log.warning("could not tell whether the daily absences are read", error=str(exc))
+            self._check, self._table_read = None, None
+            return False
+
+    def _advance(self) -> bool:
+        if self._check is None:
+            reader = self._reader_consumer()
+            metadata = reader.list_topics(self._topic, timeout=self.CALL_TIMEOUT).topics.get(self._topic)
+            if metadata is None or metadata.error is not None:
+                raise KafkaException(f"topic {self._topic} not available")
+            started = time.monotonic()
+            ends = {
+                p: watermarks(reader, TopicPartition(self._topic, p), self.CALL_TIMEOUT)[1]
+                for p in metadata.partitions
+            }
+            self._check = (started, ends)
+        started, ends = self._check
+        if self._table_read is None:
+            if not self._projection_reached(ends):
+                return False
+            self._table_read = self._table.caught_up()
+        if not self._table_read.done():
+            return False
+        failure = self._table_read.exception()
+        self._check, self._table_read = None, None
+        if failure is not None:
+            raise TimeoutError(str(failure))
+        self._covered = started
+        return True
+
+    def _projection_reached(self, ends: dict[int, int]) -> bool:
+        """Whether the projection's committed offsets reach ``ends`` (partitions with records)."""
+        wanted = [TopicPartition(self._topic, p) for p, end in ends.items() if end > 0]
+        if not wanted:
+            return True
+        admin = self._admin_client()
+        request = [ConsumerGroupTopicPartitions(self._group, wanted)]
+        futures = admin.list_consumer_group_offsets(request, request_timeout=self.CALL_TIMEOUT)
+        answer = next(iter(futures.values())).result(timeout=self.CALL_TIMEOUT)
+        behind = {
+            tp.partition: max(tp.offset, 0)
+            for tp in answer.topic_partitions
+            if tp.offset < ends[tp.partition]
+        }
+        return all(self._nothing_between(p, committed, ends[p]) for p, committed in behind.items())
+
+    def _nothing_between(self, partition: int, committed: int, end: int) -> bool:
+        """Whether ``absences`` has no committed record in [committed, end) (only markers or aborted
+        records: a transactional writer's last marker sits one past the offset the projection
+        commits). Reads at most one record."""
+        reader = self._reader_consumer()
+        reader.assign([TopicPartition(self._topic, partition, committed)])
+        deadline = time.monotonic() + self.CALL_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                for msg in reader.consume(1, 0.05):
+                    if msg.error() is None and (msg.offset() or 0) < end:
+                        return False
+                [position] = reader.position([TopicPartition(self._topic, partition)])
+                if position.offset >= end:
+                    return True
+            return False
+        finally:
+            reader.unassign()
+
+    def _reader_consumer(self) -> Any:
+        if self._reader is None:
+            self._reader = make_reader(self._settings)
+        return self._reader
+
+    def _admin_client(self) -> Any:
+        if self._admin is None:
+            self._admin = make_admin(self._settings)
+        return self._admin

@@ -18,7 +18,10 @@ local ``post_time`` until the local midnight, it renders the day's post
 filters; pending absences only when the destination takes all changes), and compares it with the
 record: no record -> post; a different text -> ``chat.update`` of the recorded message (a late change
 edits the post in place); same text -> nothing. A post missed at ``post_time`` (service down) is made
-as soon as possible the same day, never on a later day.
+as soon as possible the same day, never on a later day. A day's first post waits until the absences
+published before it came due are in the table (:class:`processors.slack_daily.AbsencesRead`: after a
+restart with a backlog the projection may still be reading), at most :data:`HOLD_LIMIT` seconds;
+then it is made with what the table holds, with a warning, and later changes edit it.
 
 Exactly once, even across restarts, several workers or a replay: one decider (above), and a zombie
 owner cannot commit the intent, so it never reaches Slack; a restarted owner restores the records;
@@ -51,7 +54,7 @@ from confluent_kafka import Message
 from connectors.base import CallRecorder, ConnectorOptions, DigestConnector
 from connectors.exceptions import ConnectorError, PermanentError, RetryableError
 from connectors.registry import digest_connector_class
-from processors.slack_daily import Clock, DailyAbsencesProcessor, DailyAbsenceTable, utc_now
+from processors.slack_daily import AbsencesRead, Clock, DailyAbsencesProcessor, DailyAbsenceTable, utc_now
 from processors.slack_followup import MANUAL, PostRecord, after_failure, post_attempt, post_status
 from processors.slack_message import PostSettings, PostSettingsError, render
 from schemas.codec import codec_for
@@ -82,6 +85,10 @@ POST_PREFIX = "post|"
 PERMANENT_PAUSE = 900.0
 KEEP_RECORDS_DAYS = 7
 OWNER_PARTITION = 0
+HOLD_LIMIT = 300.0
+"""Seconds a day's first post waits for the absences projection to catch up before it goes anyway."""
+HOLD_TICK = 0.5
+"""Seconds between two looks at the projection while a first post waits for it."""
 
 
 def post_key(destination_id: str, day: dt.date) -> str:
@@ -129,6 +136,9 @@ class SlackScheduler(Processor):
         """(destination id, revision) -> monotonic time before which it is not tried (a fix resumes it)."""
         self._next_tick = 0.0
         self._next_sweep = 0.0
+        self._read = AbsencesRead(settings, absences)
+        self._held: dict[tuple[str, dt.date], float] = {}
+        """(destination id, day) -> monotonic time its first post was found due (while it waits)."""
 
     def open(self) -> None:
         self._destinations.start()
@@ -137,6 +147,7 @@ class SlackScheduler(Processor):
         self._absences.wait_ready(60)
 
     def close(self) -> None:
+        self._read.close()
         self._destinations.close()
         self._absences.close()
 
@@ -183,10 +194,12 @@ class SlackScheduler(Processor):
         if not settings.is_working_day(day) or local.time() < settings.post_time:
             return []
         poster = self.connector(destination)
-        text, digest = self.text(destination, settings, day, poster.channel)
         key = post_key(destination.id, day)
         raw = self._posts.get(OWNER_PARTITION, key)
         record = PostRecord.from_bytes(raw) if raw is not None else None
+        if record is None and not self._absences_read(destination, day):
+            return []
+        text, digest = self.text(destination, settings, day, poster.channel)
         if record is None or record.channel != poster.channel:
             # The intent is committed before any Slack call: a fenced (zombie) owner fails here, and
             # whoever finds an intent without a ts looks for the post before making one.
@@ -198,6 +211,28 @@ class SlackScheduler(Processor):
         return self.attempt(
             destination, poster, settings, day, record, text, digest, trigger=Trigger.AUTOMATIC
         )
+
+    def _absences_read(self, destination: Destination, day: dt.date) -> bool:
+        """Whether the day's first post may go: every absence published before it was found due is in
+        the table, or it has waited HOLD_LIMIT seconds (then it goes, with a warning)."""
+        now = time.monotonic()
+        for stale in [held for held in self._held if held[1] < day]:
+            del self._held[stale]
+        due = self._held.setdefault((destination.id, day), now)
+        if self._read.since(due):
+            self._held.pop((destination.id, day), None)
+            return True
+        if now - due >= HOLD_LIMIT:
+            log.warning(
+                "daily post made before the absences projection caught up: later changes will edit it",
+                destination=destination.id,
+                day=day.isoformat(),
+                waited=round(now - due),
+            )
+            self._held.pop((destination.id, day), None)
+            return True
+        self._next_tick = min(self._next_tick, now + HOLD_TICK)
+        return False
 
     def text(
         self, destination: Destination, settings: PostSettings, day: dt.date, channel: str

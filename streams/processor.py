@@ -25,7 +25,15 @@ One :class:`ProcessorRuntime` runs one :class:`Processor` in a thread:
 
 So outputs, state and progress commit together or not at all. On an abortable error the transaction
 is aborted, the in-memory state rolled back and the consumer sought back to the batch's first offsets:
-the batch is processed again after ``retry_backoff``. A fatal error (e.g. fenced by another worker
+the batch is processed again after ``retry_backoff``.
+
+An output the broker itself refuses (a topic whose ``max.message.bytes`` is below
+``ABSYNC_MAX_RECORD_BYTES``, a broker policy: :data:`REFUSALS`) would fail the batch on every
+attempt. So after such a refusal the records of the failed batch are processed one per transaction
+(a refused record no longer takes its neighbours down with it, nor a refused message set its
+records), and a record whose outputs were refused :data:`REFUSED_ATTEMPTS` times is dead-lettered
+(:class:`OutputRefused`); if its dead letter is refused too, it is skipped with an error log naming
+its coordinates (it stays in its topic). No record stalls the processor. A fatal error (e.g. fenced by another worker
 with the same id) raises: the component stops and ``absync run`` exits non-zero.
 
 A :class:`StallWatchdog` ends the process when the loop stops making progress for
@@ -78,8 +86,27 @@ BACKGROUND_PER_BATCH = 100
 """Records of a processor's ``background_topics`` handled per batch at most (one transaction)."""
 
 
+REFUSALS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+"""Delivery errors by which the broker refuses a record for what it is: sending it again will not help."""
+
+REFUSED_ATTEMPTS = 3
+"""Transactions a record's outputs may be refused in (:data:`REFUSALS`) before it is dead-lettered."""
+
+
 class OutputTooLarge(Exception):
     """An output of a record is larger than ``ABSYNC_MAX_RECORD_BYTES``: the record is dead-lettered."""
+
+
+class OutputRefused(Exception):
+    """The broker refused an output of a record :data:`REFUSED_ATTEMPTS` times: the record is
+    dead-lettered."""
 
 
 class TransactionalStore(Protocol):
@@ -209,6 +236,10 @@ class ProcessorRuntime:
         self._retry_backoff = retry_backoff
         self._log = log.bind(processor=processor.name, transactional_id=self._transactional_id)
         self._retries = PartitionRetries()
+        self._refused: dict[tuple[str, int, int], tuple[int, str]] = {}
+        """Records whose outputs the broker refused -> (times, last error); cleared once handled."""
+        self._isolate = 0
+        """Records still to process one per transaction, after a batch was refused."""
 
     def run(self, stop: threading.Event) -> None:
         processor = self._processor
@@ -227,7 +258,7 @@ class ProcessorRuntime:
                 # Wait for one record, then take what is already there: consume(n, timeout) would
                 # wait the whole timeout for n records and add that wait to every event's latency.
                 first = consumer.consume(1, self._batch_timeout)
-                more = consumer.consume(self._batch_size - 1, 0) if first else []
+                more = consumer.consume(self._batch_size - 1, 0) if first and not self._isolate else []
                 batch, deferred = self._prioritised([m for m in first + more if self._usable(m)])
                 if not self._process(batch, consumer, producer, deferred):
                     stop.wait(self._retry_backoff)
@@ -267,14 +298,17 @@ class ProcessorRuntime:
         handled: list[Message] = []
         blocked: dict[tuple[str, int], int] = {}
         """Partitions with a record to retry later -> its offset (nothing after it is handled)."""
+        refusals: list[tuple[tuple[str, int, int], KafkaError]] = []
+        """Outputs the broker refused (REFUSALS), by the coordinates of the record they came from."""
 
-        def emit(outputs: list[Output]) -> None:
+        def emit(outputs: list[Output], source: tuple[str, int, int] | None = None) -> None:
             nonlocal in_transaction
             if outputs and not in_transaction:
                 producer.begin_transaction()
                 in_transaction = True
+            report = None if source is None else _refusal_reporter(source, refusals)
             for out in outputs:
-                self._produce(producer, out)
+                self._produce(producer, out, report)
 
         try:
             for msg in batch:
@@ -286,7 +320,7 @@ class ProcessorRuntime:
                     blocked[(topic, partition)] = offset
                     continue
                 handled.append(msg)
-                emit(outputs)
+                emit(outputs, (topic, partition, offset))
             emit(self._processor.punctuate())
             for store in self._processor.stores:
                 emit(store.take_writes())
@@ -309,6 +343,8 @@ class ProcessorRuntime:
             if error.fatal() or not (error.txn_requires_abort() or error.retriable() or refused):
                 raise
             self._log.warning("transaction aborted, batch will be processed again", error=str(error))
+            producer.poll(0)  # serves the delivery reports that name the refused outputs, if any
+            self._note_refusals(refusals, len(batch))
             producer.abort_transaction(30)
             for store in self._processor.stores:
                 store.rollback()
@@ -319,9 +355,35 @@ class ProcessorRuntime:
             return False
         for store in self._processor.stores:
             store.commit()
+        if self._isolate:
+            self._isolate = max(0, self._isolate - len(handled))
+        if self._refused:
+            for msg in handled:
+                self._refused.pop(coordinates(msg), None)
         self._retries.pause(consumer, blocked)
         self._defer(consumer, deferred, set(blocked))
         return True
+
+    def _note_refusals(
+        self, refusals: list[tuple[tuple[str, int, int], KafkaError]], batch_size: int
+    ) -> None:
+        """After an abort: counts the records whose outputs the broker refused, and has the records
+        of the batch processed one per transaction, so the next refusal names its record alone."""
+        if not refusals:
+            return
+        for source, error in {source: error for source, error in refusals}.items():
+            times = self._refused.get(source, (0, ""))[0] + 1
+            self._refused[source] = (times, error.str())
+            topic, partition, offset = source
+            self._log.error(
+                "the broker refused an output of a record",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                times=times,
+                error=error.str(),
+            )
+        self._isolate = max(self._isolate, batch_size)
 
     def _defer(self, consumer: Consumer, deferred: list[Message], skip: set[tuple[str, int]]) -> None:
         """Leaves ``deferred`` (and whatever else of the background topics was fetched ahead) for
@@ -349,6 +411,23 @@ class ProcessorRuntime:
         record (:func:`streams.deadletter.dead_letter_copy`) on the same topic; a ``dead_letter`` that
         raises skips the record with an error log naming its coordinates (it stays in its topic).
         """
+        if self._refused and (refused := self._refused.get(coordinates(msg))):
+            times, error = refused
+            if times > REFUSED_ATTEMPTS:  # its dead letter was refused too
+                self._log.error(
+                    "record skipped: the broker refused its dead letter",
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    error=error,
+                )
+                self._retries.done(msg)
+                return []
+            if times == REFUSED_ATTEMPTS:
+                self._retries.done(msg)
+                return self._dead_letters(
+                    msg, OutputRefused(f"the broker refused an output of this record {times} times: {error}")
+                )
         savepoints = [store.savepoint() for store in self._processor.stores]
         limit = self._settings.max_record_bytes
         try:
@@ -407,8 +486,18 @@ class ProcessorRuntime:
         )
 
     @staticmethod
-    def _produce(producer: Producer, out: Output) -> None:
-        produce(producer, out.topic, out.key, out.value, headers=list(out.headers), partition=out.partition)
+    def _produce(
+        producer: Producer, out: Output, report: Callable[[KafkaError | None, Message], None] | None
+    ) -> None:
+        produce(
+            producer,
+            out.topic,
+            out.key,
+            out.value,
+            headers=list(out.headers),
+            partition=out.partition,
+            on_delivery=report,
+        )
 
     def _usable(self, msg: Message) -> bool:
         error = msg.error()
@@ -422,6 +511,7 @@ class ProcessorRuntime:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions})
         self._retries.forget(partitions)
+        self._refused.clear()
         for store in self._processor.stores:
             store.restore(numbers)
         self._processor.on_assign(partitions)
@@ -434,6 +524,18 @@ class ProcessorRuntime:
         for store in self._processor.stores:
             store.drop(numbers)
         self._log.info("partitions revoked", partitions=numbers)
+
+
+def _refusal_reporter(
+    source: tuple[str, int, int], refusals: list[tuple[tuple[str, int, int], KafkaError]]
+) -> Callable[[KafkaError | None, Message], None]:
+    """A delivery report callback for the outputs of the record at ``source``: notes a refusal."""
+
+    def report(error: KafkaError | None, _msg: Message) -> None:
+        if error is not None and error.code() in REFUSALS:
+            refusals.append((source, error))
+
+    return report
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:

@@ -44,9 +44,13 @@ class Counter(Processor):
         if value.startswith(b"abort-once") and value not in self.tried_oversized:
             self.tried_oversized.add(value)
             outputs.append(Output(self.small, msg.key(), OVERSIZED))
+        if value.startswith(b"refused"):  # refused by the broker on every attempt
+            outputs.append(Output(self.small, msg.key(), OVERSIZED))
         return outputs
 
     def dead_letter(self, msg: Message, exc: Exception) -> list[Output]:
+        if msg.value() == b"refused-dead-letter-too":
+            return [Output(self.small, msg.key(), OVERSIZED)]
         return [Output(self.dead, msg.key(), msg.value(), [("error", str(exc).encode())])]
 
     def on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -116,6 +120,31 @@ def test_failures_aborts_and_restarts_keep_outputs_and_state_exact(settings: Set
     assert got == sorted(
         [("k1", "a:1"), ("k1", "b:2"), ("k1", "d:3"), ("k2", "abort-once-1:1"), ("k2", "c:2"), ("k2", "e:3")]
     )
+
+
+def test_a_record_whose_output_the_broker_always_refuses_is_dead_lettered_and_stalls_nothing(
+    settings: Settings,
+) -> None:
+    """A topic whose max.message.bytes is below ABSYNC_MAX_RECORD_BYTES refuses an output on every
+    attempt: its record is dead-lettered after REFUSED_ATTEMPTS (or skipped if its dead letter is
+    refused too), its neighbours in the same batches are handled exactly once, the loop goes on."""
+    create(settings)
+    with running(settings, "a"):
+        send(
+            settings,
+            [("k1", "a"), ("k1", "refused-1"), ("k1", "b"), ("k2", "refused-dead-letter-too"), ("k2", "c")],
+        )
+        got = outputs(settings, 3)
+        dead = read_committed(settings, f"{settings.topic_prefix}dead", at_least(1))
+        send(settings, [("k1", "d"), ("k2", "e")])
+        got = outputs(settings, 5)
+    # The refused records' counts never committed: each attempt was aborted, the dead letter came
+    # before handle.
+    assert got == [("k1", "a:1"), ("k1", "b:2"), ("k1", "d:3"), ("k2", "c:1"), ("k2", "e:2")]
+    assert [m.value() for m in dead] == [b"refused-1"]
+    assert headers_of(dead[0])["error"].startswith(b"the broker refused an output of this record 3 times")
+    assert read_to_end(settings, f"{settings.topic_prefix}small") == []
+    assert len(read_to_end(settings, f"{settings.topic_prefix}dead")) == 1
 
 
 def test_the_watchdog_fires_when_the_loop_stops_beating_and_not_while_it_beats() -> None:

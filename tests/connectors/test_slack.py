@@ -24,13 +24,13 @@ from schemas.delivery import Status
 from schemas.destination import ChangeSelection, Destination, Filters
 from schemas.models import Absence, AbsenceEvent, AbsenceStatus, ChangeKind, Employee, HalfDay, LeaveAccount
 from streams.destinations import publish_destination
-from streams.kafka import make_producer
+from streams.kafka import make_producer, make_transactional_producer
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.fakes.loopback import loopback_options
 from tests.fakes.slack import FakeSlack
-from tests.streams_helpers import READ_LIMIT, produce_events, read_committed, statuses_of
+from tests.streams_helpers import READ_LIMIT, encode, produce_events, read_committed, statuses_of
 
 MONDAY = dt.date(2026, 3, 9)
 AT_0930_PARIS = dt.datetime(2026, 3, 9, 8, 30, tzinfo=dt.UTC)
@@ -296,6 +296,31 @@ def test_one_post_survives_a_restart_and_a_late_change_edits_it(settings: Settin
     assert "• Yann Tard: afternoon, back on Tuesday 10 March\n*Support*" in edited["text"]
     assert slack.count("chat.postMessage") == 1
     assert slack.count("conversations.history") == 1, "the restarted worker knew its post from Kafka"
+
+
+def test_the_first_post_waits_for_a_backlog_of_absences_to_be_read(
+    settings: Settings, slack: FakeSlack
+) -> None:
+    """After a restart with a backlog in ``absences`` the projection is still reading when the post
+    is due: the post is made once, with every absence, not made early and edited. The week comes
+    last, in a transaction (so partitions end with a marker, one past the last record)."""
+    add_slack_destination(settings, slack)
+    backlog = [absence(f"Other {i}", MONDAY, tenant="globex", absence_id=f"g-{i}") for i in range(4000)]
+    produce_events(settings, backlog)
+    producer = make_transactional_producer(settings, f"{settings.topic_prefix}upstream")
+    producer.begin_transaction()
+    for event in the_week():
+        producer.produce(Topics(settings).absences, key=event.key.encode(), value=encode(event))
+    producer.commit_transaction(30)
+    worker = Worker(settings)
+    try:
+        wait_recorded(settings, 1)
+    finally:
+        worker.stop()
+    [post] = slack.messages(CHANNEL)
+    assert post["text"] == EXPECTED_EN
+    assert "edited" not in post
+    assert (slack.count("chat.postMessage"), slack.count("chat.update")) == (1, 0)
 
 
 def test_a_rate_limited_post_is_made_once_after_retry_after(settings: Settings, slack: FakeSlack) -> None:
