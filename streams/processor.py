@@ -240,6 +240,9 @@ class ProcessorRuntime:
         """Records whose outputs the broker refused -> (times, last error); cleared once handled."""
         self._isolate = 0
         """Records still to process one per transaction, after a batch was refused."""
+        self._refusals: list[tuple[tuple[str, int, int], KafkaError]] = []
+        """Refused outputs reported since the last commit or abort (a report that arrives after its
+        transaction's abort is counted at the next one: the retried record is refused again)."""
 
     def run(self, stop: threading.Event) -> None:
         processor = self._processor
@@ -298,15 +301,13 @@ class ProcessorRuntime:
         handled: list[Message] = []
         blocked: dict[tuple[str, int], int] = {}
         """Partitions with a record to retry later -> its offset (nothing after it is handled)."""
-        refusals: list[tuple[tuple[str, int, int], KafkaError]] = []
-        """Outputs the broker refused (REFUSALS), by the coordinates of the record they came from."""
 
         def emit(outputs: list[Output], source: tuple[str, int, int] | None = None) -> None:
             nonlocal in_transaction
             if outputs and not in_transaction:
                 producer.begin_transaction()
                 in_transaction = True
-            report = None if source is None else _refusal_reporter(source, refusals)
+            report = None if source is None else _refusal_reporter(source, self._refusals)
             for out in outputs:
                 self._produce(producer, out, report)
 
@@ -344,7 +345,7 @@ class ProcessorRuntime:
                 raise
             self._log.warning("transaction aborted, batch will be processed again", error=str(error))
             producer.poll(0)  # serves the delivery reports that name the refused outputs, if any
-            self._note_refusals(refusals, len(batch))
+            self._note_refusals(len(batch))
             producer.abort_transaction(30)
             for store in self._processor.stores:
                 store.rollback()
@@ -355,6 +356,8 @@ class ProcessorRuntime:
             return False
         for store in self._processor.stores:
             store.commit()
+        if self._refusals:
+            self._refusals.clear()
         if self._isolate:
             self._isolate = max(0, self._isolate - len(handled))
         if self._refused:
@@ -364,14 +367,14 @@ class ProcessorRuntime:
         self._defer(consumer, deferred, set(blocked))
         return True
 
-    def _note_refusals(
-        self, refusals: list[tuple[tuple[str, int, int], KafkaError]], batch_size: int
-    ) -> None:
+    def _note_refusals(self, batch_size: int) -> None:
         """After an abort: counts the records whose outputs the broker refused, and has the records
         of the batch processed one per transaction, so the next refusal names its record alone."""
+        refusals = list(self._refusals)
+        self._refusals.clear()
         if not refusals:
             return
-        for source, error in {source: error for source, error in refusals}.items():
+        for source, error in dict(refusals).items():
             times = self._refused.get(source, (0, ""))[0] + 1
             self._refused[source] = (times, error.str())
             topic, partition, offset = source
