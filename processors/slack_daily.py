@@ -243,8 +243,8 @@ class AbsencesRead:
             return True
         try:
             return self._advance()
-        except (KafkaException, TimeoutError, OSError) as exc:
-            log.warning("could not tell whether the daily absences are read", error=str(exc))
+        except Exception as exc:  # never the post's failure: asked again, and the caller bounds the wait
+            log.warning("could not tell whether the daily absences are read", error=repr(exc))
             self._check, self._table_read = None, None
             return False
 
