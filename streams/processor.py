@@ -33,8 +33,10 @@ attempt. So after such a refusal the records of the failed batch are processed o
 (a refused record no longer takes its neighbours down with it, nor a refused message set its
 records), and a record whose outputs were refused :data:`REFUSED_ATTEMPTS` times is dead-lettered
 (:class:`OutputRefused`); if its dead letter is refused too, it is skipped with an error log naming
-its coordinates (it stays in its topic). No record stalls the processor. A fatal error (e.g. fenced by another worker
-with the same id) raises: the component stops and ``absync run`` exits non-zero.
+its coordinates (it stays in its topic). No record stalls the processor.
+
+A fatal error (e.g. fenced by another worker with the same id) raises: the component stops and
+``absync run`` exits non-zero.
 
 A :class:`StallWatchdog` ends the process when the loop stops making progress for
 ``ABSYNC_STALL_TIMEOUT`` seconds: librdkafka can block inside ``send_offsets_to_transaction`` past its
