@@ -34,10 +34,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
 import structlog
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from processors.validation import (
     ErrorKind,
@@ -223,8 +223,8 @@ class AbsencesRead:
         self._topic = Topics(settings).absences
         self._group = group_id(settings, DailyAbsencesProcessor.name)
         self._table = table
-        self._admin: object | None = None
-        self._reader: object | None = None
+        self._admin: AdminClient | None = None
+        self._reader: Consumer | None = None
         self._check: tuple[float, dict[int, int]] | None = None
         """(monotonic start, absences partition -> end offset) of the check under way."""
         self._table_read: Future[None] | None = None
@@ -233,7 +233,7 @@ class AbsencesRead:
 
     def close(self) -> None:
         if self._reader is not None:
-            self._reader.close()  # type: ignore[attr-defined]
+            self._reader.close()
             self._reader = None
 
     def since(self, moment: float) -> bool:
@@ -309,12 +309,12 @@ class AbsencesRead:
         finally:
             reader.unassign()
 
-    def _reader_consumer(self) -> Any:
+    def _reader_consumer(self) -> Consumer:
         if self._reader is None:
             self._reader = make_reader(self._settings)
         return self._reader
 
-    def _admin_client(self) -> Any:
+    def _admin_client(self) -> AdminClient:
         if self._admin is None:
             self._admin = make_admin(self._settings)
         return self._admin

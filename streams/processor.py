@@ -33,7 +33,7 @@ attempt. So after such a refusal the records of the failed batch are processed o
 (a refused record no longer takes its neighbours down with it, nor a refused message set its
 records), and a record whose outputs were refused :data:`REFUSED_ATTEMPTS` times is dead-lettered
 (:class:`OutputRefused`); if its dead letter is refused too, it is skipped with an error log naming
-its coordinates (it stays in its topic). No record stalls the processor.
+its coordinates (it stays in its topic). No record stalls the processor (:mod:`streams.refusals`).
 
 A fatal error (e.g. fenced by another worker with the same id) raises: the component stops and
 ``absync run`` exits non-zero.
@@ -56,7 +56,6 @@ import asyncio
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -67,15 +66,20 @@ from streams.deadletter import as_headers, dead_letter_copy, output_size
 from streams.kafka import BOUNDED_PREFETCH, group_id, make_consumer, make_transactional_producer, produce
 from streams.output import Headers, Output
 from streams.records import coordinates
+from streams.refusals import REFUSALS, REFUSED_ATTEMPTS, OutputRefused, Refusals, Verdict
 from streams.retry import PartitionRetries, RetryLater
 from streams.settings import Settings
 from streams.threads import run_in_thread
+from streams.watchdog import StallWatchdog
 
 log = structlog.get_logger(__name__)
 
 __all__ = [
+    "REFUSALS",
+    "REFUSED_ATTEMPTS",
     "Headers",
     "Output",
+    "OutputRefused",
     "OutputTooLarge",
     "Processor",
     "ProcessorComponent",
@@ -88,27 +92,8 @@ BACKGROUND_PER_BATCH = 100
 """Records of a processor's ``background_topics`` handled per batch at most (one transaction)."""
 
 
-REFUSALS = frozenset(
-    {
-        KafkaError.MSG_SIZE_TOO_LARGE,
-        KafkaError.RECORD_LIST_TOO_LARGE,
-        KafkaError.INVALID_RECORD,
-        KafkaError.POLICY_VIOLATION,
-    }
-)
-"""Delivery errors by which the broker refuses a record for what it is: sending it again will not help."""
-
-REFUSED_ATTEMPTS = 3
-"""Transactions a record's outputs may be refused in (:data:`REFUSALS`) before it is dead-lettered."""
-
-
 class OutputTooLarge(Exception):
     """An output of a record is larger than ``ABSYNC_MAX_RECORD_BYTES``: the record is dead-lettered."""
-
-
-class OutputRefused(Exception):
-    """The broker refused an output of a record :data:`REFUSED_ATTEMPTS` times: the record is
-    dead-lettered."""
 
 
 class TransactionalStore(Protocol):
@@ -176,44 +161,6 @@ def default_worker_id() -> str:
     return os.environ.get("ABSYNC_WORKER_ID") or socket.gethostname()
 
 
-class StallWatchdog:
-    """Calls ``on_stall`` (default: log and end the process) when ``beat()`` was not called for
-    ``limit`` seconds while running. One thread; ``stop()`` before the loop exits normally."""
-
-    def __init__(self, name: str, limit: float, on_stall: Callable[[], None] | None = None) -> None:
-        self._name = name
-        self._limit = limit
-        self._on_stall = on_stall or self._exit
-        self._last = time.monotonic()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"{name}-watchdog", daemon=True)
-
-    def start(self) -> StallWatchdog:
-        self.beat()
-        self._thread.start()
-        return self
-
-    def beat(self) -> None:
-        self._last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(min(5.0, self._limit / 4)):
-            idle = time.monotonic() - self._last
-            if idle > self._limit:
-                log.critical(
-                    "processor stalled: ending the process", processor=self._name, seconds=round(idle)
-                )
-                self._on_stall()
-                return
-
-    @staticmethod
-    def _exit() -> None:
-        os._exit(70)  # EX_SOFTWARE: the supervisor restarts the worker
-
-
 class ProcessorRuntime:
     """Runs one processor in the calling thread until ``stop`` is set (see the module docstring)."""
 
@@ -238,13 +185,7 @@ class ProcessorRuntime:
         self._retry_backoff = retry_backoff
         self._log = log.bind(processor=processor.name, transactional_id=self._transactional_id)
         self._retries = PartitionRetries()
-        self._refused: dict[tuple[str, int, int], tuple[int, str]] = {}
-        """Records whose outputs the broker refused -> (times, last error); cleared once handled."""
-        self._isolate = 0
-        """Records still to process one per transaction, after a batch was refused."""
-        self._refusals: list[tuple[tuple[str, int, int], KafkaError]] = []
-        """Refused outputs reported since the last commit or abort (a report that arrives after its
-        transaction's abort is counted at the next one: the retried record is refused again)."""
+        self._refusals = Refusals()
 
     def run(self, stop: threading.Event) -> None:
         processor = self._processor
@@ -263,7 +204,11 @@ class ProcessorRuntime:
                 # Wait for one record, then take what is already there: consume(n, timeout) would
                 # wait the whole timeout for n records and add that wait to every event's latency.
                 first = consumer.consume(1, self._batch_timeout)
-                more = consumer.consume(self._batch_size - 1, 0) if first and not self._isolate else []
+                more = (
+                    consumer.consume(self._batch_size - 1, 0)
+                    if first and not self._refusals.isolating
+                    else []
+                )
                 batch, deferred = self._prioritised([m for m in first + more if self._usable(m)])
                 if not self._process(batch, consumer, producer, deferred):
                     stop.wait(self._retry_backoff)
@@ -309,7 +254,7 @@ class ProcessorRuntime:
             if outputs and not in_transaction:
                 producer.begin_transaction()
                 in_transaction = True
-            report = None if source is None else _refusal_reporter(source, self._refusals)
+            report = None if source is None else self._refusals.reporter(source)
             for out in outputs:
                 self._produce(producer, out, report)
 
@@ -347,7 +292,7 @@ class ProcessorRuntime:
                 raise
             self._log.warning("transaction aborted, batch will be processed again", error=str(error))
             producer.poll(0)  # serves the delivery reports that name the refused outputs, if any
-            self._note_refusals(len(batch))
+            self._refusals.after_abort(len(batch), self._log)
             producer.abort_transaction(30)
             for store in self._processor.stores:
                 store.rollback()
@@ -358,37 +303,10 @@ class ProcessorRuntime:
             return False
         for store in self._processor.stores:
             store.commit()
-        if self._refusals:
-            self._refusals.clear()
-        if self._isolate:
-            self._isolate = max(0, self._isolate - len(handled))
-        if self._refused:
-            for msg in handled:
-                self._refused.pop(coordinates(msg), None)
+        self._refusals.after_commit(handled)
         self._retries.pause(consumer, blocked)
         self._defer(consumer, deferred, set(blocked))
         return True
-
-    def _note_refusals(self, batch_size: int) -> None:
-        """After an abort: counts the records whose outputs the broker refused, and has the records
-        of the batch processed one per transaction, so the next refusal names its record alone."""
-        refusals = list(self._refusals)
-        self._refusals.clear()
-        if not refusals:
-            return
-        for source, error in dict(refusals).items():
-            times = self._refused.get(source, (0, ""))[0] + 1
-            self._refused[source] = (times, error.str())
-            topic, partition, offset = source
-            self._log.error(
-                "the broker refused an output of a record",
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                times=times,
-                error=error.str(),
-            )
-        self._isolate = max(self._isolate, batch_size)
 
     def _defer(self, consumer: Consumer, deferred: list[Message], skip: set[tuple[str, int]]) -> None:
         """Leaves ``deferred`` (and whatever else of the background topics was fetched ahead) for
@@ -416,23 +334,20 @@ class ProcessorRuntime:
         record (:func:`streams.deadletter.dead_letter_copy`) on the same topic; a ``dead_letter`` that
         raises skips the record with an error log naming its coordinates (it stays in its topic).
         """
-        if self._refused and (refused := self._refused.get(coordinates(msg))):
-            times, error = refused
-            if times > REFUSED_ATTEMPTS:  # its dead letter was refused too
-                self._log.error(
-                    "record skipped: the broker refused its dead letter",
-                    topic=msg.topic(),
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    error=error,
-                )
-                self._retries.done(msg)
-                return []
-            if times == REFUSED_ATTEMPTS:
-                self._retries.done(msg)
-                return self._dead_letters(
-                    msg, OutputRefused(f"the broker refused an output of this record {times} times: {error}")
-                )
+        verdict, error = self._refusals.verdict(msg)
+        if verdict is Verdict.SKIP:
+            self._log.error(
+                "record skipped: the broker refused its dead letter",
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                error=error,
+            )
+            self._retries.done(msg)
+            return []
+        if verdict is Verdict.DEAD_LETTER:
+            self._retries.done(msg)
+            return self._dead_letters(msg, OutputRefused(error))
         savepoints = [store.savepoint() for store in self._processor.stores]
         limit = self._settings.max_record_bytes
         try:
@@ -516,7 +431,7 @@ class ProcessorRuntime:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions})
         self._retries.forget(partitions)
-        self._refused.clear()
+        self._refusals.forget()
         for store in self._processor.stores:
             store.restore(numbers)
         self._processor.on_assign(partitions)
@@ -529,18 +444,6 @@ class ProcessorRuntime:
         for store in self._processor.stores:
             store.drop(numbers)
         self._log.info("partitions revoked", partitions=numbers)
-
-
-def _refusal_reporter(
-    source: tuple[str, int, int], refusals: list[tuple[tuple[str, int, int], KafkaError]]
-) -> Callable[[KafkaError | None, Message], None]:
-    """A delivery report callback for the outputs of the record at ``source``: notes a refusal."""
-
-    def report(error: KafkaError | None, _msg: Message) -> None:
-        if error is not None and error.code() in REFUSALS:
-            refusals.append((source, error))
-
-    return report
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
