@@ -217,6 +217,8 @@ class AbsencesRead:
     """
 
     CALL_TIMEOUT = 2.0
+    MIN_INTERVAL = 0.25
+    """Seconds between two advances of a check: destinations asking in the same tick share one."""
 
     def __init__(self, settings: Settings, table: DailyAbsenceTable) -> None:
         self._settings = settings
@@ -230,6 +232,7 @@ class AbsencesRead:
         self._table_read: Future[None] | None = None
         self._covered = float("-inf")
         """Start of the last completed check: questions about an earlier moment are answered."""
+        self._advanced = float("-inf")
 
     def close(self) -> None:
         if self._reader is not None:
@@ -241,6 +244,10 @@ class AbsencesRead:
         table; starts or advances a check."""
         if self._covered >= moment:
             return True
+        now = time.monotonic()
+        if now - self._advanced < self.MIN_INTERVAL:
+            return False
+        self._advanced = now
         try:
             return self._advance()
         except Exception as exc:  # never the post's failure: asked again, and the caller bounds the wait
